@@ -1,0 +1,156 @@
+"""One frozen configuration per concern, combined in :class:`MerConfig`.
+
+Every feature and model parameter lives here. A trained model artifact saves the whole ``MerConfig`` next to
+its weights (``MerConfig.to_json``), so training and tagging extract features the same way and a checkpoint
+rebuilds its own model. Override with :func:`dataclasses.replace`; flags are parsed only in ``jobs/``.
+Nothing here imports anything else of mer's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+BRANCHES: tuple[str, ...] = ("symbolic", "harmony", "tone")
+"""The model's three branches, in the order they appear as attention tokens: Bi-GRU over MIDI-like tokens
+(rhythm, dynamics, melody), CNN over the chromagram (harmony), short-chunk ResNet over MFCCs (tone colour)."""
+
+QUADRANTS: tuple[str, ...] = ("Q1", "Q2", "Q3", "Q4")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How a piece becomes model input: tokens, rendered audio, chromagram, MFCCs, windows.
+
+    Times are in seconds, rates in Hz. ``window_seconds`` fixes every model input's size: a piece is cut into
+    windows of this length (hop ``hop_seconds``); each window is one model input; a short piece is one
+    zero-padded window.
+    """
+
+    # Audio (rendering from MIDI and decoding of audio files).
+    sample_rate: int = 22_050
+    soundfont: str | None = None  # None: pretty_midi's bundled General MIDI soundfont
+    # MIDI-like tokens (Oore et al. 2018): 128 note-on, 128 note-off, 100 time shifts of 10 ms, 32 velocity bins.
+    time_shift_ms: int = 10
+    max_shift_steps: int = 100
+    velocity_bins: int = 32
+    sustain_pedal: bool = True  # pedal-held notes are extended to the pedal release
+    max_tokens: int = 1024  # per window; longer token sequences are truncated (the window's first notes kept)
+    # STFT front end shared by the chromagram and the MFCCs.
+    n_fft: int = 2048
+    hop_length: int = 512
+    # MFCCs: 23 mel bands as in the paper; the DCT of 23 bands has 23 coefficients, so 23 MFCCs (see README).
+    n_mels: int = 23
+    n_mfcc: int = 23
+    # Windows.
+    window_seconds: float = 30.0
+    hop_seconds: float = 30.0
+    min_seconds: float = 0.5  # shorter pieces are rejected as "too short"
+    silence_rms: float = 1e-4  # audio whose RMS is below this is rejected as "silent"
+
+    @property
+    def frames_per_window(self) -> int:
+        """Chromagram/MFCC frames in one window: ``1 + floor(window_seconds * sample_rate / hop_length)``."""
+        return 1 + int(self.window_seconds * self.sample_rate) // self.hop_length
+
+    @property
+    def vocab_size(self) -> int:
+        """Token vocabulary including the padding token (the last id)."""
+        return 128 + 128 + self.max_shift_steps + self.velocity_bins + 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The fused model's sizes (paper, Sec. III). ``branches`` selects the branches built (ablations)."""
+
+    branches: tuple[str, ...] = BRANCHES
+    use_attention: bool = True  # False: the "without MHSA" ablation (concatenate, then the FC head)
+    # Symbolic branch: token embedding + 2-layer Bi-GRU with 256 units per direction.
+    token_embedding: int = 128
+    gru_hidden: int = 256
+    gru_layers: int = 2
+    # Harmony branch: 3 convolutions with (12, 1) kernels, then 3 with (1, 48) kernels.
+    harmony_channels: int = 64
+    harmony_time_kernel: int = 48
+    # Tone-colour branch: short-chunk ResNet, seven residual blocks.
+    resnet_channels: int = 64
+    resnet_blocks: int = 7
+    # Fusion: each branch projected to ``fusion_dim``, 4-head self-attention, two FC layers.
+    fusion_dim: int = 256
+    attention_heads: int = 4
+    fc_hidden: int = 256
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.branches if b not in BRANCHES]
+        if not self.branches or unknown:
+            raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {self.branches!r}")
+        # Keep the canonical order so attention token i always means the same branch.
+        object.__setattr__(self, "branches", tuple(b for b in BRANCHES if b in self.branches))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and Ray Train settings."""
+
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    num_workers: int = 2
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    va_loss_weight: float = 1.0  # weight of the binary arousal/valence losses beside the 4Q loss
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    """Nightly tagging settings (Ray Data)."""
+
+    batch_size: int = 8
+    feature_concurrency: int = 2
+    inference_concurrency: int = 1
+
+
+@dataclass(frozen=True)
+class MerConfig:
+    """Everything a model artifact needs to rebuild itself and its inputs."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    tagging: TagConfig = field(default_factory=TagConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MerConfig":
+        def build(kind, values):
+            names = {f.name for f in dataclasses.fields(kind)}
+            kwargs = {k: v for k, v in values.items() if k in names}
+            if "branches" in kwargs:
+                kwargs["branches"] = tuple(kwargs["branches"])
+            return kind(**kwargs)
+
+        return cls(
+            features=build(FeatureConfig, data.get("features", {})),
+            model=build(ModelConfig, data.get("model", {})),
+            training=build(TrainConfig, data.get("training", {})),
+            tagging=build(TagConfig, data.get("tagging", {})),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "MerConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def config_fingerprint(config: FeatureConfig) -> str:
+    """A short stable hash of a feature config: part of every feature-cache key."""
+    payload = json.dumps(dataclasses.asdict(config), sort_keys=True).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
