@@ -1,0 +1,513 @@
+"""The operations configs (cluster/, infra/) are valid and cannot drift from the code.
+
+- Every YAML and JSON file parses; the AWS launcher config passes Ray's own schema and config preparation; the
+  KubeRay manifests have the right kinds and hang together (Secret, ConfigMap, volume, ports, images, versions).
+- Prometheus: ``promtool check config``, ``promtool check rules`` and the rule unit tests pass — and the unit tests
+  fail when a rule is broken.
+- Drift: every metric name in the alert rules and the Grafana dashboard is one ``mer.metrics.JobMetrics`` exports;
+  every ``--flag`` given to ``jobs/train.py`` / ``jobs/tag.py`` is in that job's ``--help``; every ``MER_*``
+  environment variable the configs set is read somewhere in ``mer/`` or ``jobs/``; the versions of torch and Ray
+  the nodes install are the ones pyproject.toml pins.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+INFRA = REPO / "infra"
+KUBERAY = CLUSTER / "kuberay"
+PROMETHEUS = INFRA / "prometheus"
+DASHBOARD = INFRA / "grafana" / "mer-dashboard.json"
+JOBS = ("train", "tag")
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------------
+
+
+def config_files(*suffixes: str) -> list[Path]:
+    return sorted(p for root in (CLUSTER, INFRA) for p in root.rglob("*") if p.is_file() and p.suffix in suffixes)
+
+
+def load_yaml_documents(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+@cache
+def pyproject_pins() -> dict[str, str]:
+    """``{"torch": "2.13.0", "ray": "2.60.0", "mer": <version>}`` from pyproject.toml."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {"mer": project["version"]}
+    for requirement in project["dependencies"]:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([\w.]+)", requirement.replace(" ", ""))
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def kuberay_documents() -> list[tuple[Path, dict[str, Any]]]:
+    """Every manifest under cluster/kuberay, plus the RayJobs embedded as YAML text in ConfigMaps."""
+    docs = []
+    for path in config_files(".yaml", ".yml"):
+        if KUBERAY not in path.parents:
+            continue
+        for doc in load_yaml_documents(path):
+            docs.append((path, doc))
+            if doc.get("kind") == "ConfigMap":
+                for key, text in (doc.get("data") or {}).items():
+                    if key.endswith((".yaml", ".yml")):
+                        docs.extend((path, inner) for inner in yaml.safe_load_all(text) if inner is not None)
+    return docs
+
+
+def ray_cluster_specs() -> list[tuple[str, dict[str, Any]]]:
+    """``(where, RayCluster spec)`` of the RayCluster, each RayJob and the RayCronJob's job template."""
+    specs = []
+    for path, doc in kuberay_documents():
+        where = f"{path.name}:{doc['kind']}"
+        if doc["kind"] == "RayCluster":
+            specs.append((where, doc["spec"]))
+        elif doc["kind"] == "RayJob":
+            specs.append((where, doc["spec"]["rayClusterSpec"]))
+        elif doc["kind"] == "RayCronJob":
+            specs.append((where, doc["spec"]["jobTemplate"]["rayClusterSpec"]))
+    return specs
+
+
+def pod_templates(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield "head", spec["headGroupSpec"]["template"]
+    for group in spec.get("workerGroupSpecs", []):
+        yield group["groupName"], group["template"]
+
+
+def job_commands() -> list[tuple[str, str, list[str]]]:
+    """``(where, job, argv)`` for every command in cluster/ that runs jobs/train.py or jobs/tag.py."""
+    commands = []
+    for path, doc in kuberay_documents():
+        entrypoints = []
+        if doc["kind"] == "RayJob":
+            entrypoints.append(doc["spec"]["entrypoint"])
+        elif doc["kind"] == "RayCronJob":
+            entrypoints.append(doc["spec"]["jobTemplate"]["entrypoint"])
+        for entrypoint in entrypoints:
+            argv = shlex.split(entrypoint)
+            for i, word in enumerate(argv):
+                match = re.search(r"(?:^|/)jobs/(\w+)\.py$", word)
+                if match:
+                    commands.append((f"{path.name}:{doc['kind']}", match.group(1), argv[i + 1 :]))
+    return commands
+
+
+# --- every file parses ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", config_files(".yaml", ".yml", ".json"), ids=lambda p: str(p.relative_to(REPO)))
+def test_config_file_parses(path: Path) -> None:
+    if path.suffix == ".json":
+        assert isinstance(json.loads(path.read_text()), dict)
+    else:
+        docs = load_yaml_documents(path)
+        assert docs and all(isinstance(doc, dict) for doc in docs), f"{path}: expected YAML mappings"
+
+
+def test_the_configs_are_all_there() -> None:
+    names = {str(p.relative_to(REPO)) for p in config_files(".yaml", ".yml", ".json")}
+    assert {
+        "cluster/aws.yaml", "cluster/kuberay/raycluster.yaml", "cluster/kuberay/rayjob-train.yaml",
+        "cluster/kuberay/tag-nightly.yaml", "infra/prometheus/prometheus.yml", "infra/prometheus/rules.yml",
+        "infra/prometheus/rules_test.yml", "infra/grafana/mer-dashboard.json",
+    } <= names
+
+
+# --- AWS cluster launcher ---------------------------------------------------------------------------------------------
+
+
+def ray_launcher_schema() -> dict[str, Any]:
+    import ray.autoscaler
+
+    return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+
+
+def test_aws_config_passes_rays_schema_and_preparation() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    jsonschema.validate(raw, ray_launcher_schema())
+    # What `ray up` does before launching anything: merge AWS defaults, then validate the merged config.
+    validate_config(prepare_config(copy.deepcopy(raw)))
+
+
+def test_rays_schema_rejects_a_misspelt_field() -> None:
+    # The validation above has teeth: a typo in a node type is an error, not silently ignored.
+    raw = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    raw["available_node_types"]["gpu_worker"]["min_worker"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(raw, ray_launcher_schema())
+
+
+def test_aws_node_types_cover_head_gpu_and_cpu_work() -> None:
+    config = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("CPU") == 0, "the head should schedule no tasks"
+    workers = {name: t for name, t in types.items() if name != config["head_node_type"]}
+    gpu = [n for n, t in workers.items() if t["resources"].get("GPU", 0) >= 1]
+    cpu = [n for n, t in workers.items() if t["resources"].get("GPU", 0) == 0 and t["resources"].get("CPU", 0) > 0]
+    assert gpu and cpu, f"need a GPU and a CPU worker type, got {sorted(workers)}"
+    for name, node_type in workers.items():
+        assert 0 <= node_type["min_workers"] <= node_type["max_workers"], name
+    assert sum(t["max_workers"] for t in workers.values()) <= config["max_workers"]
+
+
+def test_aws_nodes_install_mer_with_the_right_torch() -> None:
+    config = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    mount = next(remote for remote, local in config["file_mounts"].items() if local in (".", "./"))
+    install = f"bash {mount}/cluster/setup-node.sh"
+    for name, node_type in config["available_node_types"].items():
+        if name == config["head_node_type"]:
+            commands = config["setup_commands"] + config["head_setup_commands"]
+        elif "worker_setup_commands" in node_type:  # replaces the global lists for this type
+            commands = node_type["worker_setup_commands"]
+        else:
+            commands = config["setup_commands"] + config["worker_setup_commands"]
+        variant = "gpu" if node_type["resources"].get("GPU", 0) else "cpu"
+        assert any(c.startswith(f"{install} {variant}") for c in commands), f"{name}: {commands}"
+        image = node_type.get("docker", {}).get("worker_image") or config["docker"]["image"]
+        assert image.endswith(f"-{variant}"), f"{name} runs {image}"
+
+
+def test_setup_script_is_valid_bash() -> None:
+    result = subprocess.run(["bash", "-n", str(CLUSTER / "setup-node.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_nodes_install_the_pinned_torch_and_ray() -> None:
+    pins = pyproject_pins()
+    script = (CLUSTER / "setup-node.sh").read_text()
+    assert re.search(rf"^TORCH_VERSION={re.escape(pins['torch'])}$", script, re.M), "setup-node.sh torch pin"
+    images = set(re.findall(r"rayproject/ray:([\w.]+)-py(\d+)", (CLUSTER / "aws.yaml").read_text()))
+    images |= set(re.findall(r"rayproject/ray:([\w.]+)-py(\d+)", (CLUSTER / "docker" / "Dockerfile").read_text()))
+    assert images == {(pins["ray"], "311")}, f"Ray images {images} vs ray=={pins['ray']} on Python 3.11"
+
+
+# --- KubeRay ------------------------------------------------------------------------------------------------------------
+
+KNOWN_KINDS = {
+    ("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayCronJob"),
+    ("batch/v1", "CronJob"), ("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "PersistentVolumeClaim"),
+    ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+}
+DNS_1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def test_kuberay_manifests_have_known_kinds_and_valid_names() -> None:
+    docs = kuberay_documents()
+    kinds = {(doc.get("apiVersion"), doc.get("kind")) for _, doc in docs}
+    assert kinds <= KNOWN_KINDS, f"unexpected kinds {kinds - KNOWN_KINDS}"
+    assert {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("batch/v1", "CronJob")} <= kinds
+    for path, doc in docs:
+        meta = doc["metadata"]
+        name = meta.get("name") or meta.get("generateName", "").rstrip("-")
+        assert DNS_1123.fullmatch(name) and len(name) <= 63, f"{path.name}: bad name {name!r}"
+
+
+def test_ray_clusters_run_the_pinned_ray_and_the_mer_images() -> None:
+    pins = pyproject_pins()
+    specs = ray_cluster_specs()
+    assert len(specs) >= 3  # the RayCluster, the training RayJob, the nightly RayJob
+    for where, spec in specs:
+        assert spec["rayVersion"] == pins["ray"], where
+        for group, template in pod_templates(spec):
+            for container in template["spec"]["containers"]:
+                limits = container.get("resources", {}).get("limits", {})
+                variant = "gpu" if "nvidia.com/gpu" in limits else "cpu"
+                assert container["image"].endswith(f"/mer:{pins['mer']}-{variant}"), f"{where} {group}"
+
+
+def test_ray_pods_get_settings_volume_and_sane_scaling() -> None:
+    docs = kuberay_documents()
+    secrets = {d["metadata"]["name"] for _, d in docs if d["kind"] == "Secret"}
+    config_maps = {d["metadata"]["name"] for _, d in docs if d["kind"] == "ConfigMap"}
+    claims = {d["metadata"]["name"] for _, d in docs if d["kind"] == "PersistentVolumeClaim"}
+    for where, spec in ray_cluster_specs():
+        groups = [g["groupName"] for g in spec.get("workerGroupSpecs", [])]
+        assert len(groups) == len(set(groups)) and {"cpu", "gpu"} <= set(groups), where
+        for group in spec["workerGroupSpecs"]:
+            assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], f"{where} {group['groupName']}"
+        for name, template in pod_templates(spec):
+            pod = template["spec"]
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            for container in pod["containers"]:
+                sources = container.get("envFrom", [])
+                assert {s["secretRef"]["name"] for s in sources if "secretRef" in s} <= secrets
+                assert {s["secretRef"]["name"] for s in sources if "secretRef" in s}, f"{where} {name}: no Secret"
+                assert {s["configMapRef"]["name"] for s in sources if "configMapRef" in s} <= config_maps
+                for mount in container.get("volumeMounts", []):
+                    claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+                    assert claim in claims, f"{where} {name}: unknown claim {claim}"
+                for port in container.get("ports", []):
+                    assert len(port["name"]) <= 15, port
+
+
+def test_metrics_port_agrees_everywhere() -> None:
+    docs = kuberay_documents()
+    settings = next(d for _, d in docs if d["kind"] == "ConfigMap" and "MER_METRICS_PORT" in d.get("data", {}))
+    port = int(settings["data"]["MER_METRICS_PORT"])
+    monitor_ports = {e["port"] for _, d in docs if d["kind"] == "PodMonitor" for e in d["spec"]["podMetricsEndpoints"]}
+    for where, spec in ray_cluster_specs():
+        head = spec["headGroupSpec"]["template"]
+        annotations = head.get("metadata", {}).get("annotations", {})
+        if "prometheus.io/port" in annotations:
+            assert int(annotations["prometheus.io/port"]) == port, where
+        named = {p["name"]: p["containerPort"] for c in head["spec"]["containers"] for p in c.get("ports", [])}
+        if "mer-metrics" in named:
+            assert named["mer-metrics"] == port, where
+        assert "mer-metrics" in monitor_ports
+    prometheus = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    live = next(job for job in prometheus["scrape_configs"] if job["job_name"] == "mer_tag_live")
+    assert all(t.endswith(f":{port}") for c in live["static_configs"] for t in c["targets"])
+
+
+def test_training_rayjob_has_one_gpu_pod_per_train_worker() -> None:
+    rayjob = next(d for p, d in kuberay_documents() if d["kind"] == "RayJob" and "jobs/train.py" in d["spec"]["entrypoint"])
+    argv = shlex.split(rayjob["spec"]["entrypoint"])
+    workers = int(argv[argv.index("--workers") + 1])
+    gpu = next(g for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert gpu["minReplicas"] == gpu["replicas"] == workers
+    assert "--gpu" in argv
+
+
+def test_nightly_schedule_submits_the_same_rayjob_both_ways() -> None:
+    docs = [d for _, d in kuberay_documents()]
+    cron = next(d for d in docs if d["kind"] == "CronJob")
+    assert len(cron["spec"]["schedule"].split()) == 5
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    # The submitter may create RayJobs: its service account is bound to a Role that allows it.
+    account = pod["serviceAccountName"]
+    assert any(d["kind"] == "ServiceAccount" and d["metadata"]["name"] == account for d in docs)
+    binding = next(d for d in docs if d["kind"] == "RoleBinding" and any(s["name"] == account for s in d["subjects"]))
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == binding["roleRef"]["name"])
+    assert any("rayjobs" in r["resources"] and "create" in r["verbs"] and "ray.io" in r["apiGroups"] for r in role["rules"])
+    # It creates the RayJob from the ConfigMap it mounts, at the path it passes to kubectl.
+    container = pod["containers"][0]
+    path = container["args"][container["args"].index("-f") + 1]
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    config_map_name = next(v for v in pod["volumes"] if v["name"] == mount["name"])["configMap"]["name"]
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == config_map_name)
+    rayjob = yaml.safe_load(config_map["data"][path[len(mount["mountPath"]) + 1 :]])
+    assert rayjob["kind"] == "RayJob" and "generateName" in rayjob["metadata"]
+    assert re.search(r"jobs/tag\.py", rayjob["spec"]["entrypoint"])
+    # KubeRay's own scheduling (raycronjob-tag.yaml) runs exactly the same RayJob.
+    raycron = next(d for d in docs if d["kind"] == "RayCronJob")
+    assert raycron["spec"]["jobTemplate"] == rayjob["spec"]
+    assert raycron["spec"]["schedule"] == cron["spec"]["schedule"]
+
+
+# --- Prometheus ---------------------------------------------------------------------------------------------------------
+
+
+def promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail("promtool not found: install Debian's prometheus package (infra/dev-setup.sh does)")
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_promtool_check_config() -> None:
+    result = promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_check_rules() -> None:
+    result = promtool("check", "rules", "rules.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_rule_unit_tests() -> None:
+    result = promtool("test", "rules", "rules_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rule_unit_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
+    # The unit tests pin the rules' behaviour: a failure-ratio threshold of 50 % instead of 5 % makes them fail.
+    rules = (PROMETHEUS / "rules.yml").read_text()
+    assert rules.count(") > 0.05") == 1
+    (tmp_path / "rules.yml").write_text(rules.replace(") > 0.05", ") > 0.5"))
+    shutil.copy(PROMETHEUS / "rules_test.yml", tmp_path / "rules_test.yml")
+    result = promtool("test", "rules", "rules_test.yml", cwd=tmp_path)
+    assert result.returncode != 0 and "MerItemFailureRatioHigh" in result.stdout + result.stderr
+
+
+def test_every_alert_the_issue_asks_for_exists() -> None:
+    rules = [r for g in yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"] for r in g["rules"]]
+    alerts = {r["alert"]: r["expr"] for r in rules if "alert" in r}
+    assert "mer_run_failed" in alerts["MerNightlyRunFailed"]
+    assert "26 * 3600" in alerts["MerNightlyRunMissing"]
+    assert "mer_run_last_success_timestamp_seconds" in alerts["MerNightlyRunMissing"]
+    assert "mer_items_failed_total" in alerts["MerItemFailureRatioHigh"]
+    records = {r["record"]: r["expr"] for r in rules if "record" in r}
+    collapse = alerts["MerThroughputCollapsed"]
+    assert "mer_items_per_second" in collapse or any(name in collapse and "mer_items_per_second" in expr
+                                                     for name, expr in records.items())
+
+
+# --- drift: metric names ------------------------------------------------------------------------------------------------
+
+METRIC_TOKEN = re.compile(r"(?<![\w:])mer_[a-z0-9_]+")
+RECORDED_TOKEN = re.compile(r"(?<![\w:])mer:[a-zA-Z0-9_:]+")
+
+
+@cache
+def exported_series_names() -> frozenset[str]:
+    """Every series name a tagging job exports: the samples of a finished, successful JobMetrics registry."""
+    from mer.metrics import JobMetrics
+
+    metrics = JobMetrics()
+    metrics.finish(success=True, now=0.0)  # the last-success gauge is registered on success only
+    return frozenset(s.name for family in metrics.registry.collect() for s in family.samples)
+
+
+def unknown_metrics(expr: str) -> set[str]:
+    return set(METRIC_TOKEN.findall(expr)) - exported_series_names()
+
+
+def promql_expressions() -> list[tuple[str, str]]:
+    """``(where, PromQL)`` of every rule and every Prometheus query of the dashboard."""
+    exprs = []
+    for group in yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            exprs.append((f"rules.yml:{rule.get('alert') or rule.get('record')}", rule["expr"]))
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            if "expr" in target:
+                exprs.append((f"dashboard:{panel['title']}", target["expr"]))
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            exprs.append((f"dashboard:${variable['name']}", variable["definition"]))
+    return exprs
+
+
+def test_the_metric_checker_catches_a_misspelt_name() -> None:
+    assert unknown_metrics("sum(rate(mer_items_taged_total[5m])) / mer_items_listed_total") == {"mer_items_taged_total"}
+    assert unknown_metrics("histogram_quantile(0.9, rate(mer_stage_seconds_bucket[5m]))") == set()
+
+
+def test_every_metric_in_rules_and_dashboard_is_exported_by_mer() -> None:
+    exprs = promql_expressions()
+    used = {name for _, expr in exprs for name in METRIC_TOKEN.findall(expr)}
+    assert len(used) >= 8, f"suspiciously few metric names found: {used}"
+    unknown = {where: sorted(unknown_metrics(expr)) for where, expr in exprs if unknown_metrics(expr)}
+    assert not unknown, f"metric names not exported by mer.metrics.JobMetrics: {unknown}"
+
+
+def test_recorded_series_are_defined() -> None:
+    groups = yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"]
+    recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
+    used = {name for _, expr in promql_expressions() for name in RECORDED_TOKEN.findall(expr)}
+    assert used <= recorded, f"recording rules missing for {used - recorded}"
+
+
+def test_dashboard_and_rule_tests_use_the_job_name_mer_pushes_under() -> None:
+    import inspect
+
+    from mer.metrics import JobMetrics
+
+    pushed = inspect.signature(JobMetrics.push).parameters["job"].default
+    job = next(v for v in json.loads(DASHBOARD.read_text())["templating"]["list"] if v["name"] == "job")
+    assert job["current"]["value"] == [pushed]
+    assert f'job="{pushed}"' in (PROMETHEUS / "rules_test.yml").read_text()
+
+
+def test_dashboard_panels_use_its_datasource_variables() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    kinds = set()
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for target in panel.get("targets", []):
+            uid = target["datasource"]["uid"]
+            assert uid.startswith("${") and variables[uid[2:-1]]["type"] == "datasource", panel["title"]
+            assert variables[uid[2:-1]]["query"] == target["datasource"]["type"], panel["title"]
+            kinds.add("sql" if "rawSql" in target else "promql")
+    assert kinds == {"sql", "promql"}
+
+
+# --- drift: job flags ---------------------------------------------------------------------------------------------------
+
+
+@cache
+def job_flags(job: str) -> frozenset[str]:
+    """The ``--flags`` that ``python jobs/<job>.py --help`` lists."""
+    path = REPO / "jobs" / f"{job}.py"
+    if not path.exists():
+        pytest.fail(f"cluster configs run jobs/{job}.py, which does not exist")
+    result = subprocess.run(
+        [sys.executable, str(path), "--help"], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    assert result.returncode == 0, f"jobs/{job}.py --help failed:\n{result.stderr[-2000:]}"
+    return frozenset(re.findall(r"(?<![\w-])--[a-z0-9][a-z0-9-]*", result.stdout))
+
+
+def test_cluster_configs_run_both_jobs() -> None:
+    assert {job for _, job, _ in job_commands()} == set(JOBS)
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_flag_given_to_a_job_exists(job: str) -> None:
+    given = {
+        (where, word.split("=", 1)[0])
+        for where, name, argv in job_commands() if name == job
+        for word in argv if word.startswith("--")
+    }
+    unknown = sorted((where, flag) for where, flag in given if flag not in job_flags(job))
+    assert not unknown, f"flags not in jobs/{job}.py --help: {unknown}"
+
+
+# --- drift: environment variables ---------------------------------------------------------------------------------------
+
+
+@cache
+def string_constants_in_code() -> frozenset[str]:
+    """Every string literal in mer/ and jobs/ (an env var is read where its name is a literal: os.environ["X"],
+    os.getenv("X"), X_ENV = "X")."""
+    found: set[str] = set()
+    for root in (REPO / "mer", REPO / "jobs"):
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    found.add(node.value)
+    return frozenset(found)
+
+
+def test_every_mer_env_var_in_the_configs_is_read_by_the_code() -> None:
+    used: dict[str, set[str]] = {}
+    for path in config_files(".yaml", ".yml", ".json", ".sh", ".sql", ""):  # "": Dockerfile
+        for name in re.findall(r"\bMER_[A-Z0-9_]+\b", path.read_text()):
+            used.setdefault(name, set()).add(str(path.relative_to(REPO)))
+    assert {"MER_STORE", "MER_CATALOG_URL", "MER_PUSHGATEWAY"} <= set(used), sorted(used)
+    unread = {name: sorted(paths) for name, paths in used.items() if name not in string_constants_in_code()}
+    assert not unread, f"MER_* variables set in configs but read nowhere in mer/ or jobs/: {unread}"
