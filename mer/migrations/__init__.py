@@ -1,0 +1,1 @@
+"""Alembic migrations of the mer catalog; run them with ``mer.catalog.upgrade_catalog(url)``."""

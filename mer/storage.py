@@ -1,0 +1,405 @@
+"""Object storage for the tagger: a local folder (the embedded default) or S3 and S3-compatible stores.
+
+A store is rooted at a folder or at ``s3://bucket/prefix``; every key it lists, reads or writes is relative to that
+root and uses ``/`` as separator, so the same key names the same piece in both kinds of store.
+
+An *item* is a key stem with up to two objects: ``<stem>.mid|.midi`` (the score) and ``<stem>.wav|.flac|.mp3|.ogg``
+(a recording). :func:`list_items` pairs them and says, for every object it could not use, why.
+
+Stores are picklable so Ray tasks can carry them: the boto3 client is created lazily in each process and never
+pickled. Credentials come from boto3's standard chain (environment, shared config, instance role) and are never
+stored, logged or shown in a repr.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from mer.errors import BadInputError
+
+MIDI_EXTENSIONS: tuple[str, ...] = (".mid", ".midi")
+# Order = preference when one stem has several recordings: lossless first, then the lossy formats.
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
+
+# LocalStore.write's temporary files; listing skips them so a half-written object is never seen.
+_TEMP_MARKER = ".mer-tmp-"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object in a store.
+
+    ``key`` is relative to the store root (``/``-separated); ``size`` is in bytes; ``version`` changes whenever the
+    content may have changed: the ETag for S3, ``f"{size}-{mtime_ns}"`` for a local file.
+    """
+
+    key: str
+    size: int
+    version: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """A piece: the objects sharing one key stem (the key without its extension).
+
+    At least one of ``midi`` and ``audio`` is set. ``stem`` is the item's key in the catalog.
+    """
+
+    stem: str
+    midi: StoredObject | None
+    audio: StoredObject | None
+
+    @property
+    def version(self) -> str:
+        """The item's object version: changes when either object changes, appears or disappears."""
+        parts = []
+        if self.midi is not None:
+            parts.append(f"midi:{self.midi.version}")
+        if self.audio is not None:
+            parts.append(f"audio:{self.audio.version}")
+        return ";".join(parts)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """``("midi",)``, ``("audio",)`` or ``("midi", "audio")``."""
+        return tuple(name for name, obj in (("midi", self.midi), ("audio", self.audio)) if obj is not None)
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` is unsafe to use as a store key, or None when it is fine.
+
+    Rejected: empty keys, absolute paths (leading ``/`` or ``\\``, drive letters), ``..`` segments (with either
+    separator: a local mirror or a Windows reader would climb out of the root) and control characters. Spaces and
+    non-ASCII letters are fine.
+    """
+    if not key:
+        return "empty key"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        return "key contains a control character"
+    if key.startswith(("/", "\\")) or (len(key) > 1 and key[1] == ":" and key[0].isalpha()):
+        return "key is an absolute path"
+    if ".." in key.replace("\\", "/").split("/"):
+        return "key contains a '..' path segment"
+    return None
+
+
+def _check_key(key: str) -> str:
+    problem = key_problem(key)
+    if problem is not None:
+        raise BadInputError(key or "<empty key>", problem)
+    return key
+
+
+def _check_prefix(prefix: str) -> str:
+    # An empty prefix lists everything; otherwise the same rules as keys apply.
+    if prefix:
+        _check_key(prefix)
+    return prefix
+
+
+class ObjectStore(ABC):
+    """A flat namespace of ``/``-separated keys under a root. Subclasses: :class:`LocalStore`, :class:`S3Store`."""
+
+    url: str
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        """Every object whose key starts with ``prefix`` (a string prefix, as in S3), sorted by key.
+
+        Raises FileNotFoundError when the store's root (folder or bucket) does not exist.
+        """
+
+    @abstractmethod
+    def read(self, key: str) -> bytes:
+        """The object's bytes. FileNotFoundError if absent; BadInputError for an unsafe key (see key_problem)."""
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> StoredObject:
+        """Create or replace the object (atomically: readers see the old or the new bytes, never a mix)."""
+
+    @abstractmethod
+    def stat(self, key: str) -> StoredObject:
+        """Size and version of one object without reading it. FileNotFoundError if absent."""
+
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+        try:
+            self.stat(key)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+class LocalStore(ObjectStore):
+    """Objects are files under ``root``; keys are their paths relative to it.
+
+    Nothing outside ``root`` is ever read or written: keys with ``..`` or absolute paths are rejected, and a
+    symlink leading out of the root is refused when read.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.url = str(self.root)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        _check_key(key)
+        path = self.root.joinpath(*key.split("/"))
+        # Resolve symlinks: a link inside the root may point anywhere. Compare against the resolved root because
+        # the root itself may legitimately sit behind a symlink (e.g. /tmp on macOS).
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root.resolve()):
+            raise BadInputError(key, "resolves to a path outside the store root (symlink?)")
+        return path
+
+    @staticmethod
+    def _object(key: str, st: os.stat_result) -> StoredObject:
+        return StoredObject(key=key, size=st.st_size, version=f"{st.st_size}-{st.st_mtime_ns}")
+
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        _check_prefix(prefix)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"store root {self.root} is not a folder")
+        # Walk only the deepest folder the prefix names, then filter by string prefix (S3 semantics:
+        # prefix "a/b" matches "a/bc.mid" and "a/b/c.mid").
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        if not start.is_dir():
+            return
+        found: list[StoredObject] = []
+        for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+            dirnames.sort()
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if _TEMP_MARKER in name:
+                    continue
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))  # follows a file symlink: size of the target
+                except OSError:
+                    continue  # vanished while listing, or a dangling symlink: not an object
+                found.append(self._object(key, st))
+        found.sort(key=lambda obj: obj.key)
+        yield from found
+
+    def read(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
+
+    def stat(self, key: str) -> StoredObject:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.url}: no object {key!r}")
+        return self._object(key, st)
+
+    def write(self, key: str, data: bytes) -> StoredObject:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Temp file in the same folder + os.replace = atomic on POSIX, so concurrent readers (or a crash) never
+        # see a half-written object.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TEMP_MARKER}")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return self._object(key, path.stat())
+
+
+class S3Store(ObjectStore):
+    """Objects under ``s3://bucket/prefix`` on AWS S3 or an S3-compatible store (MinIO, moto, Ceph...).
+
+    ``endpoint_url`` selects a non-AWS endpoint (None: boto3's default, which also honours the
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` environment variables). Credentials and region come from the
+    standard AWS chain. The client is created on first use in each process, so the store pickles cheaply.
+    """
+
+    def __init__(
+        self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, region_name: str | None = None
+    ) -> None:
+        if not bucket:
+            raise ValueError("S3Store needs a bucket name")
+        prefix = prefix.strip("/")
+        if prefix:
+            _check_key(prefix)
+        self.bucket = bucket
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.endpoint_url = endpoint_url
+        self.region_name = region_name
+        self.url = f"s3://{bucket}/{self.prefix}"
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        # Bucket, prefix and endpoint only: nothing of the credentials.
+        return f"S3Store({self.url!r}, endpoint_url={self.endpoint_url!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None  # each process builds its own client (and re-reads the credential chain)
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client (created on first use; boto3 clients are thread-safe once created)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import boto3
+                    from botocore.config import Config
+
+                    # Path-style addressing for custom endpoints: S3-compatible servers rarely have the wildcard
+                    # DNS that virtual-host style needs.
+                    config = Config(
+                        retries={"max_attempts": 5, "mode": "standard"},
+                        s3={"addressing_style": "path"} if self.endpoint_url else {},
+                    )
+                    session = boto3.session.Session()
+                    self._client = session.client(
+                        "s3", endpoint_url=self.endpoint_url, region_name=self.region_name, config=config
+                    )
+        return self._client
+
+    @staticmethod
+    def _missing(error: Exception) -> bool:
+        code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
+        return code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
+
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        # Keys are listed as S3 holds them, unsafe ones included: list_items reports them rather than hiding them.
+        _check_prefix(prefix)
+        from botocore.exceptions import ClientError
+
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for entry in page.get("Contents", []):
+                    key = entry["Key"][len(self.prefix):]
+                    if not key or key.endswith("/"):
+                        continue  # "folder" marker objects made by consoles
+                    yield StoredObject(key=key, size=int(entry["Size"]), version=entry["ETag"].strip('"'))
+        except ClientError as error:
+            if self._missing(error):
+                raise FileNotFoundError(f"{self.url}: bucket does not exist") from None
+            raise
+
+    def read(self, key: str) -> bytes:
+        _check_key(key)
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            return response["Body"].read()
+        except ClientError as error:
+            if self._missing(error):
+                raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
+            raise
+
+    def stat(self, key: str) -> StoredObject:
+        _check_key(key)
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except ClientError as error:
+            if self._missing(error):
+                raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
+            raise
+        return StoredObject(key=key, size=int(head["ContentLength"]), version=head["ETag"].strip('"'))
+
+    def write(self, key: str, data: bytes) -> StoredObject:
+        _check_key(key)
+        response = self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+        return StoredObject(key=key, size=len(data), version=response["ETag"].strip('"'))
+
+
+def open_store(url: str | os.PathLike[str], *, endpoint_url: str | None = None) -> ObjectStore:
+    """The store a URL names: ``s3://bucket[/prefix]`` → S3Store; ``file:///path`` or a plain path → LocalStore.
+
+    ``endpoint_url`` only applies to S3 (e.g. ``http://127.0.0.1:9000`` for MinIO).
+    """
+    text = os.fspath(url)
+    parts = urlsplit(text)
+    if parts.scheme == "s3":
+        return S3Store(parts.netloc, unquote(parts.path), endpoint_url=endpoint_url)
+    if parts.scheme == "file":
+        return LocalStore(unquote(parts.path))
+    if parts.scheme and len(parts.scheme) > 1:  # one letter = a Windows drive, i.e. a plain path
+        raise ValueError(f"unsupported store URL scheme {parts.scheme!r} in {text!r} (use a path, file:// or s3://)")
+    return LocalStore(text)
+
+
+def _split_extension(key: str) -> tuple[str, str]:
+    """(stem, lower-case extension) of a key; the extension is "" when the last segment has none."""
+    name = key.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    if dot <= 0:  # no dot, or a dot-file like ".mid" with no stem
+        return key, ""
+    return key[: len(key) - len(name) + dot], name[dot:].lower()
+
+
+def list_items(store: ObjectStore, prefix: str = "") -> tuple[list[Item], list[tuple[str, str]]]:
+    """Pair the objects under ``prefix`` into items.
+
+    Returns ``(items, rejects)``: items sorted by stem; rejects as ``(key, reason)`` sorted by key, for objects with
+    a MIDI or audio extension that cannot be used (unsafe key, or a second file of the same kind for one stem —
+    the preferred one by extension order, then key order, is kept). Objects with other extensions are ignored.
+    Extensions match case-insensitively.
+    """
+    midi: dict[str, list[tuple[int, StoredObject]]] = {}
+    audio: dict[str, list[tuple[int, StoredObject]]] = {}
+    rejects: list[tuple[str, str]] = []
+    for obj in store.list(prefix):
+        stem, ext = _split_extension(obj.key)
+        if ext in MIDI_EXTENSIONS:
+            bucket, rank = midi, MIDI_EXTENSIONS.index(ext)
+        elif ext in AUDIO_EXTENSIONS:
+            bucket, rank = audio, AUDIO_EXTENSIONS.index(ext)
+        else:
+            continue
+        problem = key_problem(obj.key)
+        if problem is not None:
+            rejects.append((obj.key, problem))
+            continue
+        bucket.setdefault(stem, []).append((rank, obj))
+
+    def choose(candidates: dict[str, list[tuple[int, StoredObject]]], kind: str) -> dict[str, StoredObject]:
+        chosen: dict[str, StoredObject] = {}
+        for stem, objs in candidates.items():
+            objs.sort(key=lambda ranked: (ranked[0], ranked[1].key))
+            chosen[stem] = objs[0][1]
+            for _, other in objs[1:]:
+                rejects.append((other.key, f"another {kind} file for the same item is used: {objs[0][1].key}"))
+        return chosen
+
+    midi_of, audio_of = choose(midi, "MIDI"), choose(audio, "audio")
+    items = [Item(stem=stem, midi=midi_of.get(stem), audio=audio_of.get(stem)) for stem in sorted(midi_of | audio_of)]
+    rejects.sort()
+    return items, rejects
