@@ -11,6 +11,9 @@ import pytest
 
 from mer.emopia import emopia_root
 
+# moto S3 server, PostgreSQL and SQLite catalog fixtures, shared by every test module.
+pytest_plugins = ["fixtures_services"]
+
 
 @pytest.fixture(scope="session")
 def emopia() -> Path:
