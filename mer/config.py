@@ -72,10 +72,10 @@ class ModelConfig:
     gru_hidden: int = 256
     gru_layers: int = 2
     # Harmony branch: 3 convolutions with (12, 1) kernels, then 3 with (1, 48) kernels.
-    harmony_channels: int = 64
+    harmony_channels: int = 32  # not fixed by the paper; 32 keeps training within budget on 2 CPU cores
     harmony_time_kernel: int = 48
     # Tone-colour branch: short-chunk ResNet, seven residual blocks.
-    resnet_channels: int = 64
+    resnet_channels: int = 32  # Won et al. use 128 on GPUs; 32 fits the 2-core training budget
     resnet_blocks: int = 7
     # Fusion: each branch projected to ``fusion_dim``, 4-head self-attention, two FC layers.
     fusion_dim: int = 256
