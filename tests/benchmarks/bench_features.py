@@ -74,6 +74,7 @@ def main() -> None:
     feature_total = sum(seconds.values())
 
     # Model inference: every window of the clips, default config, eval mode, CPU (all cores torch wants).
+    torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     model = MerModel(config).eval()
     rows = [row for item in items for row in item.window_rows()]
