@@ -1,0 +1,93 @@
+"""Evaluate on the EMOPIA test split: one model artifact, or the paper's Table I + Table III reproduction.
+
+One model (by path, URL or version id under --storage; default the storage's LATEST):
+    python jobs/evaluate.py --model 20250101-120000-abcd1234 --storage ./mer_runs --out ./reports/latest
+
+The tables (trains what is missing — each variant x seed — and reuses artifacts already in --storage):
+    python jobs/evaluate.py --tables --seeds 0 1 2 --epochs 20 --storage ./mer_runs --out ./reports/tables
+
+Either writes Markdown + JSON + PNGs (confusion matrix, attention weights) into --out. On a cluster:
+``ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/evaluate.py --tables ...``
+(absolute paths for --storage, --emopia and --cache-dir). Flags default to MER_EMOPIA, MER_STORAGE,
+MER_CACHE_DIR, RAY_ADDRESS.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import ray
+
+from mer.artifact import load_artifact
+from mer.cache import FeatureCache
+from mer.emopia import emopia_root, load_split
+from mer.errors import MerError
+from mer.evaluation import METHODS, METRICS, evaluate_artifact, run_tables, write_evaluation
+from mer.training import select_clips
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--model", default=None, help="artifact path/URL or version id (default: LATEST in --storage)")
+    what.add_argument("--tables", action="store_true", help="reproduce Table I + Table III")
+    parser.add_argument("--emopia", default=os.environ.get("MER_EMOPIA"),
+                        help="EMOPIA folder (env MER_EMOPIA; default ../shared/emopia)")
+    parser.add_argument("--storage", default=os.environ.get("MER_STORAGE", "./mer_runs"),
+                        help="runs and model artifacts: a folder or s3://bucket/prefix (env MER_STORAGE)")
+    parser.add_argument("--cache-dir", default=os.environ.get("MER_CACHE_DIR"),
+                        help="feature cache folder (env MER_CACHE_DIR; default <storage>/feature-cache, "
+                             "./mer_runs/feature-cache for S3)")
+    parser.add_argument("--out", default="./reports", help="report folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--tables: training seeds")
+    parser.add_argument("--epochs", type=int, default=None, help="--tables: epochs per model (default: config's)")
+    parser.add_argument("--workers", type=int, default=None, help="--tables: Ray Train workers per model")
+    parser.add_argument("--methods", nargs="+", default=None, choices=[m.key for m in METHODS],
+                        help="--tables: only these rows (default all)")
+    parser.add_argument("--subset", type=int, default=None,
+                        help="--tables: N training clips (proportional val/test clips), quick runs; "
+                             "--model: N test clips (quadrant-balanced)")
+    parser.add_argument("--device", default=None, help="evaluation device (default: CUDA when present)")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="Ray cluster address (env RAY_ADDRESS; default: start a local Ray)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cache_dir = args.cache_dir or os.path.join("./mer_runs" if "://" in args.storage else args.storage,
+                                               "feature-cache")
+    try:
+        if args.tables:
+            ray.init(address=args.address or "local")
+            report = run_tables(emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, out=args.out,
+                                seeds=args.seeds, epochs=args.epochs, subset=args.subset, workers=args.workers,
+                                methods=args.methods, device=args.device, progress=not args.quiet)
+            print(f"{'method':<28} " + " ".join(f"{m:>15}" for m in METRICS))
+            for method in METHODS:
+                if method.key in report.results:
+                    s = report.summary(method.key)
+                    print(f"{method.label:<28} " + " ".join(
+                        f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}".rjust(15) for m in METRICS))
+            print(f"report: {report.paths['markdown']}  {report.paths['json']}")
+        else:
+            artifact = load_artifact(args.model, storage=args.storage, device=args.device)  # fail fast, before Ray
+            clips = select_clips(load_split(emopia_root(args.emopia), "test"), args.subset)
+            ray.init(address=args.address or "local")
+            result = evaluate_artifact(artifact, clips=clips, cache=FeatureCache(os.path.abspath(cache_dir)),
+                                       device=args.device, progress=not args.quiet)
+            paths = write_evaluation(result, args.out, title=f"model {artifact.version}")
+            m = result.metrics
+            print(f"model {artifact.version} on {len(result.names)} test clips: 4Q {m['4q']:.3f}  "
+                  f"arousal {m['arousal']:.3f}  valence {m['valence']:.3f}")
+            print("report: " + "  ".join(str(p) for p in paths.values()))
+    except MerError as error:  # missing data, no model, bad storage: a message, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

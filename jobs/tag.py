@@ -1,0 +1,102 @@
+"""Tag the pieces of an object store with their emotion, into the SQL catalog (the nightly job, on Ray Data).
+
+Every new or changed item (``<stem>.mid|.midi`` and/or ``<stem>.wav|.flac|.mp3|.ogg``) is read, turned into
+features in parallel CPU tasks, labelled by the model in an actor pool (one GPU per actor when the cluster has
+GPUs) and written to the catalog in batches, one transaction each. Items this model already tagged at the same
+object version are skipped (``--force`` re-tags them); a killed run can simply be started again.
+
+    python jobs/tag.py --store s3://bucket/pieces --catalog postgresql+psycopg://user@host/mer \\
+        --storage s3://bucket/mer_runs            # model: LATEST in --storage
+    python jobs/tag.py --store ./pieces --model ./mer_runs/models/<version> --catalog ./mer_catalog.db
+
+Items given as MIDI only are labelled by the symbolic branch alone. ``--render-missing-audio`` renders their
+audio with FluidSynth first so all three branches run, as the model was trained on EMOPIA (slower: rendering
+costs about as much as the rest of the features; off by default). Bad files never stop the run: they land in
+the ``failures`` table with a reason, or the item is tagged from its usable file with the problem recorded.
+
+Flags default to their environment variables (MER_STORE, AWS_ENDPOINT_URL, MER_CATALOG_URL, MER_MODEL,
+MER_STORAGE, MER_METRICS_PORT, MER_PUSHGATEWAY, RAY_ADDRESS). AWS credentials come from the standard AWS chain.
+Exit status: 0 when the run succeeded (failed items included), 1 when the run failed, 2 for bad flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy.exc import SQLAlchemyError
+
+from mer.config import TagConfig
+from mer.errors import MerError
+from mer.tagging import tag_store
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    defaults = TagConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", default=env("MER_STORE"), required=env("MER_STORE") is None,
+                        help="object store to tag: a folder, file:// or s3://bucket/prefix (env MER_STORE)")
+    parser.add_argument("--prefix", default="", help="only keys starting with this (relative to the store)")
+    parser.add_argument("--endpoint-url", default=env("AWS_ENDPOINT_URL"),
+                        help="S3-compatible endpoint (env AWS_ENDPOINT_URL; default: AWS)")
+    parser.add_argument("--catalog", default=env("MER_CATALOG_URL", "sqlite:///mer_catalog.db"),
+                        help="SQLAlchemy URL or SQLite path of the catalog (env MER_CATALOG_URL)")
+    parser.add_argument("--model", default=env("MER_MODEL"),
+                        help="model artifact path/URL or version id (env MER_MODEL; default: LATEST in --storage)")
+    parser.add_argument("--storage", default=env("MER_STORAGE", "./mer_runs"),
+                        help="where model versions live (env MER_STORAGE)")
+    parser.add_argument("--force", action="store_true", help="re-tag items already tagged at the same version")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="windows per model call and items per catalog transaction")
+    parser.add_argument("--feature-concurrency", type=int, default=defaults.feature_concurrency,
+                        help="parallel feature-extraction tasks")
+    parser.add_argument("--inference-concurrency", type=int, default=defaults.inference_concurrency,
+                        help="inference actors (one GPU each when the cluster has GPUs)")
+    parser.add_argument("--render-missing-audio", action="store_true",
+                        help="render audio with FluidSynth for items without usable audio (all three branches)")
+    parser.add_argument("--metrics-port", type=int, default=int(env("MER_METRICS_PORT", "9464")),
+                        help="serve Prometheus /metrics on this port while running (env MER_METRICS_PORT; 0: off)")
+    parser.add_argument("--pushgateway", default=env("MER_PUSHGATEWAY"),
+                        help="push the metrics to this Pushgateway at the end (env MER_PUSHGATEWAY)")
+    parser.add_argument("--address", default=env("RAY_ADDRESS"),
+                        help="Ray cluster address (env RAY_ADDRESS; default: start a local Ray)")
+    parser.add_argument("--limit", type=int, default=None, help="tag at most N items (the rest wait for next run)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars, only log lines")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "feature_concurrency", "inference_concurrency"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    tagging = TagConfig(batch_size=args.batch_size, feature_concurrency=args.feature_concurrency,
+                        inference_concurrency=args.inference_concurrency)
+    try:
+        summary = tag_store(
+            args.store, catalog=args.catalog, model=args.model, storage=args.storage, prefix=args.prefix,
+            endpoint_url=args.endpoint_url, force=args.force, tagging=tagging,
+            render_missing_audio=args.render_missing_audio, metrics_port=args.metrics_port or None,
+            pushgateway=args.pushgateway, address=args.address, limit=args.limit, progress=not args.no_progress,
+        )
+    except (MerError, FileNotFoundError, SQLAlchemyError, BotoCoreError, ClientError) as error:
+        # No model, no store, an unreachable catalog or bucket: say so, without a traceback.
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"run {summary.run_id} {summary.status} (model {summary.model_version}): {summary.listed} listed, "
+          f"{summary.tagged} tagged, {summary.skipped} skipped, {summary.failed} failed"
+          + (f", {summary.deferred} deferred" if summary.deferred else "")
+          + f" in {summary.seconds:.1f} s ({summary.items_per_second:.2f} items/s)")
+    print(json.dumps(summary.to_dict()))
+    return 0 if summary.status == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

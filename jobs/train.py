@@ -1,0 +1,105 @@
+"""Train the emotion model on EMOPIA with Ray Train and write a model artifact.
+
+Plain (a local Ray starts, or the cluster in RAY_ADDRESS / --address):
+    python jobs/train.py --storage ./mer_runs --workers 2
+
+On a running cluster (Redis holds 6379 here, so the head takes another port):
+    source .venv/bin/activate     # the head's job drivers then run the venv's python
+    ray start --head --port 6380 --dashboard-host 127.0.0.1
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python jobs/train.py --storage "$PWD/mer_runs" --emopia /work/shared/emopia
+
+``RAY_AUTH_MODE=token`` is needed when the head runs with token authentication (Ray turns it on when
+~/.ray/auth_token exists, which any local ``ray.init()`` creates). Under ``ray job submit`` give absolute paths:
+the job runs in a temporary copy of --working-dir. On a multi-node cluster --storage must be S3 or a shared
+folder, and --cache-dir a shared folder (or each node re-extracts what it misses).
+
+Flags default to their environment variables (MER_EMOPIA, MER_STORAGE, MER_CACHE_DIR, AWS_ENDPOINT_URL,
+RAY_ADDRESS). Running the same command again resumes the run from its latest checkpoint (``--no-resume``
+starts over); raising --epochs extends a finished run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import ray
+
+from mer.config import BRANCHES, MerConfig
+from mer.errors import MerError
+from mer.training import summary_table, train_model
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = MerConfig().training
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--emopia", default=os.environ.get("MER_EMOPIA"),
+                        help="EMOPIA folder (env MER_EMOPIA; default ../shared/emopia)")
+    parser.add_argument("--storage", default=os.environ.get("MER_STORAGE", "./mer_runs"),
+                        help="runs and model artifacts: a folder or s3://bucket/prefix (env MER_STORAGE)")
+    parser.add_argument("--cache-dir", default=os.environ.get("MER_CACHE_DIR"),
+                        help="feature cache folder, shared by all nodes (env MER_CACHE_DIR; "
+                             "default <storage>/feature-cache for a local storage, ./mer_runs/feature-cache for S3)")
+    parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
+                        help="S3-compatible endpoint for an s3:// storage (env AWS_ENDPOINT_URL)")
+    parser.add_argument("--workers", type=int, default=defaults.num_workers, help="Ray Train workers")
+    parser.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, default=defaults.use_gpu,
+                        help="one GPU per worker (default: when the cluster has GPUs)")
+    parser.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch (all workers)")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate (AdamW)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--branches", default=",".join(BRANCHES),
+                        help=f"comma-separated subset of {','.join(BRANCHES)} (ablations)")
+    parser.add_argument("--no-attention", action="store_true", help="the model without self-attention (ablation)")
+    parser.add_argument("--subset", type=int, default=None, help="train on N clips (quick runs)")
+    parser.add_argument("--run-name", default=None, help="run folder name (default: from config and data)")
+    parser.add_argument("--resume", dest="resume", action="store_true", default=True,
+                        help="continue the run's latest checkpoint (default)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false", help="discard the run and start over")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="Ray cluster address (env RAY_ADDRESS; default: start a local Ray)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> MerConfig:
+    config = MerConfig()
+    branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, branches=branches, use_attention=not args.no_attention),
+        training=dataclasses.replace(
+            config.training, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+            num_workers=args.workers, use_gpu=args.use_gpu,
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except ValueError as error:  # e.g. an unknown branch name
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    cache_dir = args.cache_dir or os.path.join("./mer_runs" if "://" in args.storage else args.storage,
+                                               "feature-cache")
+    ray.init(address=args.address or "local")
+    try:
+        result = train_model(
+            config, emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, run_name=args.run_name,
+            resume=args.resume, subset=args.subset, progress=not args.quiet, endpoint_url=args.endpoint_url,
+        )
+    except MerError as error:  # missing data, bad storage, no usable clips: a message, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(summary_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
