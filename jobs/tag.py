@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="parallel feature-extraction tasks")
     parser.add_argument("--inference-concurrency", type=int, default=defaults.inference_concurrency,
                         help="inference actors (one GPU each when the cluster has GPUs)")
+    parser.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, default=None,
+                        help="one GPU per inference actor, even if no GPU node is up yet (autoscaling clusters); "
+                             "default: when the cluster has GPUs at the start")
+    parser.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
     parser.add_argument("--render-missing-audio", action="store_true",
                         help="render audio with FluidSynth for items without usable audio (all three branches)")
     parser.add_argument("--metrics-port", type=int, default=int(env("MER_METRICS_PORT", "9464")),
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     tagging = TagConfig(batch_size=args.batch_size, feature_concurrency=args.feature_concurrency,
-                        inference_concurrency=args.inference_concurrency)
+                        inference_concurrency=args.inference_concurrency, use_gpu=args.use_gpu)
     try:
         summary = tag_store(
             args.store, catalog=args.catalog, model=args.model, storage=args.storage, prefix=args.prefix,

@@ -95,8 +95,8 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and Ray Train settings."""
 
-    epochs: int = 30
-    batch_size: int = 16
+    epochs: int = 20
+    batch_size: int = 32  # global: split over the workers
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -112,6 +112,7 @@ class TagConfig:
     batch_size: int = 8
     feature_concurrency: int = 2
     inference_concurrency: int = 1
+    use_gpu: bool | None = None  # None: one GPU per inference actor when the cluster has GPUs at the start
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,10 @@ MIDI_EXTENSIONS: tuple[str, ...] = (".mid", ".midi")
 # Order = preference when one stem has several recordings: lossless first, then the lossy formats.
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
 
+MAX_OBJECT_BYTES = 2 * 1024**3
+"""Objects larger than this (2 GiB: hours of uncompressed audio) are listing rejects: a worker reads an object whole,
+and one giant file must not take a feature task (and the night's run) down with it."""
+
 # LocalStore.write's temporary files; listing skips them so a half-written object is never seen.
 _TEMP_MARKER = ".mer-tmp-"
 
@@ -81,6 +85,10 @@ def key_problem(key: str) -> str | None:
     """
     if not key:
         return "empty key"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:  # a local file name with bytes that are not UTF-8 (os.walk keeps them as surrogates)
+        return "key is not valid UTF-8 (the file name holds undecodable bytes)"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
         return "key contains a control character"
     if key.startswith(("/", "\\")) or (len(key) > 1 and key[1] == ":" and key[0].isalpha()):
@@ -88,6 +96,11 @@ def key_problem(key: str) -> str | None:
     if ".." in key.replace("\\", "/").split("/"):
         return "key contains a '..' path segment"
     return None
+
+
+def printable_key(key: str) -> str:
+    """``key`` as text any database and log accepts: undecodable file-name bytes become ``\\xNN`` escapes."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _check_key(key: str) -> str:
@@ -365,12 +378,15 @@ def _split_extension(key: str) -> tuple[str, str]:
     return key[: len(key) - len(name) + dot], name[dot:].lower()
 
 
-def list_items(store: ObjectStore, prefix: str = "") -> tuple[list[Item], list[tuple[str, str]]]:
+def list_items(
+    store: ObjectStore, prefix: str = "", *, max_bytes: int = MAX_OBJECT_BYTES
+) -> tuple[list[Item], list[tuple[str, str]]]:
     """Pair the objects under ``prefix`` into items.
 
     Returns ``(items, rejects)``: items sorted by stem; rejects as ``(key, reason)`` sorted by key, for objects with
-    a MIDI or audio extension that cannot be used (unsafe key, or a second file of the same kind for one stem —
-    the preferred one by extension order, then key order, is kept). Objects with other extensions are ignored.
+    a MIDI or audio extension that cannot be used (unsafe key, larger than ``max_bytes``, or a second file of the
+    same kind for one stem — the preferred one by extension order, then key order, is kept); a reject's key is
+    :func:`printable_key` of the object's. Objects with other extensions are ignored.
     Extensions match case-insensitively.
     """
     midi: dict[str, list[tuple[int, StoredObject]]] = {}
@@ -385,8 +401,10 @@ def list_items(store: ObjectStore, prefix: str = "") -> tuple[list[Item], list[t
         else:
             continue
         problem = key_problem(obj.key)
+        if problem is None and obj.size > max_bytes:
+            problem = f"object is {obj.size:,} bytes, more than the {max_bytes:,}-byte limit"
         if problem is not None:
-            rejects.append((obj.key, problem))
+            rejects.append((printable_key(obj.key), problem))
             continue
         bucket.setdefault(stem, []).append((rank, obj))
 

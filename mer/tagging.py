@@ -32,6 +32,7 @@ nothing but the speed.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -49,7 +50,7 @@ from mer.features import ItemFeatures, extract_features
 from mer.metrics import JobMetrics
 from mer.midi import read_midi
 from mer.render import render_audio, soundfont_path
-from mer.storage import Item, ObjectStore, list_items, open_store
+from mer.storage import Item, ObjectStore, list_items, open_store, printable_key
 from mer.tokens import pad_id
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ INFERENCE_ACTOR_CPUS = 0.5
 """CPUs an inference actor reserves on a CPU-only cluster. Inference of a batch of windows is a small share of an
 item's cost (feature extraction dominates), so on a 2-core machine the actor may share a core with the feature
 tasks instead of taking one away from them (whole-CPU actors would leave one feature task running)."""
+
+FEATURE_TASK_RETRIES = 2
+"""Retries of a feature task whose worker died. Ray Data's default retries forever, so one file that crashes a
+decoder natively would hang the night's run; after these retries its block is given up and its items recorded."""
 
 WRITE_EVERY_SECONDS = 10.0
 """A partial write batch is flushed after this long, so a slow run still shows progress in the catalog."""
@@ -463,9 +468,13 @@ class _Recorder:
                    for k in ("window_index", "window_start", "quadrant_probs", "arousal_prob", "valence_prob",
                              "attention")},
             })[0]
+            # Tagged from one modality because reading the other failed for a reason that is not the content's
+            # (store or network error): the label is kept, but without an object version, so the next run
+            # retries the item instead of skipping it as done.
+            partial = bool(first["failed_transient"])
             label = LabelRecord(
                 key=done.key,
-                object_version=str(first["object_version"]),
+                object_version="" if partial else str(first["object_version"]),
                 modalities=str(first["modalities"]),
                 duration_s=float(first["duration"]),
                 quadrant=piece.label,
@@ -518,7 +527,14 @@ class _Recorder:
                         len(labels) + len(failures), _describe(error))
             written_labels, written_failures = [], []
             for record in failures:
-                self.writer.write_batch(self.run_id, [], [record])
+                try:
+                    self.writer.write_batch(self.run_id, [], [record])
+                except Exception as item_error:  # noqa: BLE001 — e.g. a key the database cannot store as is
+                    log.warning("catalog refused failure of %r (%s); storing it under a printable key",
+                                record.key, _describe(item_error))
+                    record = dataclasses.replace(record, key=printable_key(record.key),
+                                                 reason=printable_key(record.reason))
+                    self.writer.write_batch(self.run_id, [], [record])  # if even this fails, the catalog is unusable
                 written_failures.append(record)
             for label, quadrant in labels:
                 try:
@@ -685,11 +701,22 @@ def _end(plan: _Plan, *, success: bool, pushgateway: str | None) -> TagSummary:
     return summary
 
 
-def feature_task_cpus(cluster_cpus: float, *, tagging: TagConfig, actor_cpus: float) -> float:
-    """CPUs each feature task reserves: :data:`FEATURE_TASK_CPUS`, or less when the cluster cannot hold
+def use_gpus(tagging: TagConfig, resources: Mapping[str, float]) -> bool:
+    """Whether inference actors take a GPU each: ``tagging.use_gpu`` when set (True on an autoscaling cluster whose
+    GPU nodes start at zero: asking for GPUs is what brings them up), else whether the cluster has GPUs now."""
+    if tagging.use_gpu is not None:
+        return bool(tagging.use_gpu)
+    return resources.get("GPU", 0) > 0
+
+
+def feature_task_cpus(cluster_cpus: float, *, tagging: TagConfig, actor_cpus: float, nodes: int = 1) -> float:
+    """CPUs each feature task reserves: :data:`FEATURE_TASK_CPUS`, or less on a single machine that cannot hold
     ``feature_concurrency`` such tasks beside the inference actors — on 2 cores with one 0.5-CPU actor, two
     0.75-CPU tasks. Ray would otherwise run fewer tasks than asked and leave a core idle; the actor's share of a
-    core is small because inference costs far less than feature extraction."""
+    core is small because inference costs far less than feature extraction. On a multi-node cluster, or one whose
+    workers have not started yet (no CPUs), tasks take a whole CPU: there the autoscaler adds nodes for them."""
+    if nodes != 1 or cluster_cpus <= 0:
+        return FEATURE_TASK_CPUS
     spare = cluster_cpus - actor_cpus * tagging.inference_concurrency
     return max(0.25, min(FEATURE_TASK_CPUS, spare / max(1, tagging.feature_concurrency)))
 
@@ -784,8 +811,9 @@ def _run_pipeline(plan: _Plan, *, tagging: TagConfig, render_missing_audio: bool
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.enable_operator_progress_bars = progress
+    context.max_errored_blocks = -1  # a block whose task died is skipped, its items recorded as failures below
     resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0)
+    gpus = use_gpus(tagging, resources)
     actor_cpus = 1 if gpus else INFERENCE_ACTOR_CPUS
     rows = [item_row(item) for item in plan.todo]
     blocks = _blocks_for(len(rows), tagging.feature_concurrency)
@@ -795,7 +823,9 @@ def _run_pipeline(plan: _Plan, *, tagging: TagConfig, render_missing_audio: bool
             extract_window_rows,
             fn_kwargs={"store": plan.store, "config": plan.config, "render_missing_audio": render_missing_audio},
             compute=_ray_compute(min(tagging.feature_concurrency, blocks), actor=False),
-            num_cpus=feature_task_cpus(resources.get("CPU", 1.0), tagging=tagging, actor_cpus=actor_cpus),
+            max_retries=FEATURE_TASK_RETRIES,
+            num_cpus=feature_task_cpus(resources.get("CPU", 0.0), tagging=tagging, actor_cpus=actor_cpus,
+                                       nodes=len([n for n in ray.nodes() if n.get("Alive")])),
         )
         .map_batches(
             WindowPredictor,
@@ -819,6 +849,15 @@ def _run_pipeline(plan: _Plan, *, tagging: TagConfig, render_missing_audio: bool
                 reason=f"only {len(rows_)} of {int(first['n_windows'])} windows came back from inference",
                 modalities=str(first["modalities"]) or None))
             plan.recorder.seen.add(key)
+    # Items of blocks Ray Data gave up on (a task that died even after its retries: a native crash in a decoder,
+    # out of memory) never came back. They fail without an object version, so the next run retries them — in
+    # smaller blocks, since only they are left to do — and the good items of this run are kept.
+    for key in sorted(set(plan.recorder.expected) - plan.recorder.seen):
+        plan.recorder.fail(FailureRecord(
+            key=key, object_version=None, stage="features",
+            reason="the worker processing this item died (crash or out of memory) and it never came back; "
+                   "retried by the next run", modalities=plan.recorder.expected[key] or None))
+        plan.recorder.seen.add(key)
 
 
 def tag_store_local(

@@ -56,6 +56,7 @@ CHECKPOINT_FILE = "state.pt"
 NUM_CHECKPOINTS_KEPT = 3  # the best by val_4q; Ray Train also always keeps the latest (for resuming)
 GRAD_CLIP_NORM = 5.0  # a Bi-GRU over ~1000 steps can spike; clipping keeps one bad batch from derailing training
 METRIC_KEYS = ("train_loss", "val_loss", "val_4q", "val_arousal", "val_valence")
+BUCKET_POOL = 8  # batches sorted together by token length (see length_bucketed_batches)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,33 @@ def batches(indices: list[int] | np.ndarray, batch_size: int) -> list[np.ndarray
     return chunks
 
 
+def length_bucketed_batches(indices: list[int] | np.ndarray, lengths: np.ndarray, batch_size: int, *,
+                            seed: int, pool: int = BUCKET_POOL) -> list[np.ndarray]:
+    """Batches of windows of similar token length, in a shuffled order.
+
+    The Bi-GRU runs every sequence of a batch to the batch's longest, so a batch mixing a 100-token window with a
+    1024-token one pays 1024 steps for both; EMOPIA's windows range from a few dozen tokens to the cap. Here the
+    (already shuffled) ``indices`` are cut into pools of ``pool`` batches, each pool is sorted by ``lengths`` and
+    cut into batches, and the batches are shuffled with ``seed``. Every index is used once (except a trailing
+    batch of one, see :func:`batches`); which windows meet in a batch stays random from epoch to epoch.
+    An epoch costs about the sum of its token lengths instead of ``batches x batch_size x max length``.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    lengths = np.asarray(lengths)
+    span = max(1, batch_size * pool)
+    chunks: list[np.ndarray] = []
+    for start in range(0, len(indices), span):
+        group = indices[start:start + span]
+        group = group[np.argsort(lengths[group], kind="stable")]  # (n,) shortest first
+        chunks.extend(group[i:i + batch_size] for i in range(0, len(group), batch_size))
+    order = np.random.default_rng(seed).permutation(len(chunks))
+    chunks = [chunks[i] for i in order]
+    singles = [i for i, chunk in enumerate(chunks) if len(chunk) < 2]
+    if len(chunks) > 1 and singles:  # BatchNorm cannot train on a batch of one
+        chunks.pop(singles[0])
+    return chunks
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The loop on each Ray Train worker
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,6 +217,7 @@ def evaluate_split(
     r, r + world_size, ...) and the probabilities gathered, so every rank returns the same
     ``{"4q", "arousal", "valence", "loss"}`` (loss: mean CE of the windows' quadrant probabilities)."""
     mine = np.arange(rank, len(table["quadrant"]), world_size)
+    mine = mine[np.argsort(table["token_lengths"][mine], kind="stable")]  # similar lengths together: less padding
     chunks = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     probs = [eval_step(model, take(table, chunk), device=device) for chunk in chunks]
     local = (mine, np.concatenate(probs) if probs else np.zeros((0, 4), dtype=np.float32))
@@ -259,7 +288,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         sampler.set_epoch(epoch)
         # Dropout draws depend only on (seed, epoch, rank): a resumed epoch replays exactly.
         torch.manual_seed(training.seed * 100_003 + epoch * 101 + rank)
-        chunks = batches(list(sampler), per_worker_batch)
+        chunks = length_bucketed_batches(list(sampler), train_table["token_lengths"], per_worker_batch,
+                                         seed=training.seed * 7_919 + epoch * 31 + rank)
         total, count = 0.0, 0
         for step, chunk in enumerate(chunks, start=1):
             loss = train_step(model, optimizer, take(train_table, chunk), device=device,

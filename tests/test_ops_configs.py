@@ -511,3 +511,45 @@ def test_every_mer_env_var_in_the_configs_is_read_by_the_code() -> None:
     assert {"MER_STORE", "MER_CATALOG_URL", "MER_PUSHGATEWAY"} <= set(used), sorted(used)
     unread = {name: sorted(paths) for name, paths in used.items() if name not in string_constants_in_code()}
     assert not unread, f"MER_* variables set in configs but read nowhere in mer/ or jobs/: {unread}"
+
+
+# --- drift: the README ----------------------------------------------------------------------------------------------------
+
+
+def readme_job_commands() -> list[tuple[str, list[str]]]:
+    """``(job, argv after the script)`` of every ``jobs/<job>.py`` command in the README's shell blocks
+    (continuation lines joined)."""
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
+            for part in re.split(r"&&|;", line):
+                argv = shlex.split(part)
+                for i, word in enumerate(argv):
+                    match = re.search(r"(?:^|/)jobs/(\w+)\.py$", word)
+                    if match:
+                        commands.append((match.group(1), argv[i + 1:]))
+    return commands
+
+
+def test_every_job_command_in_the_readme_uses_real_flags() -> None:
+    commands = readme_job_commands()
+    assert {job for job, _ in commands} >= {"train", "tag"}
+    unknown = sorted({(job, word.split("=", 1)[0]) for job, argv in commands for word in argv
+                      if word.startswith("--") and word.split("=", 1)[0] not in job_flags(job)})
+    assert not unknown, f"README passes flags the jobs do not have: {unknown}"
+
+
+def test_every_mer_env_var_in_the_readme_is_read_by_the_code() -> None:
+    names = set(re.findall(r"\bMER_[A-Z0-9_]+\b", (REPO / "README.md").read_text()))
+    assert {"MER_STORE", "MER_CATALOG_URL", "MER_STORAGE"} <= names
+    assert not sorted(names - string_constants_in_code())
+
+
+def test_the_readme_shows_the_analyst_queries_as_the_code_has_them() -> None:
+    from mer.catalog import ANALYST_QUERIES
+
+    readme = (REPO / "README.md").read_text()
+    for name, sql in ANALYST_QUERIES.items():
+        assert sql.strip() in readme, f"README's {name} query differs from mer.catalog.ANALYST_QUERIES"

@@ -91,6 +91,22 @@ def test_local_list_items_pairs_nasty_names(tmp_path: Path) -> None:
     assert plain.midi is not None and plain.midi.size == len(b"midi-1")
 
 
+def test_undecodable_file_names_and_huge_objects_are_rejects_with_printable_keys(tmp_path: Path) -> None:
+    (tmp_path / "good.mid").write_bytes(b"midi")
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.mid"), "wb") as handle:  # Latin-1 name, not UTF-8
+        handle.write(b"midi")
+    (tmp_path / "huge.wav").write_bytes(b"x" * 2000)
+
+    items, rejects = list_items(LocalStore(tmp_path), max_bytes=1000)
+
+    assert [item.stem for item in items] == ["good"]
+    reasons = dict(rejects)
+    assert "UTF-8" in reasons["caf\\xe9.mid"]
+    assert "2,000 bytes" in reasons["huge.wav"]
+    for key, reason in rejects:  # what the catalog and the logs get must encode cleanly
+        (key + reason).encode("utf-8")
+
+
 def test_local_prefix_is_a_string_prefix(tmp_path: Path) -> None:
     write_tree(tmp_path, NASTY_TREE)
     store = LocalStore(tmp_path)

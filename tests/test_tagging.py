@@ -15,6 +15,7 @@ import dataclasses
 import http.server
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -40,7 +41,15 @@ from mer.midi import read_midi
 from mer.model import MerModel
 from mer.render import render_audio
 from mer.storage import LocalStore, ObjectStore, S3Store, list_items
-from mer.tagging import WindowPredictor, item_row, prepare_item, tag_store, tag_store_local
+from mer.tagging import (
+    WindowPredictor,
+    feature_task_cpus,
+    item_row,
+    prepare_item,
+    tag_store,
+    tag_store_local,
+    use_gpus,
+)
 
 pytest_plugins = ["fixtures_services"]
 
@@ -485,3 +494,91 @@ def test_an_object_that_vanished_after_listing_is_a_transient_read_failure(model
     assert prepared.failure is not None and prepared.failure[0] == "read"
     assert "disappeared" in prepared.failure[1]
     assert prepared.transient  # recorded without an object version, so the next run tries again
+
+
+class _FlakyAudioStore(LocalStore):
+    """A folder whose audio reads fail with a network-like error (not the content's fault) while ``broken``."""
+
+    broken = True
+
+    def read(self, key: str) -> bytes:
+        if self.broken and key.endswith(".wav"):
+            raise ConnectionResetError("connection reset by peer")
+        return super().read(key)
+
+
+def test_a_label_from_one_modality_after_a_transient_read_error_is_retried_next_run(model, pieces,
+                                                                                  tmp_path: Path) -> None:
+    store = _FlakyAudioStore(tmp_path / "store")
+    key = put_pieces(store, dict(list(pieces.items())[:1]))[0]
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+
+    first = tag_store_local(store, catalog=catalog, model=model)
+    label = labels_by_key(catalog)[key]
+    assert first.tagged == 1 and label["branches_used"] == "symbolic"  # tagged from the MIDI it could read
+    assert "connection reset" in label["problems"]
+
+    store.broken = False
+    second = tag_store_local(store, catalog=catalog, model=model)
+    label = labels_by_key(catalog)[key]
+    assert (second.tagged, second.skipped) == (1, 0)  # not skipped as done: its audio was never read
+    assert label["branches_used"] == "symbolic,harmony,tone" and label["problems"] is None
+    third = tag_store_local(store, catalog=catalog, model=model)
+    assert (third.tagged, third.skipped) == (0, 1)
+
+
+def test_an_undecodable_file_name_is_a_failure_and_the_run_goes_on(model, pieces, tmp_path: Path) -> None:
+    folder = LocalStore(tmp_path / "store")
+    keys = put_pieces(folder, dict(list(pieces.items())[:2]))
+    with open(os.path.join(os.fsencode(tmp_path / "store"), b"caf\xe9.mid"), "wb") as handle:
+        handle.write(pieces[keys[0]][0])
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+
+    summary = tag_store_local(str(tmp_path / "store"), catalog=catalog, model=model)
+
+    assert (summary.status, summary.tagged, summary.failed) == ("succeeded", 2, 1)
+    assert set(labels_by_key(catalog)) == set(keys)
+    failure = rows(catalog, "SELECT item_key, stage, reason FROM failures")
+    assert failure == [{"item_key": "caf\\xe9.mid", "stage": "list",
+                        "reason": "key is not valid UTF-8 (the file name holds undecodable bytes)"}]
+
+
+def test_items_of_a_feature_task_that_keeps_dying_fail_and_the_others_are_tagged(ray_address, model, pieces,
+                                                                                tmp_path: Path) -> None:
+    class CrashingStore(LocalStore):  # defined here so Ray ships the class by value to its workers
+        def read(self, key: str) -> bytes:
+            if key.startswith("crash"):
+                os._exit(1)  # what a native crash in a decoder does to the worker process
+            return super().read(key)
+
+    store = CrashingStore(tmp_path / "store")
+    keys = put_pieces(store, dict(list(pieces.items())[:3]))
+    store.write("crash.mid", pieces[keys[0]][0])
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+
+    summary = tag_store(store, catalog=catalog, model=model, address=ray_address, progress=False,
+                        tagging=TagConfig(batch_size=4, feature_concurrency=2))
+
+    assert summary.status == "succeeded" and summary.failed >= 1
+    failures = rows(catalog, "SELECT item_key, stage, reason, object_version FROM failures")
+    crash = [f for f in failures if f["item_key"] == "crash"]
+    assert crash and crash[0]["stage"] == "features" and "died" in crash[0]["reason"]
+    assert crash[0]["object_version"] is None  # not the content's fault as far as we know: retried next run
+    # Items that shared the dead block are retried too; every good item ends up tagged within two runs.
+    again = tag_store(store, catalog=catalog, model=model, address=ray_address, progress=False)
+    assert again.status == "succeeded"
+    assert set(labels_by_key(catalog)) == set(keys)
+
+
+def test_feature_tasks_share_a_small_machine_but_take_whole_cpus_on_a_cluster() -> None:
+    tagging = TagConfig(feature_concurrency=2, inference_concurrency=1)
+    assert feature_task_cpus(2.0, tagging=tagging, actor_cpus=0.5, nodes=1) == pytest.approx(0.75)
+    assert feature_task_cpus(64.0, tagging=tagging, actor_cpus=1.0, nodes=1) == 1.0
+    # An autoscaling cluster: a CPU-less head alone at the start, or several nodes: the autoscaler adds CPUs.
+    many = TagConfig(feature_concurrency=32)
+    assert feature_task_cpus(0.0, tagging=many, actor_cpus=1.0, nodes=1) == 1.0
+    assert feature_task_cpus(8.0, tagging=many, actor_cpus=1.0, nodes=2) == 1.0
+    assert use_gpus(TagConfig(), {"CPU": 8.0}) is False
+    assert use_gpus(TagConfig(), {"CPU": 8.0, "GPU": 1.0}) is True
+    assert use_gpus(TagConfig(use_gpu=True), {"CPU": 0.0}) is True  # GPU workers scaled to zero come up on demand
+    assert use_gpus(TagConfig(use_gpu=False), {"GPU": 4.0}) is False

@@ -49,6 +49,9 @@ BEGIN
 
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO mer_analyst, mer_writer', current_database());
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO mer_analyst, mer_writer', schema_name);
+    -- Up to PostgreSQL 14 every role may create tables in schema public (PUBLIC holds CREATE there); analysts and
+    -- jobs must not change the catalog's schema, so take that away (the default from PostgreSQL 15 on).
+    EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC', schema_name);
 
     -- Analysts read everything of the catalog, including the schema version.
     FOREACH relation IN ARRAY base_tables || views || ARRAY[version_table] LOOP
