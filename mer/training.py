@@ -5,9 +5,9 @@
 1. EMOPIA's train and val clips → features, extracted once in parallel Ray tasks into the feature cache
    (:func:`mer.dataset.extract_clips`); failed clips are reported and skipped.
 2. Each split's windows are stacked into one table and put in the Ray object store once; every training worker
-   reads it from there (so nothing but the cache folder is assumed shared between nodes). Each worker takes its
-   share of every epoch through a seeded :class:`~torch.utils.data.DistributedSampler` — the same seed gives the
-   same batches whatever the cluster.
+   reads it from there (so nothing but the cache folder is assumed shared between nodes). Every rank draws the
+   same length-bucketed global batches from the seed and the epoch (:func:`rank_batches`) and takes its slice of
+   each, so the ranks of a step hold windows of similar length and none waits for another.
 3. :class:`ray.train.torch.TorchTrainer` runs :func:`train_loop_per_worker`: per epoch :func:`train_step` over
    the worker's batches, then :func:`eval_step` over its share of the val windows; the val probabilities are
    gathered so every worker computes the same per-clip metrics; ``ray.train.report`` sends them with a
@@ -41,7 +41,6 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DistributedSampler
 
 from mer.artifact import filesystem, is_url, join, save_artifact
 from mer.cache import FeatureCache
@@ -174,6 +173,20 @@ def length_bucketed_batches(indices: list[int] | np.ndarray, lengths: np.ndarray
     return chunks
 
 
+def rank_batches(lengths: np.ndarray, global_batch: int, *, seed: int, epoch: int, rank: int,
+                 world_size: int) -> list[np.ndarray]:
+    """This rank's batches of one epoch: every rank computes the same shuffled, length-bucketed global batches
+    (:func:`length_bucketed_batches` of ``len(lengths)`` windows, from ``seed`` and ``epoch`` only) and takes
+    every ``world_size``-th window of each, starting at ``rank``. A global batch is sorted by length, so the
+    ranks' slices are alike and a DDP step does not wait on one rank's long sequences; all ranks run the same
+    number of steps. Global batches with fewer than two windows per rank are dropped (BatchNorm).
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(len(lengths))
+    size = max(global_batch, 2 * world_size)
+    chunks = length_bucketed_batches(order, lengths, size, seed=seed * 7_919 + epoch)
+    return [chunk[rank::world_size] for chunk in chunks if len(chunk) >= 2 * world_size]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The loop on each Ray Train worker
 # ----------------------------------------------------------------------------------------------------------------
@@ -279,17 +292,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
 
-    # Each rank gets its share of every epoch; the seed and the epoch fix the order, on any cluster.
-    sampler = DistributedSampler(range(len(train_table["quadrant"])), num_replicas=world_size, rank=rank,
-                                 shuffle=True, seed=training.seed)
     per_worker_batch = max(1, training.batch_size // world_size)  # batch_size is the global batch
     for epoch in range(start_epoch, training.epochs):
         started = time.monotonic()
-        sampler.set_epoch(epoch)
         # Dropout draws depend only on (seed, epoch, rank): a resumed epoch replays exactly.
         torch.manual_seed(training.seed * 100_003 + epoch * 101 + rank)
-        chunks = length_bucketed_batches(list(sampler), train_table["token_lengths"], per_worker_batch,
-                                         seed=training.seed * 7_919 + epoch * 31 + rank)
+        chunks = rank_batches(train_table["token_lengths"], training.batch_size, seed=training.seed, epoch=epoch,
+                              rank=rank, world_size=world_size)
         total, count = 0.0, 0
         for step, chunk in enumerate(chunks, start=1):
             loss = train_step(model, optimizer, take(train_table, chunk), device=device,

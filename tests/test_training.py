@@ -28,6 +28,7 @@ from mer.training import (
     TrainResult,
     batches,
     length_bucketed_batches,
+    rank_batches,
     select_clips,
     train_model,
     train_step,
@@ -282,3 +283,19 @@ def test_length_bucketed_batches_use_every_window_once_and_cut_padding() -> None
     other = length_bucketed_batches(shuffled, lengths, 16, seed=4)
     assert [c.tolist() for c in other] != [c.tolist() for c in chunks]  # batch order changes with the seed
     assert all(len(c) >= 2 for c in length_bucketed_batches(np.arange(17), lengths[:17], 16, seed=0))
+
+
+def test_ranks_share_each_global_batch_with_similar_lengths() -> None:
+    lengths = np.random.default_rng(1).integers(20, 1025, 301)
+    ranks = [rank_batches(lengths, 32, seed=5, epoch=2, rank=r, world_size=2) for r in (0, 1)]
+
+    assert len(ranks[0]) == len(ranks[1])  # every DDP step has both ranks
+    used = np.concatenate([c for chunks in ranks for c in chunks])
+    assert len(set(used.tolist())) == len(used) and len(used) >= 301 - 3  # each window once; at most a stub dropped
+    for mine, theirs in zip(*ranks):
+        assert abs(len(mine) - len(theirs)) <= 1
+        assert abs(int(lengths[mine].max()) - int(lengths[theirs].max())) <= 0.25 * lengths[mine].max()
+    again = rank_batches(lengths, 32, seed=5, epoch=2, rank=0, world_size=2)
+    assert [c.tolist() for c in again] == [c.tolist() for c in ranks[0]]  # a resumed epoch replays exactly
+    assert [c.tolist() for c in rank_batches(lengths, 32, seed=5, epoch=3, rank=0, world_size=2)] != \
+        [c.tolist() for c in ranks[0]]
