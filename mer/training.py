@@ -19,12 +19,14 @@
    (:func:`mer.artifact.save_artifact`).
 
 Loss (per window): ``CE(quadrant) + va_loss_weight * (BCE(arousal) + BCE(valence))``, the binary targets
-derived from the quadrant (Q1/Q2 high arousal, Q1/Q4 positive valence).
+derived from the quadrant (Q1/Q2 high arousal, Q1/Q4 positive valence). AdamW; the learning rate warms up over
+the first epoch and decays along a cosine (:func:`learning_rate`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 
 from mer.artifact import filesystem, is_url, join, save_artifact
 from mer.cache import FeatureCache
-from mer.config import MerConfig
+from mer.config import MerConfig, TrainConfig
 from mer.dataset import data_fingerprint, extract_clips, take, window_table
 from mer.emopia import Clip, emopia_root, load_split
 from mer.errors import ConfigError, MerError
@@ -55,6 +57,7 @@ CHECKPOINT_FILE = "state.pt"
 NUM_CHECKPOINTS_KEPT = 3  # the best by val_4q; Ray Train also always keeps the latest (for resuming)
 GRAD_CLIP_NORM = 5.0  # a Bi-GRU over ~1000 steps can spike; clipping keeps one bad batch from derailing training
 METRIC_KEYS = ("train_loss", "val_loss", "val_4q", "val_arousal", "val_valence")
+FINAL_LR_FRACTION = 0.05  # the cosine schedule ends at 5 % of the peak learning rate
 BUCKET_POOL = 8  # batches sorted together by token length (see length_bucketed_batches)
 
 
@@ -171,6 +174,18 @@ def length_bucketed_batches(indices: list[int] | np.ndarray, lengths: np.ndarray
     if len(chunks) > 1 and singles:  # BatchNorm cannot train on a batch of one
         chunks.pop(singles[0])
     return chunks
+
+
+def learning_rate(training: TrainConfig, progress: float) -> float:
+    """The learning rate ``progress`` epochs into a run (fractions within an epoch): linear warm-up from 10 % over
+    the first epoch, then a cosine decay to :data:`FINAL_LR_FRACTION` of ``training.learning_rate`` at
+    ``training.epochs``. A function of the position only, so a resumed run continues the same schedule (raising
+    ``epochs`` to extend a run stretches the rest of it)."""
+    peak, epochs = training.learning_rate, max(training.epochs, 1)
+    if progress < 1.0:
+        return peak * (0.1 + 0.9 * progress)
+    fraction = min(1.0, (progress - 1.0) / max(epochs - 1.0, 1e-9))
+    return peak * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * fraction)))
 
 
 def rank_batches(lengths: np.ndarray, global_batch: int, *, seed: int, epoch: int, rank: int,
@@ -301,6 +316,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                               rank=rank, world_size=world_size)
         total, count = 0.0, 0
         for step, chunk in enumerate(chunks, start=1):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(training, epoch + (step - 1) / len(chunks))
             loss = train_step(model, optimizer, take(train_table, chunk), device=device,
                               va_loss_weight=training.va_loss_weight)
             total, count = total + loss * len(chunk), count + len(chunk)
