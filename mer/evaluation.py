@@ -709,7 +709,7 @@ def render_markdown(report: TablesReport) -> str:
         if path.suffix == ".png":
             lines += [f"![{key}]({path.name})", ""]
     lines += ["## Setup", "",
-              f"- EMOPIA clips used: " + ", ".join(f"{s} {n}" for s, n in setup["clips"].items())
+              "- EMOPIA clips used: " + ", ".join(f"{s} {n}" for s, n in setup["clips"].items())
               + f"; data fingerprint {setup['data_fingerprint']}.",
               f"- Seeds {setup['seeds']}; wall time {setup['seconds']:.0f} s.",
               f"- Training: `{json.dumps(setup['training'], sort_keys=True)}`",

@@ -12,19 +12,11 @@ from mer.artifact import latest_version, load_artifact, save_artifact
 from mer.config import MerConfig
 from mer.errors import ConfigError
 from mer.model import MerModel
+from tiny import tiny_config as tiny
 
 
 def tiny_config(**model) -> MerConfig:
-    config = MerConfig()
-    return dataclasses.replace(
-        config,
-        features=dataclasses.replace(config.features, window_seconds=2.0, hop_seconds=2.0, max_tokens=32),
-        model=dataclasses.replace(
-            config.model, token_embedding=8, gru_hidden=8, gru_layers=1, harmony_channels=4, harmony_time_kernel=5,
-            resnet_channels=4, resnet_blocks=2, fusion_dim=8, attention_heads=2, fc_hidden=8, **model,
-        ),
-    )
-
+    return tiny(window_seconds=2.0, max_tokens=32, resnet_blocks=2, **model)
 
 def trained_model(config: MerConfig, seed: int) -> MerModel:
     """A model whose weights differ from a fresh one's (so loading can be told from rebuilding)."""

@@ -37,6 +37,7 @@ from mer.evaluation import (
 )
 from mer.model import MerModel
 from mer.training import evaluate_split, train_step
+from tiny import tiny_config as tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = 16  # train clips; val 4, test 8 (split_clips)
@@ -45,16 +46,7 @@ TRAINED_BY_TABLES = ("full", 0)  # the one model run_tables must train itself
 
 
 def tiny_config() -> MerConfig:
-    config = MerConfig()
-    return dataclasses.replace(
-        config,
-        features=dataclasses.replace(config.features, window_seconds=5.0, hop_seconds=5.0, max_tokens=64),
-        model=dataclasses.replace(config.model, token_embedding=8, gru_hidden=8, gru_layers=1, harmony_channels=4,
-                                  harmony_time_kernel=5, resnet_channels=4, resnet_blocks=3, fusion_dim=8,
-                                  attention_heads=2, fc_hidden=8),
-        training=dataclasses.replace(config.training, epochs=1, batch_size=8, num_workers=1),
-    )
-
+    return tiny(training=dict(epochs=1, batch_size=8, num_workers=1))
 
 # ---------------------------------------------------------------------------------------------------------------
 # Metrics by hand

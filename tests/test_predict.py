@@ -1,7 +1,6 @@
 """Prediction: the model on window batches, windows merged into pieces, per-clip accuracies as the paper scores them."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -10,20 +9,12 @@ import torch
 from mer.config import MerConfig
 from mer.model import MerModel
 from mer.predict import EmotionPredictor, aggregate_windows, clip_quadrants, predict_windows, split_metrics
+from tiny import tiny_config as tiny
 
 
 def tiny_config(**model) -> MerConfig:
     """A model small enough to run in milliseconds, on 2-second windows."""
-    config = MerConfig()
-    return dataclasses.replace(
-        config,
-        features=dataclasses.replace(config.features, window_seconds=2.0, hop_seconds=2.0, max_tokens=32),
-        model=dataclasses.replace(
-            config.model, token_embedding=8, gru_hidden=8, gru_layers=1, harmony_channels=4, harmony_time_kernel=5,
-            resnet_channels=4, resnet_blocks=2, fusion_dim=8, attention_heads=2, fc_hidden=8, **model,
-        ),
-    )
-
+    return tiny(window_seconds=2.0, max_tokens=32, resnet_blocks=2, **model)
 
 def random_batch(config: MerConfig, rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
     """Window rows of two made-up pieces, as a numpy batch with the row key ``token_length``."""

@@ -11,7 +11,6 @@ accuracy) and its windows 5 s long.
 """
 from __future__ import annotations
 
-import dataclasses
 import http.server
 import io
 import json
@@ -34,7 +33,7 @@ import torch
 
 from mer.artifact import save_artifact
 from mer.catalog import create_catalog_engine
-from mer.config import QUADRANTS, MerConfig, TagConfig
+from mer.config import QUADRANTS, TagConfig
 from mer.emopia import emopia_root, load_split
 from mer.features import window_starts
 from mer.midi import read_midi
@@ -50,23 +49,13 @@ from mer.tagging import (
     tag_store_local,
     use_gpus,
 )
+from tiny import tiny_config
 
 pytest_plugins = ["fixtures_services"]
 
 REPO = Path(__file__).resolve().parents[1]
 PIECES = 8  # rendered EMOPIA pairs, two per quadrant
 
-
-def tiny_config() -> MerConfig:
-    config = MerConfig()
-    return dataclasses.replace(
-        config,
-        features=dataclasses.replace(config.features, window_seconds=5.0, hop_seconds=5.0, max_tokens=64),
-        model=dataclasses.replace(
-            config.model, token_embedding=8, gru_hidden=8, gru_layers=1, harmony_channels=4, harmony_time_kernel=5,
-            resnet_channels=4, resnet_blocks=3, fusion_dim=8, attention_heads=2, fc_hidden=8,
-        ),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ takes seconds of compute (most of a run's ~25 s is Ray Train starting its worker
 from __future__ import annotations
 
 import csv
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -34,23 +33,13 @@ from mer.training import (
     train_model,
     train_step,
 )
+from tiny import tiny_config as tiny
 
 BROKEN = "Q1_brokenclip_0"
 
 
 def tiny_config(*, epochs: int = 1, workers: int = 2, **model) -> MerConfig:
-    config = MerConfig()
-    return dataclasses.replace(
-        config,
-        features=dataclasses.replace(config.features, window_seconds=5.0, hop_seconds=5.0, max_tokens=64),
-        model=dataclasses.replace(config.model, **{
-            **dict(token_embedding=8, gru_hidden=8, gru_layers=1, harmony_channels=4, harmony_time_kernel=5,
-                   resnet_channels=4, resnet_blocks=3, fusion_dim=8, attention_heads=2, fc_hidden=8),
-            **model,
-        }),
-        training=dataclasses.replace(config.training, epochs=epochs, batch_size=8, num_workers=workers, seed=7),
-    )
-
+    return tiny(training=dict(epochs=epochs, batch_size=8, num_workers=workers, seed=7), **model)
 
 @pytest.fixture(scope="module")
 def ray_cluster(aws_env):

@@ -1,0 +1,23 @@
+"""The tiny model configuration the tests share: the same code as the real model, small enough to train in seconds."""
+from __future__ import annotations
+
+import dataclasses
+
+from mer.config import MerConfig
+
+TINY_MODEL = dict(token_embedding=8, gru_hidden=8, gru_layers=1, harmony_channels=4, harmony_time_kernel=5,
+                  resnet_channels=4, resnet_blocks=3, fusion_dim=8, attention_heads=2, fc_hidden=8)
+
+
+def tiny_config(*, window_seconds: float = 5.0, max_tokens: int = 64, training: dict | None = None,
+                **model) -> MerConfig:
+    """:class:`MerConfig` with the tiny model (``model`` overrides its sizes), ``window_seconds`` windows (hop the
+    same) holding at most ``max_tokens`` tokens, and ``training`` overrides of :class:`mer.config.TrainConfig`."""
+    config = MerConfig()
+    return dataclasses.replace(
+        config,
+        features=dataclasses.replace(config.features, window_seconds=window_seconds, hop_seconds=window_seconds,
+                                     max_tokens=max_tokens),
+        model=dataclasses.replace(config.model, **{**TINY_MODEL, **model}),
+        training=dataclasses.replace(config.training, **(training or {})),
+    )
