@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
     parser.add_argument("--render-missing-audio", action="store_true",
                         help="render audio with FluidSynth for items without usable audio (all three branches)")
-    parser.add_argument("--metrics-port", type=int, default=int(env("MER_METRICS_PORT", "9464")),
+    parser.add_argument("--metrics-port", type=int, default=env("MER_METRICS_PORT", "9464"),
                         help="serve Prometheus /metrics on this port while running (env MER_METRICS_PORT; 0: off)")
     parser.add_argument("--pushgateway", default=env("MER_PUSHGATEWAY"),
                         help="push the metrics to this Pushgateway at the end (env MER_PUSHGATEWAY)")
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             render_missing_audio=args.render_missing_audio, metrics_port=args.metrics_port or None,
             pushgateway=args.pushgateway, address=args.address, limit=args.limit, progress=not args.no_progress,
         )
-    except (MerError, FileNotFoundError, SQLAlchemyError, BotoCoreError, ClientError) as error:
-        # No model, no store, an unreachable catalog or bucket: say so, without a traceback.
+    except (MerError, FileNotFoundError, ValueError, SQLAlchemyError, BotoCoreError, ClientError) as error:
+        # No model, no store, an unsupported store URL, an unreachable catalog or bucket: say so, no traceback.
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"run {summary.run_id} {summary.status} (model {summary.model_version}): {summary.listed} listed, "
