@@ -109,7 +109,7 @@ class TrainConfig:
 class TagConfig:
     """Nightly tagging settings (Ray Data)."""
 
-    batch_size: int = 8
+    batch_size: int = 16  # windows per model call (bigger batches amortise the Bi-GRU) and items per transaction
     feature_concurrency: int = 2
     inference_concurrency: int = 1
     use_gpu: bool | None = None  # None: one GPU per inference actor when the cluster has GPUs at the start
