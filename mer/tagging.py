@@ -823,6 +823,8 @@ def _run_pipeline(plan: _Plan, *, tagging: TagConfig, render_missing_audio: bool
             extract_window_rows,
             fn_kwargs={"store": plan.store, "config": plan.config, "render_missing_audio": render_missing_audio},
             compute=_ray_compute(min(tagging.feature_concurrency, blocks), actor=False),
+            # Passed through to Ray as a remote arg (Ray 2.60 has no named parameter for it and warns that the
+            # pass-through goes away in 2.64; pyproject pins 2.60).
             max_retries=FEATURE_TASK_RETRIES,
             num_cpus=feature_task_cpus(resources.get("CPU", 0.0), tagging=tagging, actor_cpus=actor_cpus,
                                        nodes=len([n for n in ray.nodes() if n.get("Alive")])),
