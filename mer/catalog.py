@@ -43,6 +43,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Our own version table name, so the catalog can live in a database shared with other Alembic-managed apps.
 VERSION_TABLE = "mer_alembic_version"
 HEAD_REVISION = "0001"
+MIGRATION_LOCK_KEY = 0x6D6572  # "mer": the PostgreSQL advisory lock that serialises schema migrations
 MODALITIES: tuple[str, ...] = ("midi", "audio")
 RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed")
 RUN_COUNTS: tuple[str, ...] = ("listed", "tagged", "skipped", "failed")
@@ -412,6 +413,10 @@ def _migrate(url_or_path: str | os.PathLike[str] | Engine, direction: str, revis
     engine = url_or_path if isinstance(url_or_path, Engine) else create_catalog_engine(url_or_path)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Jobs starting together on an empty database would both create the tables and one would fail:
+                # the lock (released at commit) makes the second wait and then find the schema up to date.
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             getattr(command, direction)(_alembic_config(connection), revision)
     finally:
         if engine is not url_or_path:

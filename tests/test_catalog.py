@@ -338,3 +338,26 @@ def test_analyst_queries_return_what_they_promise(writer: CatalogWriter, catalog
         (first, "Q1", 4), (first, "Q2", 2), (first, "Q3", 25), (first, "Q4", 3),
         (second, "Q2", 2),
     ]
+
+
+def test_jobs_starting_together_on_an_empty_postgresql_both_get_the_schema(clean_postgres_url: str) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def upgrade() -> None:
+        try:
+            start.wait()
+            upgrade_catalog(clean_postgres_url)
+        except BaseException as error:  # noqa: BLE001 — collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=upgrade, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "an upgrade is stuck (waiting on another's locks)"
+    assert not errors, errors
+    assert catalog_revision(clean_postgres_url) == HEAD_REVISION
