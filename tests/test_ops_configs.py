@@ -553,3 +553,59 @@ def test_the_readme_shows_the_analyst_queries_as_the_code_has_them() -> None:
     readme = (REPO / "README.md").read_text()
     for name, sql in ANALYST_QUERIES.items():
         assert sql.strip() in readme, f"README's {name} query differs from mer.catalog.ANALYST_QUERIES"
+
+
+# --- KubeRay fields ---------------------------------------------------------------------------------------------------
+
+# JSON field names of KubeRay's ray.io/v1 spec types (KubeRay 1.7 API reference): a misspelt or invented key in
+# our manifests would be silently dropped by the API server (or refused), so none may stand outside these.
+KUBERAY_FIELDS = {
+    "RayClusterSpec": {"authOptions", "autoscalerOptions", "enableInTreeAutoscaling", "gcsFaultToleranceOptions",
+                       "headGroupSpec", "headServiceAnnotations", "historyServerOptions", "managedBy",
+                       "networkPolicy", "rayVersion", "suspend", "tlsOptions", "upgradeStrategy", "workerGroupSpecs"},
+    "HeadGroupSpec": {"enableIngress", "headService", "ingressOptions", "labels", "rayStartParams", "resources",
+                      "serviceType", "template"},
+    "WorkerGroupSpec": {"groupName", "idleTimeoutSeconds", "labels", "maxReplicas", "minReplicas", "numOfHosts",
+                        "priority", "rayStartParams", "replicas", "resources", "scaleStrategy", "suspend", "template"},
+    "AutoscalerOptions": {"args", "command", "env", "envFrom", "idleTimeoutSeconds", "image", "imagePullPolicy",
+                          "resources", "securityContext", "upscalingMode", "version", "volumeMounts"},
+    "RayJobSpec": {"activeDeadlineSeconds", "backoffLimit", "clusterSelector", "deletionStrategy", "entrypoint",
+                   "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "jobId", "managedBy", "metadata",
+                   "preRunningDeadlineSeconds", "rayClusterSpec", "runtimeEnvYAML", "shutdownAfterJobFinishes",
+                   "submissionMode", "submitterConfig", "submitterPodTemplate", "suspend", "ttlSecondsAfterFinished"},
+    "RayCronJobSpec": {"jobTemplate", "schedule", "suspend", "timeZone"},
+}
+
+
+def unknown_kuberay_fields(kind: str, spec: dict[str, Any], where: str) -> list[str]:
+    """Keys of a ray.io/v1 spec (and of its nested cluster, group and autoscaler specs) that KubeRay does not have."""
+    def check(struct: str, value: dict[str, Any], path: str) -> list[str]:
+        bad = [f"{path}.{key}" for key in value if key not in KUBERAY_FIELDS[struct]]
+        nested = {"rayClusterSpec": "RayClusterSpec", "jobTemplate": "RayJobSpec", "headGroupSpec": "HeadGroupSpec",
+                  "autoscalerOptions": "AutoscalerOptions"}
+        for key, child in value.items():
+            if key in nested and isinstance(child, dict):
+                bad += check(nested[key], child, f"{path}.{key}")
+            elif key == "workerGroupSpecs":
+                for i, group in enumerate(child):
+                    bad += check("WorkerGroupSpec", group, f"{path}.{key}[{i}]")
+        return bad
+
+    return check(f"{kind}Spec", spec, where)
+
+
+def test_kuberay_manifests_use_only_fields_kuberay_has() -> None:
+    checked, unknown = 0, []
+    for path, doc in kuberay_documents():
+        if doc.get("apiVersion") == "ray.io/v1":
+            checked += 1
+            unknown += unknown_kuberay_fields(doc["kind"], doc["spec"], f"{path.name}:{doc['kind']}")
+    assert checked >= 3
+    assert not unknown, f"fields KubeRay does not know: {unknown}"
+
+
+def test_the_kuberay_field_check_catches_a_misspelt_key() -> None:
+    spec = {"entrypoint": "python jobs/tag.py", "shutdownAfterJobFinish": True,
+            "rayClusterSpec": {"rayVersion": "2.60.0", "workerGroupSpecs": [{"groupName": "cpu", "maxReplica": 4}]}}
+    assert unknown_kuberay_fields("RayJob", spec, "x") == [
+        "x.shutdownAfterJobFinish", "x.rayClusterSpec.workerGroupSpecs[0].maxReplica"]
