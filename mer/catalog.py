@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Our own version table name, so the catalog can live in a database shared with other Alembic-managed apps.
 VERSION_TABLE = "mer_alembic_version"
 HEAD_REVISION = "0001"
+ABANDONED_AFTER = timedelta(hours=24)
+"""A run still ``running`` this long after its start was killed; the next run closes it as ``failed``."""
 MIGRATION_LOCK_KEY = 0x6D6572  # "mer": the PostgreSQL advisory lock that serialises schema migrations
 MODALITIES: tuple[str, ...] = ("midi", "audio")
 RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed")
@@ -485,11 +487,21 @@ class CatalogWriter:
             return sqlite.insert(table)
         raise NotImplementedError(f"catalog upserts support SQLite and PostgreSQL, not {dialect}")
 
-    def start_run(self, model_version: str) -> int:
-        """Record a new run (status ``running``) and return its id."""
+    def start_run(self, model_version: str, *, abandoned_after: timedelta = ABANDONED_AFTER) -> int:
+        """Record a new run (status ``running``) and return its id.
+
+        Runs still ``running`` that started more than ``abandoned_after`` ago were killed (a nightly run takes
+        hours, not a day): they are closed as ``failed`` here, so the ``runs`` table does not show them running
+        forever. Their ``finished_at`` stays NULL: when they stopped is not known.
+        """
         if not model_version:
             raise ValueError("start_run needs a model version")
         with self.engine.begin() as conn:
+            conn.execute(
+                runs_table.update()
+                .where(runs_table.c.status == "running", runs_table.c.started_at < _now() - abandoned_after)
+                .values(status="failed")
+            )
             result = conn.execute(
                 runs_table.insert().values(model_version=model_version, started_at=_now(), status="running")
             )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,21 @@ def test_runs_record_status_and_counts(writer: CatalogWriter, catalog_url: str) 
         writer.finish_run(run + 100)
     with pytest.raises(ValueError):
         writer.write_batch(run + 100, [label("x")])
+
+
+def test_a_run_killed_long_ago_is_closed_as_failed_by_the_next(writer: CatalogWriter, catalog_url: str) -> None:
+    killed = writer.start_run("m1")  # never finished: the job was killed
+    recent = writer.start_run("m1")  # still running (another job, started just now)
+    engine = create_catalog_engine(catalog_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE runs SET started_at = :t WHERE id = :id"),
+                     {"t": datetime.now(timezone.utc) - timedelta(hours=30), "id": killed})
+    engine.dispose()
+
+    writer.start_run("m1")
+
+    status = dict(rows(catalog_url, "SELECT id, status FROM runs"))
+    assert (status[killed], status[recent]) == ("failed", "running")
 
 
 def test_failures_are_superseded_by_later_success_or_failure(writer: CatalogWriter, catalog_url: str) -> None:
