@@ -496,14 +496,15 @@ class CatalogWriter:
         """
         if not model_version:
             raise ValueError("start_run needs a model version")
+        now = _now()
         with self.engine.begin() as conn:
             conn.execute(
                 runs_table.update()
-                .where(runs_table.c.status == "running", runs_table.c.started_at < _now() - abandoned_after)
+                .where(runs_table.c.status == "running", runs_table.c.started_at < now - abandoned_after)
                 .values(status="failed")
             )
             result = conn.execute(
-                runs_table.insert().values(model_version=model_version, started_at=_now(), status="running")
+                runs_table.insert().values(model_version=model_version, started_at=now, status="running")
             )
             return int(result.inserted_primary_key[0])
 

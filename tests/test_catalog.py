@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -357,8 +358,6 @@ def test_analyst_queries_return_what_they_promise(writer: CatalogWriter, catalog
 
 
 def test_jobs_starting_together_on_an_empty_postgresql_both_get_the_schema(clean_postgres_url: str) -> None:
-    import threading
-
     errors: list[BaseException] = []
     start = threading.Barrier(4)
 

@@ -575,17 +575,18 @@ KUBERAY_FIELDS = {
                    "submissionMode", "submitterConfig", "submitterPodTemplate", "suspend", "ttlSecondsAfterFinished"},
     "RayCronJobSpec": {"jobTemplate", "schedule", "suspend", "timeZone"},
 }
+# Keys whose value is another of those spec types (workerGroupSpecs, a list of WorkerGroupSpec, is walked apart).
+KUBERAY_NESTED_SPECS = {"rayClusterSpec": "RayClusterSpec", "jobTemplate": "RayJobSpec",
+                        "headGroupSpec": "HeadGroupSpec", "autoscalerOptions": "AutoscalerOptions"}
 
 
 def unknown_kuberay_fields(kind: str, spec: dict[str, Any], where: str) -> list[str]:
     """Keys of a ray.io/v1 spec (and of its nested cluster, group and autoscaler specs) that KubeRay does not have."""
     def check(struct: str, value: dict[str, Any], path: str) -> list[str]:
         bad = [f"{path}.{key}" for key in value if key not in KUBERAY_FIELDS[struct]]
-        nested = {"rayClusterSpec": "RayClusterSpec", "jobTemplate": "RayJobSpec", "headGroupSpec": "HeadGroupSpec",
-                  "autoscalerOptions": "AutoscalerOptions"}
         for key, child in value.items():
-            if key in nested and isinstance(child, dict):
-                bad += check(nested[key], child, f"{path}.{key}")
+            if key in KUBERAY_NESTED_SPECS and isinstance(child, dict):
+                bad += check(KUBERAY_NESTED_SPECS[key], child, f"{path}.{key}")
             elif key == "workerGroupSpecs":
                 for i, group in enumerate(child):
                     bad += check("WorkerGroupSpec", group, f"{path}.{key}[{i}]")
