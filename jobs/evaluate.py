@@ -6,7 +6,10 @@ One model (by path, URL or version id under --storage; default the storage's LAT
 The tables (trains what is missing — each variant x seed — and reuses artifacts already in --storage):
     python jobs/evaluate.py --tables --seeds 0 1 2 --epochs 20 --storage ./mer_runs --out ./reports/tables
 
-Either writes Markdown + JSON + PNGs (confusion matrix, attention weights) into --out. On a cluster:
+Pool the reports of separate --tables runs (e.g. seeds trained on different days; same data and settings):
+    python jobs/evaluate.py --merge reports/seed0/report.json reports/seed1/report.json --out ./reports/tables
+
+Each writes Markdown + JSON + PNGs (confusion matrix, attention weights) into --out. On a cluster:
 ``ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/evaluate.py --tables ...``
 (absolute paths for --storage, --emopia and --cache-dir). Flags default to MER_EMOPIA, MER_STORAGE,
 MER_CACHE_DIR, RAY_ADDRESS.
@@ -23,7 +26,8 @@ from mer.artifact import load_artifact
 from mer.cache import FeatureCache
 from mer.emopia import emopia_root, load_split
 from mer.errors import MerError
-from mer.evaluation import METHODS, METRICS, evaluate_artifact, run_tables, write_evaluation
+from mer.evaluation import METHODS, METRICS, evaluate_artifact, run_tables, write_evaluation, write_tables
+from mer.report_merge import merge_reports
 from mer.training import select_clips
 
 
@@ -32,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--model", default=None, help="artifact path/URL or version id (default: LATEST in --storage)")
     what.add_argument("--tables", action="store_true", help="reproduce Table I + Table III")
+    what.add_argument("--merge", nargs="+", metavar="REPORT_JSON", default=None,
+                      help="pool the report.json files of several --tables runs into one report")
     parser.add_argument("--emopia", default=os.environ.get("MER_EMOPIA"),
                         help="EMOPIA folder (env MER_EMOPIA; default ../shared/emopia)")
     parser.add_argument("--storage", default=os.environ.get("MER_STORAGE", "./mer_runs"),
@@ -60,11 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = args.cache_dir or os.path.join("./mer_runs" if "://" in args.storage else args.storage,
                                                "feature-cache")
     try:
-        if args.tables:
-            ray.init(address=args.address or "local")
-            report = run_tables(emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, out=args.out,
-                                seeds=args.seeds, epochs=args.epochs, subset=args.subset, workers=args.workers,
-                                methods=args.methods, device=args.device, progress=not args.quiet)
+        if args.tables or args.merge:
+            if args.merge:
+                report = merge_reports(args.merge)
+                write_tables(report, args.out)
+            else:
+                ray.init(address=args.address or "local")
+                report = run_tables(emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, out=args.out,
+                                    seeds=args.seeds, epochs=args.epochs, subset=args.subset, workers=args.workers,
+                                    methods=args.methods, device=args.device, progress=not args.quiet)
             print(f"{'method':<28} " + " ".join(f"{m:>15}" for m in METRICS))
             for method in METHODS:
                 if method.key in report.results:

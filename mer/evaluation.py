@@ -140,11 +140,35 @@ class EvalResult:
             "attention_by_quadrant": None if by_quadrant is None else _nan_to_none(by_quadrant.tolist()),
             "predictions": [
                 {"name": n, "true": QUADRANTS[int(t)], "pred": QUADRANTS[int(p)],
-                 "probs": [round(float(x), 5) for x in pr]}
-                for n, t, p, pr in zip(self.names, self.true, self.pred, self.probs)
+                 "probs": [round(float(x), 5) for x in pr],
+                 **({} if self.attention is None else {"attention": [round(float(x), 5) for x in self.attention[i]]})}
+                for i, (n, t, p, pr) in enumerate(zip(self.names, self.true, self.pred, self.probs))
             ],
             **self.extra,
         }
+
+    @classmethod
+    def from_dict(cls, run: dict[str, Any]) -> "EvalResult":
+        """The inverse of :meth:`to_dict` (a run of a written report), up to the 5-decimal rounding of ``probs``.
+
+        Reports written before per-clip attention was recorded carry only ``attention_by_quadrant``; then each
+        clip gets its true quadrant's mean, which leaves :attr:`attention_by_quadrant` (all a report uses) exact.
+        """
+        predictions = run["predictions"]
+        true = np.array([QUADRANTS.index(p["true"]) for p in predictions], dtype=np.int64)
+        attention = None
+        if predictions and "attention" in predictions[0]:
+            attention = np.array([p["attention"] for p in predictions], dtype=np.float64)
+        elif run.get("attention_by_quadrant") is not None:
+            by_quadrant = np.array([[np.nan if x is None else x for x in row]
+                                    for row in run["attention_by_quadrant"]], dtype=np.float64)
+            attention = by_quadrant[true]
+        own = {"method", "seed", "version", "branches", "clips", "metrics", "confusion", "attention_by_quadrant",
+               "predictions"}
+        return cls(method=run["method"], names=[p["name"] for p in predictions], true=true,
+                   probs=np.array([p["probs"] for p in predictions], dtype=np.float64), attention=attention,
+                   branches=tuple(run["branches"]), seed=run["seed"], version=run["version"],
+                   extra={k: v for k, v in run.items() if k not in own})
 
 
 def attention_by_quadrant(true: np.ndarray, attention: np.ndarray) -> np.ndarray:
@@ -711,7 +735,9 @@ def render_markdown(report: TablesReport) -> str:
     lines += ["## Setup", "",
               "- EMOPIA clips used: " + ", ".join(f"{s} {n}" for s, n in setup["clips"].items())
               + f"; data fingerprint {setup['data_fingerprint']}.",
-              f"- Seeds {setup['seeds']}; wall time {setup['seconds']:.0f} s.",
+              f"- Seeds {setup['seeds']}; wall time {setup['seconds']:.0f} s"
+              + (f" (summed over the {len(setup['merged_from'])} pooled reports: "
+                 + ", ".join(f"`{p}`" for p in setup["merged_from"]) + ")." if setup.get("merged_from") else "."),
               f"- Training: `{json.dumps(setup['training'], sort_keys=True)}`",
               f"- Features: window {setup['features']['window_seconds']} s, hop {setup['features']['hop_seconds']} s, "
               f"max {setup['features']['max_tokens']} tokens, {setup['features']['sample_rate']} Hz, "

@@ -23,8 +23,11 @@ from mer.artifact import load_artifact, save_artifact
 from mer.cache import FeatureCache
 from mer.config import MerConfig
 from mer.dataset import data_fingerprint, extract_clips, take, window_table
+from mer.errors import ConfigError
 from mer.evaluation import (
     METHODS,
+    EvalResult,
+    TablesReport,
     attention_received,
     confusion_matrix,
     evaluate_artifact,
@@ -34,8 +37,10 @@ from mer.evaluation import (
     run_tables,
     split_clips,
     write_evaluation,
+    write_tables,
 )
 from mer.model import MerModel
+from mer.report_merge import merge_reports
 from mer.training import evaluate_split, train_step
 from tiny import tiny_config as tiny
 
@@ -269,3 +274,97 @@ def test_evaluate_job_says_what_is_missing(tmp_path: Path):
     )
     assert done.returncode == 1
     assert "no trained model" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pooling reports of separate runs (seeds trained on different days)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _report_of_seeds(report, seeds, out: Path, *, setup=None) -> Path:
+    """Write the runs of ``seeds`` of a tables report as a report of its own, as a --tables run of those seeds."""
+    part = TablesReport(results={k: [r for r in runs if r.seed in seeds] for k, runs in report.results.items()},
+                        setup={**report.setup, "seeds": list(seeds), **(setup or {})})
+    write_tables(part, out)
+    return out / "report.json"
+
+
+def test_reports_of_separate_seeds_pool_into_the_report_of_all_seeds(tables, tmp_path: Path):
+    report, _, _ = tables
+    parts = [_report_of_seeds(report, (0,), tmp_path / "seed0"),
+             _report_of_seeds(report, (1, 2), tmp_path / "seeds12"),
+             _report_of_seeds(report, (1,), tmp_path / "seed1-again")]  # a seed twice is kept once
+    merged = merge_reports(parts)
+    assert set(merged.results) == set(report.results)
+    for key, runs in report.results.items():
+        assert [r.seed for r in merged.results[key]] == list(SEEDS)
+        assert [r.version for r in merged.results[key]] == [r.version for r in runs]
+        for metric, summary in report.summary(key).items():
+            assert merged.summary(key)[metric] == pytest.approx(summary)
+        for pooled, original in zip(merged.results[key], runs):
+            assert (pooled.confusion == original.confusion).all()
+            if original.attention is None:
+                assert pooled.attention is None
+            else:
+                np.testing.assert_allclose(pooled.attention_by_quadrant, original.attention_by_quadrant, atol=1e-5)
+    paths = write_tables(merged, tmp_path / "merged")
+    markdown = paths["markdown"].read_text()
+    assert "summed over the 3 pooled reports" in markdown and str(parts[1]) in markdown
+    assert {p.name for p in (tmp_path / "merged").glob("*.png")} == {p.name for p in report.paths.values()
+                                                                   if p.suffix == ".png"}
+
+
+def test_reports_without_per_clip_attention_keep_their_attention_by_quadrant(tables, tmp_path: Path):
+    report, _, _ = tables
+    path = _report_of_seeds(report, SEEDS, tmp_path / "all")
+    data = json.loads(path.read_text())
+    for method in data["methods"]:  # as written before per-clip attention was recorded
+        for run in method["runs"]:
+            for prediction in run["predictions"]:
+                prediction.pop("attention", None)
+    path.write_text(json.dumps(data))
+    merged = merge_reports([path])
+    for run in merged.results["full"]:
+        original = next(r for r in report.results["full"] if r.seed == run.seed)
+        np.testing.assert_allclose(run.attention_by_quadrant, original.attention_by_quadrant, atol=1e-5)
+
+
+def test_reports_of_other_settings_or_disagreeing_seeds_are_refused(tables, tmp_path: Path):
+    report, _, _ = tables
+    seed0 = _report_of_seeds(report, (0,), tmp_path / "seed0")
+    longer = _report_of_seeds(report, (1,), tmp_path / "longer",
+                              setup={"training": {**report.setup["training"], "epochs": 2}})
+    with pytest.raises(ConfigError, match=r"longer/report.json: setup field 'training' differs"):
+        merge_reports([seed0, longer])
+
+    data = json.loads(seed0.read_text())  # the same seed, other predictions: not the same model
+    run = data["methods"][0]["runs"][0]
+    first = run["predictions"][0]
+    changed = (int(np.argmax(first["probs"])) + 1) % 4
+    first["probs"], first["pred"] = np.eye(4)[changed].tolist(), f"Q{changed + 1}"
+    run["metrics"] = EvalResult.from_dict(run).metrics
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="full seed 0 predicts differently"):
+        merge_reports([seed0, other])
+    run["metrics"] = {"4q": 1.0, "arousal": 1.0, "valence": 1.0}  # metrics that do not follow from predictions
+    other.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="do not follow from the recorded predictions"):
+        merge_reports([other])
+
+
+def test_evaluate_job_merges_reports_and_names_a_bad_one(tables, tmp_path: Path):
+    report, _, _ = tables
+    parts = [str(_report_of_seeds(report, (s,), tmp_path / f"seed{s}")) for s in SEEDS]
+    done = subprocess.run([sys.executable, "jobs/evaluate.py", "--merge", *parts, "--out", str(tmp_path / "all")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    s = report.summary("full")["4q"]
+    assert f"{s['mean']:.3f} ± {s['std']:.3f}" in next(line for line in done.stdout.splitlines()
+                                                       if line.startswith("Full model"))
+    assert json.loads((tmp_path / "all" / "report.json").read_text())["setup"]["seeds"] == list(SEEDS)
+
+    (tmp_path / "bad.json").write_text("{not json")
+    done = subprocess.run([sys.executable, "jobs/evaluate.py", "--merge", parts[0], str(tmp_path / "bad.json"),
+                           "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "bad.json: not a JSON report" in done.stderr and "Traceback" not in done.stderr
