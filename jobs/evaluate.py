@@ -26,7 +26,8 @@ from mer.artifact import load_artifact
 from mer.cache import FeatureCache
 from mer.emopia import emopia_root, load_split
 from mer.errors import MerError
-from mer.evaluation import METHODS, METRICS, evaluate_artifact, run_tables, write_evaluation, write_tables
+from mer.evaluation import (METHODS, METRICS, TablesReport, evaluate_artifact, run_tables, write_evaluation,
+                            write_tables)
 from mer.report_merge import merge_reports
 from mer.training import select_clips
 
@@ -61,27 +62,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def print_tables(report: TablesReport) -> None:
+    """The summary a --tables or --merge run ends with: mean ± std per row, and where the report is."""
+    print(f"{'method':<28} " + " ".join(f"{m:>15}" for m in METRICS))
+    for method in METHODS:
+        if method.key in report.results:
+            s = report.summary(method.key)
+            print(f"{method.label:<28} " + " ".join(
+                f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}".rjust(15) for m in METRICS))
+    print(f"report: {report.paths['markdown']}  {report.paths['json']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cache_dir = args.cache_dir or os.path.join("./mer_runs" if "://" in args.storage else args.storage,
                                                "feature-cache")
     try:
-        if args.tables or args.merge:
-            if args.merge:
-                report = merge_reports(args.merge)
-                write_tables(report, args.out)
-            else:
-                ray.init(address=args.address or "local")
-                report = run_tables(emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, out=args.out,
-                                    seeds=args.seeds, epochs=args.epochs, subset=args.subset, workers=args.workers,
-                                    methods=args.methods, device=args.device, progress=not args.quiet)
-            print(f"{'method':<28} " + " ".join(f"{m:>15}" for m in METRICS))
-            for method in METHODS:
-                if method.key in report.results:
-                    s = report.summary(method.key)
-                    print(f"{method.label:<28} " + " ".join(
-                        f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}".rjust(15) for m in METRICS))
-            print(f"report: {report.paths['markdown']}  {report.paths['json']}")
+        if args.merge:
+            report = merge_reports(args.merge)
+            write_tables(report, args.out)
+            print_tables(report)
+        elif args.tables:
+            ray.init(address=args.address or "local")
+            report = run_tables(emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, out=args.out,
+                                seeds=args.seeds, epochs=args.epochs, subset=args.subset, workers=args.workers,
+                                methods=args.methods, device=args.device, progress=not args.quiet)
+            print_tables(report)
         else:
             artifact = load_artifact(args.model, storage=args.storage, device=args.device)  # fail fast, before Ray
             clips = select_clips(load_split(emopia_root(args.emopia), "test"), args.subset)

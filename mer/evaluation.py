@@ -159,10 +159,8 @@ class EvalResult:
         attention = None
         if predictions and "attention" in predictions[0]:
             attention = np.array([p["attention"] for p in predictions], dtype=np.float64)
-        elif run.get("attention_by_quadrant") is not None:
-            by_quadrant = np.array([[np.nan if x is None else x for x in row]
-                                    for row in run["attention_by_quadrant"]], dtype=np.float64)
-            attention = by_quadrant[true]
+        elif run.get("attention_by_quadrant") is not None:  # None (a quadrant without clips) reads as NaN
+            attention = np.array(run["attention_by_quadrant"], dtype=np.float64)[true]
         own = {"method", "seed", "version", "branches", "clips", "metrics", "confusion", "attention_by_quadrant",
                "predictions"}
         return cls(method=run["method"], names=[p["name"] for p in predictions], true=true,
@@ -732,12 +730,12 @@ def render_markdown(report: TablesReport) -> str:
     for key, path in report.paths.items():
         if path.suffix == ".png":
             lines += [f"![{key}]({path.name})", ""]
+    pooled = (f" (summed over the {len(setup['merged_from'])} pooled reports: "
+              + ", ".join(f"`{p}`" for p in setup["merged_from"]) + ")") if setup.get("merged_from") else ""
     lines += ["## Setup", "",
               "- EMOPIA clips used: " + ", ".join(f"{s} {n}" for s, n in setup["clips"].items())
               + f"; data fingerprint {setup['data_fingerprint']}.",
-              f"- Seeds {setup['seeds']}; wall time {setup['seconds']:.0f} s"
-              + (f" (summed over the {len(setup['merged_from'])} pooled reports: "
-                 + ", ".join(f"`{p}`" for p in setup["merged_from"]) + ")." if setup.get("merged_from") else "."),
+              f"- Seeds {setup['seeds']}; wall time {setup['seconds']:.0f} s{pooled}.",
               f"- Training: `{json.dumps(setup['training'], sort_keys=True)}`",
               f"- Features: window {setup['features']['window_seconds']} s, hop {setup['features']['hop_seconds']} s, "
               f"max {setup['features']['max_tokens']} tokens, {setup['features']['sample_rate']} Hz, "
