@@ -82,6 +82,11 @@ def attention_received(attention: np.ndarray) -> np.ndarray:
     return per_head.mean(axis=1)  # (N, 3)
 
 
+RUN_FIELDS = frozenset({"method", "seed", "version", "branches", "clips", "metrics", "confusion",
+                        "attention_by_quadrant", "predictions"})
+"""The keys :meth:`EvalResult.to_dict` writes itself; any other key of a written run is :attr:`EvalResult.extra`."""
+
+
 @dataclass
 class EvalResult:
     """Per-clip predictions of one model (or baseline) on one list of clips, and what follows from them.
@@ -127,7 +132,7 @@ class EvalResult:
         return attention_by_quadrant(self.true, self.attention)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary and per-clip predictions."""
+        """JSON-ready summary and per-clip predictions: the :data:`RUN_FIELDS`, then :attr:`extra`."""
         by_quadrant = self.attention_by_quadrant
         return {
             "method": self.method,
@@ -161,12 +166,10 @@ class EvalResult:
             attention = np.array([p["attention"] for p in predictions], dtype=np.float64)
         elif run.get("attention_by_quadrant") is not None:  # None (a quadrant without clips) reads as NaN
             attention = np.array(run["attention_by_quadrant"], dtype=np.float64)[true]
-        own = {"method", "seed", "version", "branches", "clips", "metrics", "confusion", "attention_by_quadrant",
-               "predictions"}
         return cls(method=run["method"], names=[p["name"] for p in predictions], true=true,
                    probs=np.array([p["probs"] for p in predictions], dtype=np.float64), attention=attention,
                    branches=tuple(run["branches"]), seed=run["seed"], version=run["version"],
-                   extra={k: v for k, v in run.items() if k not in own})
+                   extra={k: v for k, v in run.items() if k not in RUN_FIELDS})
 
 
 def attention_by_quadrant(true: np.ndarray, attention: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from mer.dataset import data_fingerprint, extract_clips, take, window_table
 from mer.errors import ConfigError
 from mer.evaluation import (
     METHODS,
+    RUN_FIELDS,
     EvalResult,
     TablesReport,
     attention_received,
@@ -311,6 +312,18 @@ def test_reports_of_separate_seeds_pool_into_the_report_of_all_seeds(tables, tmp
     assert "summed over the 3 pooled reports" in markdown and str(parts[1]) in markdown
     assert {p.name for p in (tmp_path / "merged").glob("*.png")} == {p.name for p in report.paths.values()
                                                                    if p.suffix == ".png"}
+
+
+def test_a_written_run_reads_back_with_its_own_fields_apart_from_the_extras(tables):
+    report, _, _ = tables
+    for runs in report.results.values():
+        for run in runs:
+            written = run.to_dict()
+            assert set(written) - set(run.extra) == RUN_FIELDS  # a field added to to_dict must be known to from_dict
+            back = EvalResult.from_dict(json.loads(json.dumps(written)))
+            assert back.extra == run.extra and back.metrics == run.metrics
+            assert (back.method, back.seed, back.version, back.branches) == (run.method, run.seed, run.version,
+                                                                             run.branches)
 
 
 def test_reports_without_per_clip_attention_keep_their_attention_by_quadrant(tables, tmp_path: Path):
