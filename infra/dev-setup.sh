@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: FluidSynth renders EMOPIA's MIDI to audio; promtool (Debian's prometheus) checks infra/.
+# System packages: FluidSynth renders EMOPIA's MIDI to audio; promtool (Debian's prometheus) checks infra/;
+# PostgreSQL's server programs (initdb, pg_ctl under /usr/lib/postgresql/<major>/bin) let the tests start a throwaway
+# cluster where no server is running (tests/fixtures_services.py).
 need=()
 ldconfig -p 2>/dev/null | grep -q libfluidsynth.so.3 || need+=(libfluidsynth3)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "dev-setup: installing ${need[*]} (Debian packages)"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
