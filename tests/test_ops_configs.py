@@ -576,22 +576,28 @@ KUBERAY_FIELDS = {
                    "preRunningDeadlineSeconds", "rayClusterSpec", "runtimeEnvYAML", "shutdownAfterJobFinishes",
                    "submissionMode", "submitterConfig", "submitterPodTemplate", "suspend", "ttlSecondsAfterFinished"},
     "RayCronJobSpec": {"jobTemplate", "schedule", "suspend", "timeZone"},
+    "DeletionStrategy": {"deletionRules", "onFailure", "onSuccess"},
+    "DeletionRule": {"condition", "policy"},
+    "DeletionCondition": {"jobDeploymentStatus", "jobStatus", "ttlSeconds"},
 }
-# Keys whose value is another of those spec types (workerGroupSpecs, a list of WorkerGroupSpec, is walked apart).
+# Keys whose value is another of those spec types, and keys whose value is a list of one.
 KUBERAY_NESTED_SPECS = {"rayClusterSpec": "RayClusterSpec", "jobTemplate": "RayJobSpec",
-                        "headGroupSpec": "HeadGroupSpec", "autoscalerOptions": "AutoscalerOptions"}
+                        "headGroupSpec": "HeadGroupSpec", "autoscalerOptions": "AutoscalerOptions",
+                        "deletionStrategy": "DeletionStrategy", "condition": "DeletionCondition"}
+KUBERAY_NESTED_LISTS = {"workerGroupSpecs": "WorkerGroupSpec", "deletionRules": "DeletionRule"}
 
 
 def unknown_kuberay_fields(kind: str, spec: dict[str, Any], where: str) -> list[str]:
-    """Keys of a ray.io/v1 spec (and of its nested cluster, group and autoscaler specs) that KubeRay does not have."""
+    """Keys of a ray.io/v1 spec (and of its nested cluster, group, autoscaler and deletion specs) that KubeRay does
+    not have."""
     def check(struct: str, value: dict[str, Any], path: str) -> list[str]:
         bad = [f"{path}.{key}" for key in value if key not in KUBERAY_FIELDS[struct]]
         for key, child in value.items():
             if key in KUBERAY_NESTED_SPECS and isinstance(child, dict):
                 bad += check(KUBERAY_NESTED_SPECS[key], child, f"{path}.{key}")
-            elif key == "workerGroupSpecs":
-                for i, group in enumerate(child):
-                    bad += check("WorkerGroupSpec", group, f"{path}.{key}[{i}]")
+            elif key in KUBERAY_NESTED_LISTS:
+                for i, item in enumerate(child):
+                    bad += check(KUBERAY_NESTED_LISTS[key], item, f"{path}.{key}[{i}]")
         return bad
 
     return check(f"{kind}Spec", spec, where)
@@ -612,3 +618,112 @@ def test_the_kuberay_field_check_catches_a_misspelt_key() -> None:
             "rayClusterSpec": {"rayVersion": "2.60.0", "workerGroupSpecs": [{"groupName": "cpu", "maxReplica": 4}]}}
     assert unknown_kuberay_fields("RayJob", spec, "x") == [
         "x.shutdownAfterJobFinish", "x.rayClusterSpec.workerGroupSpecs[0].maxReplica"]
+
+
+def test_the_kuberay_field_check_walks_deletion_rules() -> None:
+    spec = {"deletionStrategy": {"deletionRules": [{"policy": "DeleteSelf", "condition": {"jobstatus": "FAILED"}}]}}
+    assert unknown_kuberay_fields("RayJob", spec, "x") == ["x.deletionStrategy.deletionRules[0].condition.jobstatus"]
+
+
+# --- KubeRay: finished RayJobs are cleaned up --------------------------------------------------------------------------
+
+# What KubeRay 1.7's RayJob validation (ray-operator/controllers/ray/utils/validation.go,
+# validateDeletionConfiguration) and CRD enums refuse in spec.ttlSecondsAfterFinished / spec.deletionStrategy.
+DELETION_POLICIES = ("DeleteWorkers", "DeleteCluster", "DeleteSelf", "DeleteNone")  # least to most impact
+DELETION_JOB_STATUSES = {"SUCCEEDED", "FAILED"}
+DELETION_DEPLOYMENT_STATUSES = {"Failed"}
+
+
+def kuberay_deletion_errors(spec: dict[str, Any]) -> list[str]:
+    """Why KubeRay would refuse this RayJob spec's clean-up settings ([] when it would take them)."""
+    errors = []
+    shutdown = spec.get("shutdownAfterJobFinishes", False)
+    if not shutdown and spec.get("ttlSecondsAfterFinished", 0) > 0:
+        errors.append("ttlSecondsAfterFinished without shutdownAfterJobFinishes")
+    strategy = spec.get("deletionStrategy")
+    if strategy is None:
+        return errors
+    rules = strategy.get("deletionRules") or []
+    legacy = "onSuccess" in strategy or "onFailure" in strategy
+    if rules and shutdown:
+        errors.append("shutdownAfterJobFinishes and deletionRules are mutually exclusive")
+    if rules and legacy:
+        errors.append("onSuccess/onFailure and deletionRules together")
+    if not rules and not ("onSuccess" in strategy and "onFailure" in strategy):
+        errors.append("a deletionStrategy needs deletionRules, or both onSuccess and onFailure")
+    ttls: dict[tuple[str, str], dict[str, int]] = {}
+    for i, rule in enumerate(rules):
+        condition = rule.get("condition", {})
+        if rule.get("policy") not in DELETION_POLICIES:
+            errors.append(f"deletionRules[{i}]: policy {rule.get('policy')!r}")
+        if ("jobStatus" in condition) == ("jobDeploymentStatus" in condition):
+            errors.append(f"deletionRules[{i}]: exactly one of jobStatus and jobDeploymentStatus")
+            continue
+        if condition.get("jobStatus", "SUCCEEDED") not in DELETION_JOB_STATUSES:
+            errors.append(f"deletionRules[{i}]: jobStatus {condition['jobStatus']!r}")
+        if condition.get("jobDeploymentStatus", "Failed") not in DELETION_DEPLOYMENT_STATUSES:
+            errors.append(f"deletionRules[{i}]: jobDeploymentStatus {condition['jobDeploymentStatus']!r}")
+        ttl = condition.get("ttlSeconds", 0)
+        if not isinstance(ttl, int) or ttl < 0:
+            errors.append(f"deletionRules[{i}]: ttlSeconds {ttl!r}")
+            continue
+        trigger = ("jobStatus", condition["jobStatus"]) if "jobStatus" in condition else (
+            "jobDeploymentStatus", condition["jobDeploymentStatus"])
+        if rule.get("policy") in ttls.setdefault(trigger, {}):
+            errors.append(f"deletionRules[{i}]: a second {rule.get('policy')} rule for {trigger}")
+        ttls[trigger][rule.get("policy")] = ttl
+    for trigger, by_policy in ttls.items():  # workers, then cluster, then the RayJob: TTLs may not decrease
+        ordered = [by_policy[p] for p in DELETION_POLICIES[:3] if p in by_policy]
+        if ordered != sorted(ordered):
+            errors.append(f"{trigger}: TTLs must grow DeleteWorkers <= DeleteCluster <= DeleteSelf, got {by_policy}")
+    return errors
+
+
+def nightly_rayjob_specs() -> list[tuple[str, dict[str, Any]]]:
+    """The RayJob spec the nightly CronJob creates (from its ConfigMap) and the RayCronJob's job template."""
+    docs = kuberay_documents()
+    specs = [(f"{path.name}:RayJob", doc["spec"]) for path, doc in docs
+             if doc["kind"] == "RayJob" and "jobs/tag.py" in doc["spec"]["entrypoint"]]
+    specs += [(f"{path.name}:RayCronJob", doc["spec"]["jobTemplate"]) for path, doc in docs
+              if doc["kind"] == "RayCronJob"]
+    return specs
+
+
+def test_every_rayjob_has_clean_up_settings_kuberay_accepts() -> None:
+    specs = [(f"{p.name}:{d['kind']}", d["spec"]) for p, d in kuberay_documents() if d["kind"] == "RayJob"]
+    specs += [(w, s) for w, s in nightly_rayjob_specs() if w.endswith("RayCronJob")]
+    assert len(specs) >= 3  # the training RayJob, the nightly RayJob, the RayCronJob's template
+    refused = {where: kuberay_deletion_errors(spec) for where, spec in specs if kuberay_deletion_errors(spec)}
+    assert not refused, refused
+
+
+def test_the_nightly_rayjobs_delete_themselves_after_they_finish() -> None:
+    # However a night's run ends — the job succeeded, the job failed, or it never ran (deployment Failed:
+    # submission failed, deadline passed) — a rule deletes the RayJob itself (and with it its cluster and submitter),
+    # within a week: one RayJob a night must not pile up for ever.
+    specs = nightly_rayjob_specs()
+    assert {where.rsplit(":", 1)[1] for where, _ in specs} == {"RayJob", "RayCronJob"}
+    endings = [("jobStatus", "SUCCEEDED"), ("jobStatus", "FAILED"), ("jobDeploymentStatus", "Failed")]
+    for where, spec in specs:
+        rules = spec.get("deletionStrategy", {}).get("deletionRules", [])
+        for field, status in endings:
+            self_ttls = [r["condition"].get("ttlSeconds", 0) for r in rules
+                         if r["policy"] == "DeleteSelf" and r["condition"].get(field) == status]
+            assert self_ttls and self_ttls[0] <= 7 * 24 * 3600, f"{where}: no DeleteSelf rule when {field}={status}"
+            cluster_ttls = [r["condition"].get("ttlSeconds", 0) for r in rules
+                            if r["policy"] == "DeleteCluster" and r["condition"].get(field) == status]
+            # The GPUs go back soon after the run, not when the RayJob goes.
+            assert cluster_ttls and cluster_ttls[0] <= 3600, f"{where}: the cluster outlives the run when {status}"
+
+
+def test_the_deletion_check_refuses_what_kuberay_refuses() -> None:
+    rules = [{"policy": "DeleteCluster", "condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": 600}},
+             {"policy": "DeleteSelf", "condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": 60}}]
+    assert kuberay_deletion_errors({"deletionStrategy": {"deletionRules": rules[:1]}}) == []
+    assert any("TTLs must grow" in e for e in kuberay_deletion_errors({"deletionStrategy": {"deletionRules": rules}}))
+    assert kuberay_deletion_errors({"shutdownAfterJobFinishes": True, "deletionStrategy": {"deletionRules": rules[:1]}})
+    assert kuberay_deletion_errors({"ttlSecondsAfterFinished": 600})
+    both = {"policy": "DeleteSelf", "condition": {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"}}
+    assert kuberay_deletion_errors({"deletionStrategy": {"deletionRules": [both]}})
+    stopped = {"policy": "DeleteSelf", "condition": {"jobStatus": "STOPPED"}}
+    assert kuberay_deletion_errors({"deletionStrategy": {"deletionRules": [stopped]}})
