@@ -434,8 +434,57 @@ def test_dashboard_and_rule_tests_use_the_job_name_mer_pushes_under() -> None:
 
     pushed = inspect.signature(JobMetrics.push).parameters["job"].default
     job = next(v for v in json.loads(DASHBOARD.read_text())["templating"]["list"] if v["name"] == "job")
-    assert job["current"]["value"] == [pushed]
+    assert job["current"]["value"] == pushed
     assert f'job="{pushed}"' in (PROMETHEUS / "rules_test.yml").read_text()
+
+
+# --- the dashboard counts each run once ----------------------------------------------------------------------------------
+# A run's metrics reach Prometheus twice: pushed to the Pushgateway when it ends (job="mer_tag", no instance label:
+# honor_labels keeps the pushed labels) and scraped live from its own /metrics while it runs (scrape job mer_tag_live,
+# or the PodMonitor's, with an instance label). A query that adds up both counts the run twice. So every dashboard
+# query reads exactly one of them, named by its matchers:
+SOURCES = {
+    "pushgateway": {("job", "=", "$job"), ("instance", "=", "")},
+    "live": {("job", "=~", "$live_job"), ("instance", "!=", "")},
+}
+SELECTOR = re.compile(r"(?<![\w:])(mer_[a-z0-9_]+|mer:[a-zA-Z0-9_:]+)\s*(\{[^}]*\})?")
+MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def series_sources(expr: str) -> list[str]:
+    """For each mer series an expression selects, the source its matchers pin it to ("?" when they pin none)."""
+    found = []
+    for _, braces in SELECTOR.findall(expr):
+        matchers = set(MATCHER.findall(braces or ""))
+        found.append(next((name for name, required in SOURCES.items() if required <= matchers), "?"))
+    return found
+
+
+def test_the_source_check_catches_a_query_over_both_sources() -> None:
+    pushed = 'sum(mer_items_listed_total{job="$job", instance=""})'
+    live = 'sum(rate(mer_items_tagged_total{instance!="", job=~"$live_job"}[5m]))'
+    assert series_sources(pushed) == ["pushgateway"] and series_sources(live) == ["live"]
+    assert series_sources('sum(mer_items_listed_total{job=~"$job"})') == ["?"]  # an "All" job adds both
+    assert series_sources("sum(mer_items_listed_total)") == ["?"]
+    assert set(series_sources(f"{pushed} + {live.replace('rate', 'max_over_time')}")) == {"pushgateway", "live"}
+
+
+def test_no_dashboard_query_counts_a_run_twice() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    mixed = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            if "expr" in target:
+                sources = set(series_sources(target["expr"]))
+                if len(sources) != 1 or "?" in sources:
+                    mixed[f"{panel['title']} {target['refId']}"] = sorted(sources)
+    assert not mixed, f"dashboard queries not pinned to exactly one source (Pushgateway or live): {mixed}"
+    # ... and the variables cannot make one source's selector take in the other's series.
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    job, live = variables["job"], variables["live_job"]
+    assert not job.get("multi") and not job.get("includeAll"), "one pushed job at a time"
+    assert 'instance=""' in job["definition"] and 'instance!=""' in live["definition"]
+    assert live.get("allValue") in (None, ""), "'All' live jobs must stay the list of live jobs, not '.*'"
 
 
 def test_dashboard_panels_use_its_datasource_variables() -> None:
