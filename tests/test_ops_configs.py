@@ -34,7 +34,11 @@ CLUSTER = REPO / "cluster"
 INFRA = REPO / "infra"
 KUBERAY = CLUSTER / "kuberay"
 PROMETHEUS = INFRA / "prometheus"
-DASHBOARD = INFRA / "grafana" / "mer-dashboard.json"
+GRAFANA = INFRA / "grafana"
+DASHBOARD = GRAFANA / "mer-dashboard.json"  # the tagging job's metrics (and a row of the catalog)
+CATALOG_DASHBOARD = GRAFANA / "mer-catalog-dashboard.json"  # the catalog itself
+# What each dashboard queries: PromQL (Prometheus) and/or SQL (the catalog's PostgreSQL).
+DASHBOARD_KINDS = {DASHBOARD: {"sql", "promql"}, CATALOG_DASHBOARD: {"sql"}}
 JOBS = ("train", "tag")
 
 
@@ -133,7 +137,8 @@ def test_the_configs_are_all_there() -> None:
     assert {
         "cluster/aws.yaml", "cluster/kuberay/raycluster.yaml", "cluster/kuberay/rayjob-train.yaml",
         "cluster/kuberay/tag-nightly.yaml", "infra/prometheus/prometheus.yml", "infra/prometheus/rules.yml",
-        "infra/prometheus/rules_test.yml", "infra/grafana/mer-dashboard.json",
+        "infra/prometheus/rules_test.yml", "infra/grafana/mer-dashboard.json", "infra/grafana/mer-catalog-dashboard.json",
+        "infra/grafana/provisioning/datasources/mer.yaml", "infra/grafana/provisioning/dashboards/mer.yaml",
     } <= names
 
 
@@ -487,8 +492,9 @@ def test_no_dashboard_query_counts_a_run_twice() -> None:
     assert live.get("allValue") in (None, ""), "'All' live jobs must stay the list of live jobs, not '.*'"
 
 
-def test_dashboard_panels_use_its_datasource_variables() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
+@pytest.mark.parametrize("path", sorted(DASHBOARD_KINDS), ids=lambda p: p.name)
+def test_dashboard_panels_use_its_datasource_variables(path: Path) -> None:
+    dashboard = json.loads(path.read_text())
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -501,7 +507,37 @@ def test_dashboard_panels_use_its_datasource_variables() -> None:
             assert uid.startswith("${") and variables[uid[2:-1]]["type"] == "datasource", panel["title"]
             assert variables[uid[2:-1]]["query"] == target["datasource"]["type"], panel["title"]
             kinds.add("sql" if "rawSql" in target else "promql")
-    assert kinds == {"sql", "promql"}
+            if "rawSql" in target:  # Grafana runs it as written: code mode, one result frame
+                assert target["rawQuery"] and target["editorMode"] == "code", panel["title"]
+                assert target["format"] in ("table", "time_series"), panel["title"]
+                if target["format"] == "time_series":
+                    assert re.search(r"\bAS time\b", target["rawSql"]), f"{panel['title']}: no time column"
+    assert kinds == DASHBOARD_KINDS[path]
+
+
+def test_the_dashboards_are_all_provisioned_with_the_data_sources_they_need() -> None:
+    provisioning = GRAFANA / "provisioning"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "mer.yaml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+    # The provider loads every *.json under the folder infra/grafana is mounted at (the comments say where).
+    mount = provider["options"]["path"]
+    assert f"infra/grafana:{mount}" in (provisioning / "datasources" / "mer.yaml").read_text()
+    dashboards = sorted(GRAFANA.rglob("*.json"))
+    assert set(dashboards) == set(DASHBOARD_KINDS)
+    uids = [json.loads(p.read_text())["uid"] for p in dashboards]
+    assert len(uids) == len(set(uids))
+    sources = yaml.safe_load((provisioning / "datasources" / "mer.yaml").read_text())["datasources"]
+    types = {s["type"]: s for s in sources}
+    needed = {v["query"] for p in dashboards for v in json.loads(p.read_text())["templating"]["list"]
+              if v["type"] == "datasource"}
+    assert needed <= set(types), f"dashboards need data sources of types {needed}, provisioned: {sorted(types)}"
+    catalog = types["grafana-postgresql-datasource"]
+    # Read-only: a login of the analyst role, never the owner; the password comes from Grafana's environment.
+    assert catalog["user"] not in ("postgres", "mer_writer", "mer_analyst")
+    assert re.fullmatch(r"\$\{[A-Z_]+\}", catalog["secureJsonData"]["password"])
+    roles = (INFRA / "catalog" / "roles.sql").read_text()
+    assert "mer_analyst" in roles and f"CREATE ROLE {catalog['user']} LOGIN" in (
+        provisioning / "datasources" / "mer.yaml").read_text()
 
 
 # --- drift: job flags ---------------------------------------------------------------------------------------------------
