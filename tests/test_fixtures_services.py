@@ -15,8 +15,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import fixtures_services
-from fixtures_services import ThrowawayPostgres, postgres_bindir
+try:
+    import fixtures_services
+except ImportError:  # tests/ imported as a package
+    from tests import fixtures_services
+ThrowawayPostgres, postgres_bindir = fixtures_services.ThrowawayPostgres, fixtures_services.postgres_bindir
 
 pytest_plugins = ["fixtures_services", "pytester"]
 
