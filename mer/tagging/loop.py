@@ -36,8 +36,8 @@ def tag_store_local(
     """
     tagging = tagging or TagConfig()
     plan = begin_run(store, catalog=catalog, model=model, storage=storage, prefix=prefix, endpoint_url=endpoint_url,
-                  force=force, tagging=tagging, render_missing_audio=render_missing_audio,
-                  metrics_port=metrics_port, pushgateway=pushgateway, limit=limit)
+                     force=force, tagging=tagging, render_missing_audio=render_missing_audio,
+                     metrics_port=metrics_port, pushgateway=pushgateway, limit=limit)
     try:
         if plan.todo:
             predictor = WindowPredictor(plan.artifact_url, storage=storage)

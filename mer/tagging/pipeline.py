@@ -135,8 +135,8 @@ def tag_store(
     """
     tagging = tagging or TagConfig()
     plan = begin_run(store, catalog=catalog, model=model, storage=storage, prefix=prefix, endpoint_url=endpoint_url,
-                  force=force, tagging=tagging, render_missing_audio=render_missing_audio,
-                  metrics_port=metrics_port, pushgateway=pushgateway, limit=limit)
+                     force=force, tagging=tagging, render_missing_audio=render_missing_audio,
+                     metrics_port=metrics_port, pushgateway=pushgateway, limit=limit)
     if not plan.todo:  # an unchanged store: no Ray at all, the run costs the listing
         return end_run(plan, success=True, pushgateway=pushgateway)
     started_ray = False

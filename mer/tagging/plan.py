@@ -113,10 +113,10 @@ def begin_run(
         metrics.stop()
         raise
     recorder = Recorder(writer=writer, run_id=run_id, metrics=metrics, batch_size=tagging.batch_size,
-                         use_attention=artifact.config.model.use_attention, expected={})
+                        use_attention=artifact.config.model.use_attention, expected={})
     plan = Plan(store=store, artifact_url=artifact.url, config=artifact.config, model_version=artifact.version,
-                 writer=writer, run_id=run_id, metrics=metrics, todo=[], rejects=[], listed=0, skipped=0, deferred=0,
-                 started=started, metrics_port=port, recorder=recorder)
+                writer=writer, run_id=run_id, metrics=metrics, todo=[], rejects=[], listed=0, skipped=0, deferred=0,
+                started=started, metrics_port=port, recorder=recorder)
     log.info("run %d: model %s, store %r, prefix %r", run_id, artifact.version, store, prefix)
     try:
         list_start = time.perf_counter()

@@ -133,9 +133,3 @@ def test_split_metrics_are_per_clip_and_derive_arousal_valence_from_the_quadrant
 
     # Per clip, not per window: a's three windows count once.
     assert metrics == {"4q": 0.5, "arousal": 1.0, "valence": 0.5}
-
-
-def test_split_metrics_confuse_q3_for_q2_as_arousal_error_only() -> None:
-    metrics = split_metrics(names=np.array(["x"]), quadrant_probs=np.array([[0.0, 0.1, 0.9, 0.0]]),
-                            quadrants=np.array([1]))
-    assert metrics == {"4q": 0.0, "arousal": 0.0, "valence": 1.0}  # Q3 vs Q2: both negative valence

@@ -28,12 +28,11 @@ from mer.evaluation.report import write_evaluation, write_tables
 from mer.evaluation.results import RUN_FIELDS, EvalResult, TablesReport
 from mer.evaluation.tables import find_artifact, run_tables, split_clips
 from mer.features.cache import FeatureCache
-from mer.labels import attention_received
 from mer.model import MerModel
 from mer.model.artifact import load_artifact, save_artifact
 from mer.train.dataset import data_fingerprint, extract_clips, take, window_table
 from mer.train.loop import evaluate_split
-from mer.train.scores import confusion_matrix, quadrant_metrics
+from mer.train.scores import quadrant_metrics
 from mer.train.steps import train_step
 from tiny import tiny_config as tiny
 
@@ -45,33 +44,6 @@ TRAINED_BY_TABLES = ("full", 0)  # the one model run_tables must train itself
 
 def tiny_config() -> MerConfig:
     return tiny(training=dict(epochs=1, batch_size=8, num_workers=1))
-
-# ---------------------------------------------------------------------------------------------------------------
-# Metrics by hand
-# ---------------------------------------------------------------------------------------------------------------
-
-def test_metrics_derive_arousal_and_valence_from_the_quadrants():
-    true = np.array([0, 0, 1, 2, 3, 3])
-    pred = np.array([0, 1, 1, 3, 0, 2])
-    # Arousal high = Q1/Q2: true 1 1 1 0 0 0, pred 1 1 1 0 1 0 -> 5/6.
-    # Valence positive = Q1/Q4: true 1 1 0 0 1 1, pred 1 0 0 1 1 0 -> 3/6.
-    assert quadrant_metrics(true, pred) == pytest.approx({"4q": 2 / 6, "arousal": 5 / 6, "valence": 3 / 6})
-    matrix = confusion_matrix(true, pred)
-    assert matrix.sum() == 6 and np.trace(matrix) == 2
-    assert matrix[3].tolist() == [1, 0, 1, 0]  # the two Q4 clips: one called Q1, one Q3
-
-
-def test_attention_received_averages_heads_and_present_query_rows():
-    attention = np.zeros((1, 2, 3, 3))
-    attention[0, 0, 0] = [0.5, 0.5, 0.0]  # head 0, symbolic query
-    attention[0, 0, 2] = [0.1, 0.3, 0.6]  # head 0, tone query (harmony absent: its row stays 0)
-    attention[0, 1, 0] = [1.0, 0.0, 0.0]
-    attention[0, 1, 2] = [0.0, 0.0, 1.0]
-    received = attention_received(attention)
-    # Head 0: columns (0.3, 0.4, 0.3); head 1: (0.5, 0, 0.5); mean over heads:
-    np.testing.assert_allclose(received, [[0.4, 0.2, 0.4]])
-    np.testing.assert_allclose(attention_received(np.zeros((2, 4, 3, 3))), 0.0)  # no attention: all zero
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # A small EMOPIA: trained models, the tables
