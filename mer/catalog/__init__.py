@@ -9,7 +9,7 @@ from mer.catalog.schema import (HEAD_REVISION, MODALITIES, TIMELINE_KEYS, VERSIO
 from mer.catalog.writer import ABANDONED_AFTER, CatalogWriter
 
 __all__ = [
-    "ABANDONED_AFTER", "ANALYST_QUERIES", "HEAD_REVISION", "MODALITIES", "TIMELINE_KEYS", "VERSION_TABLE",
-    "CatalogWriter", "FailureRecord", "LabelRecord", "branch_attention", "catalog_revision", "catalog_url",
+    "ABANDONED_AFTER", "ANALYST_QUERIES", "CatalogWriter", "FailureRecord", "HEAD_REVISION", "LabelRecord",
+    "MODALITIES", "TIMELINE_KEYS", "VERSION_TABLE", "branch_attention", "catalog_revision", "catalog_url",
     "create_catalog_engine", "downgrade_catalog", "metadata", "upgrade_catalog",
 ]

@@ -13,7 +13,7 @@ from mer.evaluation.results import RUN_FIELDS, EvalResult, TablesReport
 from mer.evaluation.tables import find_artifact, run_baseline, run_tables, split_clips
 
 __all__ = [
-    "CAVEAT_AUDIO", "METHODS", "PAPER_FULL", "PAPER_ONLY", "RUN_FIELDS", "EvalResult", "LinearBaseline", "Method",
+    "CAVEAT_AUDIO", "EvalResult", "LinearBaseline", "METHODS", "Method", "PAPER_FULL", "PAPER_ONLY", "RUN_FIELDS",
     "TablesReport", "audio_features", "caveats", "evaluate_artifact", "evaluate_features", "find_artifact",
     "fit_linear_baseline", "merge_reports", "method_config", "method_key", "plot_attention", "plot_confusion",
     "render_markdown", "run_baseline", "run_tables", "split_clips", "symbolic_features", "write_evaluation",

@@ -26,18 +26,18 @@ from mer.evaluation.report import write_tables
 from mer.evaluation.results import EvalResult, TablesReport
 from mer.features import FeatureCache, piano_notes, read_midi
 from mer.model import MODELS_DIR, filesystem, join, load_artifact
-from mer.train import (Clip, ClipFeatures, Extraction, data_fingerprint, emopia_root, ensure_ray, extract_clips,
-                       load_split, run_identity, select_clips, train_model)
+from mer.train import (MIN_SUBSET_VAL_CLIPS, Clip, ClipFeatures, Extraction, data_fingerprint, emopia_root,
+                       ensure_ray, extract_clips, load_split, run_identity, select_clips, subset_count, train_model)
+
 
 def split_clips(root: Path, *, subset: int | None) -> dict[str, list[Clip]]:
     """EMOPIA's official splits; with ``subset``, the quadrant-balanced train/val clips :func:`train_model` uses
     and a proportional number of test clips (at least 8)."""
     splits = {s: load_split(root, s) for s in ("train", "val", "test")}
     if subset is not None:
-        n_train = len(splits["train"])
         counts = {"train": subset,
-                  "val": max(4, round(subset * len(splits["val"]) / n_train)),  # as mer.train.loop.train_model
-                  "test": max(8, round(subset * len(splits["test"]) / n_train))}
+                  "val": subset_count(subset, splits["val"], splits["train"], minimum=MIN_SUBSET_VAL_CLIPS),
+                  "test": subset_count(subset, splits["test"], splits["train"], minimum=8)}
         splits = {s: select_clips(clips, counts[s]) for s, clips in splits.items()}
     return splits
 

@@ -11,6 +11,6 @@ from mer.features.tokens import midi_like_tokens, notes_from_tokens, pad_id
 
 __all__ = [
     "FeatureCache", "ItemFeatures", "check_audio", "chromagram", "decode_audio", "extract_features", "mfcc",
-    "midi_like_tokens", "notes_from_tokens", "pad_id", "peak_normalise", "piano_notes", "read_midi",
-    "render_audio", "soundfont_path", "window_starts",
+    "midi_like_tokens", "notes_from_tokens", "pad_id", "peak_normalise", "piano_notes", "read_midi", "render_audio",
+    "soundfont_path", "window_starts",
 ]

@@ -13,6 +13,10 @@ import torch
 MODEL_INPUTS: tuple[str, ...] = ("tokens", "token_lengths", "chroma", "mfcc", "present")
 """Batch keys the model reads (the big feature arrays); everything else in a batch is passed through."""
 
+ROW_KEYS_TO_BATCH = {"token_length": "token_lengths"}
+"""Row keys renamed in a batch (a window row holds one window's length, a batch the lengths of many)."""
+_BATCH_KEYS_TO_ROW = {batch: row for row, batch in ROW_KEYS_TO_BATCH.items()}
+
 _DTYPES = {
     "tokens": torch.long,
     "token_lengths": torch.long,
@@ -34,12 +38,12 @@ def to_tensors(batch: Mapping[str, Any], *, device: str | torch.device = "cpu") 
     """The model inputs (and ``quadrant`` when present) of a numpy batch as tensors of the model's dtypes.
 
     ``batch`` maps keys to stacked arrays: tokens (B, L), token_lengths (B,), chroma (B, 12, F), mfcc (B, M, F),
-    present (B, 3), optionally quadrant (B,). ``token_length`` (the window-row key, singular) is accepted for
-    ``token_lengths``. Other keys (names, window starts) are left out.
+    present (B, 3), optionally quadrant (B,). A window row's key is accepted for its batch key
+    (:data:`ROW_KEYS_TO_BATCH`: ``token_length`` for ``token_lengths``). Other keys (names, window starts) are left out.
     """
     tensors = {}
     for key, dtype in _DTYPES.items():
-        source = key if key in batch else "token_length" if key == "token_lengths" else None
+        source = key if key in batch else _BATCH_KEYS_TO_ROW.get(key)
         if source is not None and source in batch:
             value = batch[source]
             if not isinstance(value, torch.Tensor):

@@ -11,7 +11,7 @@ from mer.tagging.prepare import PreparedItem, extract_window_rows, item_row, pre
 from mer.tagging.storage import Item, LocalStore, ObjectStore, S3Store, StoredObject, list_items, open_store
 
 __all__ = [
-    "STAGES", "Item", "JobMetrics", "LocalStore", "ObjectStore", "PreparedItem", "S3Store", "StoredObject",
+    "Item", "JobMetrics", "LocalStore", "ObjectStore", "PreparedItem", "S3Store", "STAGES", "StoredObject",
     "TagSummary", "WindowPredictor", "extract_window_rows", "feature_task_cpus", "item_row", "list_items",
     "open_store", "prepare_item", "tag_store", "tag_store_local", "use_gpus",
 ]

@@ -29,12 +29,8 @@ import torch
 from mer.config import FeatureConfig
 from mer.errors import MerError
 from mer.features import FeatureCache, ItemFeatures, extract_features, read_midi, render_audio
-from mer.model import to_tensors
+from mer.model import ROW_KEYS_TO_BATCH, to_tensors
 from mer.train.emopia import Clip
-
-ROW_KEYS_TO_BATCH = {"token_length": "token_lengths"}
-"""Row keys renamed in a batch (a row holds one window's length, a batch the lengths of many)."""
-
 
 @dataclass(frozen=True)
 class ClipFeatures:

@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -53,6 +53,7 @@ from mer.train.steps import eval_step, learning_rate, rank_batches, train_step
 CHECKPOINT_FILE = "state.pt"
 NUM_CHECKPOINTS_KEPT = 3  # the best by val_4q; Ray Train also always keeps the latest (for resuming)
 METRIC_KEYS = ("train_loss", "val_loss", "val_4q", "val_arousal", "val_valence")
+MIN_SUBSET_VAL_CLIPS = 4  # a subset run still selects its checkpoint on at least this many val clips
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,12 @@ def select_clips(clips: list[Clip], count: int | None) -> list[Clip]:
     return chosen
 
 
+def subset_count(subset: int, clips: Sequence[Clip], train_clips: Sequence[Clip], *, minimum: int) -> int:
+    """How many of a split's ``clips`` a run on ``subset`` of the ``train_clips`` uses: the same proportion, at
+    least ``minimum``."""
+    return max(minimum, round(subset * len(clips) / len(train_clips)))
+
+
 def run_identity(config: MerConfig, fingerprint: str) -> str:
     """What must not change for a run to be resumed: the model and feature configuration, the optimisation
     settings and seed, and the data. ``epochs`` (raising it extends a run), ``num_workers`` and ``use_gpu``
@@ -317,7 +324,7 @@ def train_model(
     root = emopia_root(emopia)
     train_clips, val_clips = load_split(root, "train"), load_split(root, "val")
     if subset is not None:
-        val_count = max(4, round(subset * len(val_clips) / len(train_clips)))
+        val_count = subset_count(subset, val_clips, train_clips, minimum=MIN_SUBSET_VAL_CLIPS)
         train_clips, val_clips = select_clips(train_clips, subset), select_clips(val_clips, val_count)
 
     # 1. Features, once, in parallel.
