@@ -61,7 +61,8 @@ def branch_attention(attention: Sequence[Sequence[Sequence[float]]] | None) -> d
 
 @dataclass(frozen=True)
 class LabelRecord:
-    """One piece's label from one model version, as the tagger hands it to :meth:`CatalogWriter.write_batch`.
+    """One piece's label from one model version, as the tagger hands it to
+    :meth:`~mer.catalog.writer.CatalogWriter.write_batch`.
 
     NumPy values are accepted and converted to plain Python on construction; invalid values raise ValueError.
 

@@ -29,10 +29,11 @@ def tag_store_local(
     pushgateway: str | None = None,
     limit: int | None = None,
 ) -> TagSummary:
-    """:func:`tag_store` without Ray: the same functions, item after item, in this process.
+    """:func:`~mer.tagging.pipeline.tag_store` without Ray: the same functions, item after item, in this process.
 
-    Each item's windows go to the model as one batch. Same arguments and result as :func:`tag_store` (minus the
-    Ray ones). For small stores, debugging, and as the benchmark's baseline.
+    Each item's windows go to the model as one batch. Same arguments and result as
+    :func:`~mer.tagging.pipeline.tag_store` (minus the Ray ones). For small stores, debugging, and as the
+    benchmark's baseline.
     """
     tagging = tagging or TagConfig()
     plan = begin_run(store, catalog=catalog, model=model, storage=storage, prefix=prefix, endpoint_url=endpoint_url,

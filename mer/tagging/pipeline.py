@@ -26,9 +26,9 @@ every run (they cost nothing to find).
 Counts: ``listed`` (items + listing rejects) = ``tagged`` + ``skipped`` + ``failed`` (+ ``deferred``: items left
 for a later run by ``limit``).
 
-:func:`tag_store_local` does the same work with the same functions in one process, item after item, without
-Ray: the benchmark's baseline (``tests/benchmarks/bench_tagging.py``) and a check that the pipeline changes
-nothing but the speed.
+:func:`~mer.tagging.loop.tag_store_local` does the same work with the same functions in one process, item after
+item, without Ray: the benchmark's baseline (``tests/benchmarks/bench_tagging.py``) and a check that the pipeline
+changes nothing but the speed.
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def test_rendering_is_deterministic_within_and_across_processes(clip_midi, emopi
     # Another interpreter: the feature cache relies on every Ray worker rendering the same samples.
     script = (
         "import hashlib; from pathlib import Path; from mer.config import FeatureConfig; "
-        "from mer.midi import read_midi; from mer.render import render_audio; "
+        "from mer.features import read_midi, render_audio; "
         f"data = Path({str(emopia / 'midis' / f'{CLIP}.mid')!r}).read_bytes(); "
         "audio = render_audio(read_midi(data, name='x'), config=FeatureConfig(), name='x'); "
         "print(hashlib.sha256(audio.tobytes()).hexdigest())"
