@@ -22,14 +22,12 @@ import sys
 
 import ray
 
-from mer.artifact import load_artifact
-from mer.cache import FeatureCache
-from mer.emopia import emopia_root, load_split
 from mer.errors import MerError
-from mer.evaluation import (METHODS, METRICS, TablesReport, evaluate_artifact, run_tables, write_evaluation,
+from mer.evaluation import (METHODS, TablesReport, evaluate_artifact, merge_reports, run_tables, write_evaluation,
                             write_tables)
-from mer.report_merge import merge_reports
-from mer.training import select_clips
+from mer.features import FeatureCache
+from mer.model import load_artifact
+from mer.train import METRICS, emopia_root, load_split, select_clips
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -29,7 +29,7 @@ import ray
 
 from mer.config import BRANCHES, MerConfig
 from mer.errors import MerError
-from mer.training import summary_table, train_model
+from mer.train import summary_table, train_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

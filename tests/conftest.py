@@ -9,7 +9,7 @@ import mido
 import numpy as np
 import pytest
 
-from mer.emopia import emopia_root
+from mer.train.emopia import emopia_root
 
 # moto S3 server, PostgreSQL and SQLite catalog fixtures, shared by every test module.
 pytest_plugins = ["fixtures_services"]

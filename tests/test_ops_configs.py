@@ -4,7 +4,7 @@
   KubeRay manifests have the right kinds and hang together (Secret, ConfigMap, volume, ports, images, versions).
 - Prometheus: ``promtool check config``, ``promtool check rules`` and the rule unit tests pass — and the unit tests
   fail when a rule is broken.
-- Drift: every metric name in the alert rules and the Grafana dashboard is one ``mer.metrics.JobMetrics`` exports;
+- Drift: every metric name in the alert rules and the Grafana dashboard is one ``mer.tagging.metrics.JobMetrics`` exports;
   every ``--flag`` given to ``jobs/train.py`` / ``jobs/tag.py`` is in that job's ``--help``; every ``MER_*``
   environment variable the configs set is read somewhere in ``mer/`` or ``jobs/``; the versions of torch and Ray
   the nodes install are the ones pyproject.toml pins.
@@ -384,7 +384,7 @@ RECORDED_TOKEN = re.compile(r"(?<![\w:])mer:[a-zA-Z0-9_:]+")
 @cache
 def exported_series_names() -> frozenset[str]:
     """Every series name a tagging job exports: the samples of a finished, successful JobMetrics registry."""
-    from mer.metrics import JobMetrics
+    from mer.tagging.metrics import JobMetrics
 
     metrics = JobMetrics()
     metrics.finish(success=True, now=0.0)  # the last-success gauge is registered on success only
@@ -422,7 +422,7 @@ def test_every_metric_in_rules_and_dashboard_is_exported_by_mer() -> None:
     used = {name for _, expr in exprs for name in METRIC_TOKEN.findall(expr)}
     assert len(used) >= 8, f"suspiciously few metric names found: {used}"
     unknown = {where: sorted(unknown_metrics(expr)) for where, expr in exprs if unknown_metrics(expr)}
-    assert not unknown, f"metric names not exported by mer.metrics.JobMetrics: {unknown}"
+    assert not unknown, f"metric names not exported by mer.tagging.metrics.JobMetrics: {unknown}"
 
 
 def test_recorded_series_are_defined() -> None:
@@ -435,7 +435,7 @@ def test_recorded_series_are_defined() -> None:
 def test_dashboard_and_rule_tests_use_the_job_name_mer_pushes_under() -> None:
     import inspect
 
-    from mer.metrics import JobMetrics
+    from mer.tagging.metrics import JobMetrics
 
     pushed = inspect.signature(JobMetrics.push).parameters["job"].default
     job = next(v for v in json.loads(DASHBOARD.read_text())["templating"]["list"] if v["name"] == "job")

@@ -21,12 +21,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mer.config import MerConfig  # noqa: E402
-from mer.emopia import emopia_root, load_split  # noqa: E402
-from mer.features import chromagram, extract_features, mfcc  # noqa: E402
-from mer.midi import piano_notes, read_midi  # noqa: E402
+from mer.features import (chromagram, extract_features, midi_like_tokens, mfcc, piano_notes,  # noqa: E402
+                          read_midi, render_audio)
 from mer.model import MerModel  # noqa: E402
-from mer.render import render_audio  # noqa: E402
-from mer.tokens import midi_like_tokens  # noqa: E402
+from mer.train import emopia_root, load_split  # noqa: E402
 
 
 def main() -> None:

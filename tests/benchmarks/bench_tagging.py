@@ -31,8 +31,8 @@ def render_pair(args: tuple[str, str, str]) -> str:
     import soundfile
 
     from mer.config import FeatureConfig
-    from mer.midi import read_midi
-    from mer.render import render_audio
+    from mer.features.midi import read_midi
+    from mer.features.render import render_audio
 
     name, midi_path, store = args
     features = FeatureConfig()
@@ -47,7 +47,7 @@ def render_pair(args: tuple[str, str, str]) -> str:
 
 def build_store(cache: Path, items: int) -> Path:
     """A folder with ``items`` EMOPIA pairs (rendering only the ones not rendered before)."""
-    from mer.emopia import emopia_root, load_split
+    from mer.train.emopia import emopia_root, load_split
 
     root = emopia_root()
     clips = sorted((c for split in ("train", "val", "test") for c in load_split(root, split)), key=lambda c: c.name)
@@ -78,9 +78,9 @@ def build_model(cache: Path) -> str:
     """An untrained full-size model artifact (default MerConfig), made once."""
     import torch
 
-    from mer.artifact import LATEST, MODELS_DIR, join, save_artifact
     from mer.config import MerConfig
     from mer.model import MerModel
+    from mer.model.artifact import LATEST, MODELS_DIR, join, save_artifact
 
     storage = cache / "storage"
     latest = storage / MODELS_DIR / LATEST

@@ -1,0 +1,236 @@
+"""Writes a tagging run into the catalog: the run's row, then batches of labels and failures, each batch one
+idempotent transaction (:class:`CatalogWriter`).
+
+Idempotency: :meth:`CatalogWriter.write_batch` upserts everything in one transaction, so a job killed at any point
+and run again (as a new run) leaves every item once, labelled by whichever run wrote it last.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from mer.catalog.records import FailureRecord, LabelRecord
+from mer.catalog.schema import (RUN_COUNTS, RUN_STATUSES, catalog_url, create_catalog_engine, failures_table,
+                                items_table, labels_table, runs_table, upgrade_catalog)
+
+ABANDONED_AFTER = timedelta(hours=24)
+"""A run still ``running`` this long after its start was killed; the next run closes it as ``failed``."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    # Bounded IN lists: SQLite caps bound parameters per statement.
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+class CatalogWriter:
+    """Writes a tagging run into the catalog.
+
+    ``url`` is a SQLAlchemy URL or a path to a SQLite file. With ``upgrade=True`` (default) the schema is created or
+    upgraded on first use. Picklable: the engine is rebuilt lazily in each process. Call :meth:`close` (or use it as
+    a context manager) to release connections.
+    """
+
+    def __init__(self, url: str | os.PathLike[str], *, upgrade: bool = True) -> None:
+        self.url = catalog_url(url)
+        self.upgrade = upgrade
+        self._engine: Engine | None = None
+
+    def __repr__(self) -> str:
+        # Never show a password that may be in the URL.
+        return f"CatalogWriter({sa.make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Once this writer has upgraded the schema, copies sent to workers need not (and must not race to) do it.
+        return {"url": self.url, "upgrade": self.upgrade and self._engine is None, "_engine": None}
+
+    def __enter__(self) -> CatalogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            engine = create_catalog_engine(self.url)
+            if self.upgrade:
+                upgrade_catalog(engine)
+            self._engine = engine
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _insert(self, table: sa.Table) -> Any:
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            return postgresql.insert(table)
+        if dialect == "sqlite":
+            return sqlite.insert(table)
+        raise NotImplementedError(f"catalog upserts support SQLite and PostgreSQL, not {dialect}")
+
+    def start_run(self, model_version: str, *, abandoned_after: timedelta = ABANDONED_AFTER) -> int:
+        """Record a new run (status ``running``) and return its id.
+
+        Runs still ``running`` that started more than ``abandoned_after`` ago were killed (a nightly run takes
+        hours, not a day): they are closed as ``failed`` here, so the ``runs`` table does not show them running
+        forever. Their ``finished_at`` stays NULL: when they stopped is not known.
+        """
+        if not model_version:
+            raise ValueError("start_run needs a model version")
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                runs_table.update()
+                .where(runs_table.c.status == "running", runs_table.c.started_at < now - abandoned_after)
+                .values(status="failed")
+            )
+            result = conn.execute(
+                runs_table.insert().values(model_version=model_version, started_at=now, status="running")
+            )
+            return int(result.inserted_primary_key[0])
+
+    def finish_run(self, run_id: int, *, status: str = "succeeded", counts: Mapping[str, int] | None = None) -> None:
+        """Close a run: ``status`` is ``succeeded`` or ``failed``; ``counts`` any of listed/tagged/skipped/failed."""
+        if status not in RUN_STATUSES or status == "running":
+            raise ValueError(f"finish status must be 'succeeded' or 'failed', got {status!r}")
+        counts = dict(counts or {})
+        unknown = sorted(set(counts) - set(RUN_COUNTS))
+        if unknown:
+            raise ValueError(f"unknown run counts {unknown}; expected some of {RUN_COUNTS}")
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                runs_table.update()
+                .where(runs_table.c.id == run_id)
+                .values(finished_at=_now(), status=status, **{k: int(v) for k, v in counts.items()})
+            )
+            if result.rowcount != 1:
+                raise ValueError(f"no run with id {run_id}")
+
+    def tagged_versions(self, model_version: str) -> dict[str, str]:
+        """``{item key: object version}`` of every item labelled by ``model_version`` — the tagger skips an item
+        whose current ``Item.version`` equals the stored one."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(labels_table.c.item_key, labels_table.c.object_version).where(labels_table.c.model_version == model_version)
+            )
+            return {key: version for key, version in rows}
+
+    def failed_versions(self, model_version: str) -> dict[str, str | None]:
+        """``{key: object version}`` of open failures (not superseded) under ``model_version``: lets a nightly run
+        skip items known to be broken at the same version, if the job chooses to."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(failures_table.c.item_key, failures_table.c.object_version)
+                .join(runs_table, runs_table.c.id == failures_table.c.run_id)
+                .where(runs_table.c.model_version == model_version, failures_table.c.superseded_by_run.is_(None))
+                .order_by(failures_table.c.run_id)
+            )
+            return {key: version for key, version in rows}
+
+    def write_batch(
+        self, run_id: int, labels: Sequence[LabelRecord] = (), failures: Sequence[FailureRecord] = ()
+    ) -> None:
+        """Upsert a batch of labels and failures of run ``run_id`` in ONE transaction (all or nothing).
+
+        Idempotent: writing the same records again (in this run or a later one) leaves one ``labels`` row per
+        (item, model version) and one ``failures`` row per (item, run, stage). Within a batch the last record for a
+        key wins. Each label supersedes the item's open failures under the same model version (including this
+        run's); each failure supersedes the item's open failures from earlier runs of that model version.
+        """
+        labels = list({record.key: record for record in labels}.values())
+        failures = list({(record.key, record.stage): record for record in failures}.values())
+        if not labels and not failures:
+            return
+        now = _now()
+        with self.engine.begin() as conn:
+            model_version = conn.execute(sa.select(runs_table.c.model_version).where(runs_table.c.id == run_id)).scalar_one_or_none()
+            if model_version is None:
+                raise ValueError(f"no run with id {run_id}")
+            labelled = {record.key for record in labels}
+            item_rows = [
+                {"key": r.key, "object_version": r.object_version, "duration_s": r.duration_s,
+                 "modalities": r.modalities, "first_seen": now, "last_seen": now}
+                for r in labels
+            ]
+            # A failed item's duration is unknown; keep the stored one only if the objects did not change.
+            failed_item_rows = {
+                r.key: {"key": r.key, "object_version": r.object_version or "", "duration_s": None,
+                        "modalities": r.modalities, "first_seen": now, "last_seen": now}
+                for r in failures
+                if r.modalities is not None and r.key not in labelled
+            }
+            self._upsert_items(conn, item_rows, keep_duration=False)
+            self._upsert_items(conn, list(failed_item_rows.values()), keep_duration=True)
+
+            if failures:
+                stmt = self._insert(failures_table)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["item_key", "run_id", "stage"],
+                        set_={"object_version": stmt.excluded.object_version, "reason": stmt.excluded.reason,
+                              "at": stmt.excluded.at},
+                    ),
+                    [{"item_key": r.key, "run_id": run_id, "object_version": r.object_version, "stage": r.stage,
+                      "reason": r.reason, "at": now} for r in failures],
+                )
+                self._supersede(conn, run_id, model_version, sorted({r.key for r in failures}), same_run=False)
+
+            if labels:
+                stmt = self._insert(labels_table)
+                row_columns = [c.name for c in labels_table.c if c.name not in ("item_key", "model_version")]
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["item_key", "model_version"],
+                        set_={name: stmt.excluded[name] for name in row_columns},
+                    ),
+                    [r.row(run_id=run_id, model_version=model_version, now=now) for r in labels],
+                )
+                self._supersede(conn, run_id, model_version, sorted(labelled), same_run=True)
+
+    def _upsert_items(self, conn: Connection, rows: list[dict[str, Any]], *, keep_duration: bool) -> None:
+        if not rows:
+            return
+        stmt = self._insert(items_table)
+        duration = (
+            sa.case((items_table.c.object_version == stmt.excluded.object_version, items_table.c.duration_s), else_=None)
+            if keep_duration
+            else stmt.excluded.duration_s
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["key"],
+                set_={"object_version": stmt.excluded.object_version, "duration_s": duration,
+                      "modalities": stmt.excluded.modalities, "last_seen": stmt.excluded.last_seen},
+            ),
+            rows,
+        )
+
+    @staticmethod
+    def _supersede(conn: Connection, run_id: int, model_version: str, keys: Sequence[str], *, same_run: bool) -> None:
+        """Mark the open failures of ``keys`` under ``model_version`` as superseded by ``run_id``: from earlier
+        runs only (a new failure), or from this run too (a label)."""
+        same_version_runs = sa.select(runs_table.c.id).where(runs_table.c.model_version == model_version)
+        for chunk in _chunks(keys):
+            condition = sa.and_(
+                failures_table.c.item_key.in_(chunk),
+                failures_table.c.superseded_by_run.is_(None),
+                failures_table.c.run_id.in_(same_version_runs),
+                failures_table.c.run_id <= run_id,
+            )
+            if not same_run:
+                condition = sa.and_(condition, failures_table.c.run_id < run_id)
+            conn.execute(failures_table.update().where(condition).values(superseded_by_run=run_id))

@@ -1,0 +1,76 @@
+"""Merge Table I + III reports written by separate runs into one, e.g. seeds trained on different days.
+
+A seed of the full model takes most of an hour on a 2-core machine, so the three seeds of every row are rarely
+trained in one sitting. Each run's ``report.json`` keeps every (method, seed) run with its per-clip test
+predictions; :func:`merge_reports` pools them into one :class:`~mer.evaluation.results.TablesReport` — only when
+every report was made with the same data, features, model and training settings (seeds aside), so that the
+pooled mean ± std means what it says.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from mer.errors import ConfigError
+from mer.evaluation.paper import METHODS
+from mer.evaluation.results import EvalResult, TablesReport
+from mer.train import METRICS
+
+SAME_SETUP: tuple[str, ...] = ("data_fingerprint", "clips", "skipped", "subset", "training", "features", "model")
+"""Setup fields that must agree between merged reports (where the EMOPIA folder or the storage lived may not)."""
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the report ({error.strerror or error})") from None
+    except ValueError as error:
+        raise ConfigError(f"{path}: not a JSON report ({error})") from None
+    if not isinstance(report, dict) or "methods" not in report or "setup" not in report:
+        raise ConfigError(f"{path}: not a Table I + III report (no 'methods' / 'setup'); "
+                          "use the report.json of `jobs/evaluate.py --tables`")
+    return report
+
+
+def merge_reports(paths: Sequence[str | os.PathLike]) -> TablesReport:
+    """Pool the runs of several ``report.json`` files (of :func:`mer.evaluation.tables.run_tables`) into one report.
+
+    A (method, seed) present in several reports must have the same test predictions (training is deterministic
+    per seed), and is kept once. Raises :class:`ConfigError` naming the file and the reason when a report cannot
+    be read, its setup differs from the first report's, or a run's recorded metrics do not follow from its
+    predictions.
+    """
+    if not paths:
+        raise ConfigError("no reports to merge")
+    reports = [(Path(p), _read(Path(p))) for p in paths]
+    first_path, first = reports[0]
+    runs: dict[tuple[str, int], tuple[Path, EvalResult]] = {}
+    for path, report in reports:
+        for key in SAME_SETUP:
+            if report["setup"].get(key) != first["setup"].get(key):
+                raise ConfigError(f"{path}: setup field {key!r} differs from {first_path}'s "
+                                  f"({report['setup'].get(key)!r} vs {first['setup'].get(key)!r}); "
+                                  "only reports of the same data and settings can be pooled")
+        for method in report["methods"]:
+            for run in method["runs"]:
+                result = EvalResult.from_dict(run)
+                recorded = run["metrics"]
+                if any(abs(result.metrics[m] - recorded[m]) > 1e-9 for m in METRICS):
+                    raise ConfigError(f"{path}: {method['key']} seed {run['seed']}: the recorded metrics "
+                                      f"{recorded} do not follow from the recorded predictions")
+                seen = runs.get((method["key"], result.seed))
+                if seen is not None and (seen[1].names != result.names or (seen[1].pred != result.pred).any()):
+                    raise ConfigError(f"{path}: {method['key']} seed {result.seed} predicts differently from the "
+                                      f"same method and seed in {seen[0]}")
+                runs.setdefault((method["key"], result.seed), (path, result))
+
+    results = {m.key: [runs[k][1] for k in sorted(runs) if k[0] == m.key] for m in METHODS
+               if any(k[0] == m.key for k in runs)}
+    setup = {**first["setup"],
+             "seeds": sorted({seed for _, seed in runs}),
+             "seconds": round(sum(float(r["setup"].get("seconds", 0.0)) for _, r in reports), 1),
+             "merged_from": [str(p) for p, _ in reports]}
+    return TablesReport(results=results, setup=setup)

@@ -1,0 +1,117 @@
+"""The paper we reproduce: the rows of Tables I and III, their published numbers, and the caveats of comparing.
+
+Zhao & Yoshii report per-clip 4Q, arousal and valence accuracy on EMOPIA's test split (Sec. IV). :data:`METHODS`
+are the rows we reproduce — the full model and its four ablations (Table III) and the two linear baselines of
+Table I — each with the paper's numbers; :data:`PAPER_ONLY` the Table I rows of other authors' models, shown for
+context; :func:`caveats` says in words what differs in our setup.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from mer.config import BRANCHES, MerConfig
+
+METRIC_LABELS = {"4q": "4Q", "arousal": "Arousal", "valence": "Valence"}
+PAPER_FULL = {"4q": 0.692, "arousal": 0.884, "valence": 0.869}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the report: a deep model variant (``branches``, ``use_attention``) or a linear baseline
+    (``baseline`` = "symbolic" | "audio"), with the paper's numbers and the table(s) they come from."""
+
+    key: str
+    label: str
+    tables: str
+    paper: dict[str, float]
+    branches: tuple[str, ...] = BRANCHES
+    use_attention: bool = True
+    baseline: str | None = None
+
+    @property
+    def deep(self) -> bool:
+        return self.baseline is None
+
+
+def _paper(q: float, a: float, v: float) -> dict[str, float]:
+    return {"4q": q, "arousal": a, "valence": v}
+
+
+METHODS: tuple[Method, ...] = (
+    Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
+    Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
+    Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),
+    Method("tone", "Tone color analysis branch", "III", _paper(0.649, 0.871, 0.711), branches=("tone",)),
+    Method("no_mhsa", "Without MHSA", "III", _paper(0.639, 0.858, 0.753), use_attention=False),
+    Method("symbolic_lr", "Symbolic-LR", "I", _paper(0.581, 0.849, 0.651), baseline="symbolic"),
+    Method("audio_lr", "Audio-LR", "I", _paper(0.523, 0.919, 0.558), baseline="audio"),
+)
+"""The rows we reproduce: Table III (full model and its four ablations) and Table I's two linear baselines."""
+
+PAPER_ONLY: tuple[tuple[str, dict[str, float]], ...] = (
+    ("LSTM-Attn + MIDI-like", _paper(0.684, 0.882, 0.833)),
+    ("LSTM-Attn + REMI", _paper(0.615, 0.890, 0.746)),
+    ("Short-chunk ResNet", _paper(0.677, 0.887, 0.704)),
+)
+"""Table I rows we do not reproduce (other authors' models), shown for context."""
+
+CAVEAT_AUDIO = (
+    "**Caveat — audio.** EMOPIA's recordings are not distributed (the paper downloaded them from YouTube); here "
+    "every clip's audio is rendered from its MIDI file with FluidSynth and a General MIDI piano SoundFont "
+    "(pretty_midi's bundled TimGM6mb unless configured otherwise). The harmony and tone-colour branches and "
+    "Audio-LR therefore see a synthetic piano with the MIDI's exact notes, not a real recording — cleaner in "
+    "pitch, poorer in timbre and performance acoustics — so their numbers are not directly comparable to the "
+    "paper's."
+)
+
+
+def method_key(config: MerConfig) -> str:
+    """The :data:`METHODS` key of a deep model's configuration (``"custom"`` when it is none of them)."""
+    for method in METHODS:
+        if method.deep and method.branches == config.model.branches \
+                and method.use_attention == config.model.use_attention:
+            return method.key
+    return "custom"
+
+
+def method_config(base: MerConfig, method: Method, *, seed: int) -> MerConfig:
+    """``base`` with the method's branches / attention and the seed."""
+    return dataclasses.replace(
+        base,
+        model=dataclasses.replace(base.model, branches=method.branches, use_attention=method.use_attention),
+        training=dataclasses.replace(base.training, seed=seed),
+    )
+
+
+def caveats(setup: dict[str, Any]) -> list[str]:
+    """The report's caveats, in words, for this run's setup."""
+    training, features = setup["training"], setup["features"]
+    test_clips = setup["clips"]["test"]
+    notes = [
+        CAVEAT_AUDIO,
+        f"**Training budget.** Each deep model: {training['epochs']} epoch(s), global batch {training['batch_size']}, "
+        f"AdamW lr {training['learning_rate']}, weight decay {training['weight_decay']}, "
+        f"{training['num_workers']} Ray Train worker(s); the checkpoint with the best val 4Q accuracy is kept. "
+        f"Inputs are cut into {features['window_seconds']:g} s windows (hop {features['hop_seconds']:g} s), at most "
+        f"{features['max_tokens']} MIDI-like tokens per window; a clip's prediction is the mean of its windows'. "
+        "The paper does not state its budget, so ours may be smaller than theirs.",
+        f"**Protocol.** EMOPIA's official song-disjoint split; models and C selected on val only; test scored once "
+        f"per seed. The test split has {test_clips} clips, so one clip moves an accuracy by "
+        f"{100 / max(test_clips, 1):.1f} points: differences of a few points are within noise. ± is the sample "
+        "standard deviation over seeds.",
+        "**Linear baselines.** The lbfgs logistic regression is convex and deterministic, so its seeds agree "
+        "(± 0). Features follow EMOPIA's description in spirit (clip-level note statistics / mean and std of "
+        "chroma and MFCCs), not its exact code.",
+        "**Data.** We use all EMOPIA MIDI clips of each split; the paper lost about 5% of the clips whose YouTube "
+        "recordings were unavailable.",
+    ]
+    if setup.get("subset") is not None:
+        notes.insert(0, f"**Subset run.** Only {setup['subset']} training clips (and proportional val/test clips) "
+                        "were used: a smoke test, not a reproduction.")
+    skipped = sum(len(v) for v in setup.get("skipped", {}).values())
+    if skipped:
+        notes.append(f"**Skipped clips.** {skipped} clip(s) failed feature extraction and were left out "
+                     "(listed in report.json).")
+    return notes

@@ -1,0 +1,223 @@
+"""The trained model as a folder of files: what training writes and what tagging and evaluation load.
+
+Layout (``storage`` is a local folder or an ``s3://bucket/prefix`` URL; both go through :mod:`pyarrow.fs`)::
+
+    <storage>/models/<version>/model.pt     state_dict (torch.save)
+    <storage>/models/<version>/config.json  MerConfig.to_json(): rebuilds the model and its feature extraction
+    <storage>/models/<version>/meta.json    version, created, data_fingerprint, val_metrics, branches, seed, ...
+    <storage>/models/LATEST                 the newest version id
+
+``meta.json`` is written after the weights and the config, and ``LATEST`` last, so a reader that follows
+``LATEST`` never sees a half-written artifact. An S3-compatible endpoint other than AWS is given as
+``endpoint_url`` (or ``AWS_ENDPOINT_URL``, which pyarrow reads); credentials come from the standard AWS chain.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+import torch
+
+from mer.config import MerConfig
+from mer.errors import ConfigError
+from mer.model.network import MerModel
+from mer.model.tensors import pick_device
+
+MODELS_DIR = "models"
+LATEST = "LATEST"
+FILES = ("model.pt", "config.json", "meta.json")
+
+
+@dataclass
+class Artifact:
+    """A loaded model artifact: ``model`` (eval mode, on the device chosen at load time), its ``config`` and
+    ``meta`` (the parsed meta.json), and ``url`` (the folder it came from)."""
+
+    model: MerModel
+    config: MerConfig
+    meta: dict[str, Any]
+    url: str
+
+    @property
+    def version(self) -> str:
+        return str(self.meta["version"])
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local path or a URL (no normalisation of the scheme's ``//``)."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def filesystem(location: str, *, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path (relative is fine), ``file://`` or ``s3://`` URL.
+
+    ``endpoint_url`` (e.g. ``http://127.0.0.1:9000``) points ``s3://`` at an S3-compatible server; without it
+    pyarrow uses ``AWS_ENDPOINT_URL`` if set, else AWS. Credentials come from the standard AWS chain.
+    """
+    if not is_url(location):
+        location = os.path.abspath(location)
+    try:
+        if endpoint_url and location.startswith("s3://"):
+            endpoint = urlparse(endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}")
+            fs = pafs.S3FileSystem(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https")
+            return fs, location.removeprefix("s3://")
+        return pafs.FileSystem.from_uri(location)
+    except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(f"cannot open storage {location!r}: {error}") from error
+
+
+def _write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write a whole file; on a local disk atomically (temp file + rename), on S3 a PUT is atomic anyway."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    else:
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+
+
+def _read(fs: pafs.FileSystem, path: str, *, what: str) -> bytes:
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise ConfigError(f"model artifact incomplete or missing: no {what} at {path}")
+    with fs.open_input_stream(path) as handle:
+        return handle.read()
+
+
+def new_version(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A version id that sorts by creation time: ``YYYYmmdd-HHMMSS-<8 hex of the weights' hash>``."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].detach().cpu().contiguous().numpy().tobytes())
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{digest.hexdigest()[:8]}"
+
+
+def save_artifact(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    config: MerConfig,
+    storage: str,
+    meta: Mapping[str, Any],
+    version: str | None = None,
+    set_latest: bool = True,
+    endpoint_url: str | None = None,
+) -> str:
+    """Write a model artifact under ``<storage>/models/<version>/`` and point ``LATEST`` at it.
+
+    Args:
+        state_dict: the model's weights (``MerModel.state_dict()``; a DDP wrapper's ``module.`` prefix is
+            stripped).
+        config: the whole configuration the model was trained with.
+        storage: local folder or ``s3://bucket/prefix``.
+        meta: extra facts for meta.json, e.g. ``data_fingerprint``, ``val_metrics``, ``seed``, ``run``;
+            ``version``, ``created`` and ``branches`` are filled in here.
+        version: defaults to :func:`new_version`.
+        set_latest: write ``<storage>/models/LATEST``.
+        endpoint_url: S3-compatible endpoint for an ``s3://`` storage (see :func:`filesystem`).
+
+    Returns:
+        The artifact folder's path or URL.
+    """
+    state = {k.removeprefix("module."): v.detach().cpu() for k, v in state_dict.items()}
+    version = version or new_version(state)
+    url = join(storage, MODELS_DIR, version)
+    fs, root = filesystem(url, endpoint_url=endpoint_url)
+    fs.create_dir(root, recursive=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    full_meta = {
+        **dict(meta),
+        "version": version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "branches": list(config.model.branches),
+        "seed": meta.get("seed", config.training.seed),
+    }
+    _write(fs, f"{root}/model.pt", buffer.getvalue())
+    _write(fs, f"{root}/config.json", config.to_json().encode())
+    _write(fs, f"{root}/meta.json", json.dumps(full_meta, indent=2, sort_keys=True, default=str).encode())
+    if set_latest:
+        _write(fs, filesystem(join(storage, MODELS_DIR, LATEST), endpoint_url=endpoint_url)[1],
+               (version + "\n").encode())
+    return url
+
+
+def latest_version(storage: str, *, endpoint_url: str | None = None) -> str:
+    """The version id in ``<storage>/models/LATEST``; ConfigError when there is none."""
+    fs, path = filesystem(join(storage, MODELS_DIR, LATEST), endpoint_url=endpoint_url)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise ConfigError(f"no trained model in {storage}: {join(storage, MODELS_DIR, LATEST)} does not exist "
+                          "(train one with jobs/train.py, or pass a model path)")
+    version = _read(fs, path, what="LATEST").decode().strip()
+    if not version:
+        raise ConfigError(f"{join(storage, MODELS_DIR, LATEST)} is empty")
+    return version
+
+
+def resolve_artifact(path_or_url_or_version: str | None, *, storage: str | None = None,
+                     endpoint_url: str | None = None) -> str:
+    """The artifact folder meant by a path, a URL, a version id (under ``storage``) or None/"LATEST"."""
+    ref = path_or_url_or_version
+    if ref is None or ref == LATEST:
+        if storage is None:
+            raise ConfigError("no model given: pass an artifact path/URL, or a storage to take its LATEST model from")
+        return join(storage, MODELS_DIR, latest_version(storage, endpoint_url=endpoint_url))
+    if is_url(ref) or os.sep in ref or "/" in ref or os.path.isdir(ref):
+        return ref
+    if storage is None:
+        raise ConfigError(f"model {ref!r} looks like a version id, but no storage was given to find it in")
+    return join(storage, MODELS_DIR, ref)
+
+
+def load_artifact(
+    path_or_url_or_version: str | None = None,
+    *,
+    storage: str | None = None,
+    device: str | torch.device | None = None,
+    endpoint_url: str | None = None,
+) -> Artifact:
+    """Load a model artifact: rebuild :class:`MerModel` from config.json, load the weights, eval mode.
+
+    Args:
+        path_or_url_or_version: the artifact folder (local path, ``file://`` or ``s3://`` URL), or a version id
+            looked up under ``storage``; None or ``"LATEST"``: the newest model in ``storage``.
+        storage: where version ids and LATEST are looked up.
+        device: default CUDA when available, else CPU.
+        endpoint_url: S3-compatible endpoint for ``s3://`` locations (see :func:`filesystem`).
+
+    Raises:
+        ConfigError: nothing there, a file missing, or weights that do not fit the config.
+    """
+    url = resolve_artifact(path_or_url_or_version, storage=storage, endpoint_url=endpoint_url)
+    fs, root = filesystem(url, endpoint_url=endpoint_url)
+    root = root.rstrip("/")
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        raise ConfigError(f"model artifact not found: {url}")
+    config = MerConfig.from_json(_read(fs, f"{root}/config.json", what="config.json").decode())
+    meta = json.loads(_read(fs, f"{root}/meta.json", what="meta.json").decode())
+    device = pick_device(device)
+    state = torch.load(io.BytesIO(_read(fs, f"{root}/model.pt", what="model.pt")), map_location=device,
+                       weights_only=True)
+    model = MerModel(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ConfigError(f"model artifact {url}: weights do not match its config.json: {error}") from error
+    model.to(device).eval()
+    return Artifact(model=model, config=config, meta=meta, url=url)

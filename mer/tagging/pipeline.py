@@ -1,0 +1,221 @@
+"""Nightly tagging on Ray Data: object store → features → batch inference → SQL catalog (issue 4).
+
+One run, :func:`tag_store`::
+
+    driver:  load the model artifact ─ start a run ─ list_items ─ skip what this model already tagged at the
+             same object version (unless ``force``)
+    Ray:     from_items ─ flat_map(extract_window_rows)        parallel CPU tasks, one item at a time:
+                              read bytes → read_midi / decode_audio → [render] → extract_features → window rows
+                        ─ map_batches(WindowPredictor)          actor pool, one GPU per actor when GPUs exist
+    driver:  iter_batches ─ group windows per item ─ aggregate_windows ─ CatalogWriter.write_batch (one
+             transaction per batch of items; idempotent upserts) ─ finish the run
+
+Bad input never stops a run. Everything an item can raise inside a Ray task is caught per item and travels on
+as data (a *failure row*: one placeholder window with ``failed_stage``/``failed_reason`` set, which the
+predictor passes through untouched), so one item never kills a batch. An item with one unusable modality is
+tagged from the other and the problem is recorded in ``labels.problems``; an item with nothing usable becomes a
+``failures`` row with its stage and reason. Listing rejects (unsafe keys, duplicates) are ``list`` failures.
+
+Incremental: an item is skipped when this model version already labelled it at the same object version, or
+failed it there because of its content (a bad file stays bad until it changes). Failures that are not the
+content's fault (store or network errors, unexpected errors) are recorded without an object version, so the next
+run retries them. ``force`` re-tags everything. A re-run over an unchanged store starts no Ray work at all: it
+loads the model, lists, reads the catalog's versions and closes the run. Listing rejects are recorded again by
+every run (they cost nothing to find).
+
+Counts: ``listed`` (items + listing rejects) = ``tagged`` + ``skipped`` + ``failed`` (+ ``deferred``: items left
+for a later run by ``limit``).
+
+:func:`~mer.tagging.loop.tag_store_local` does the same work with the same functions in one process, item after
+item, without Ray: the benchmark's baseline (``tests/benchmarks/bench_tagging.py``) and a check that the pipeline
+changes nothing but the speed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from mer.catalog import FailureRecord
+from mer.config import TagConfig
+from mer.tagging.plan import Plan, TagSummary, begin_run, end_run
+from mer.tagging.predictor import WindowPredictor
+from mer.tagging.prepare import extract_window_rows, item_row
+from mer.tagging.recorder import WindowGrouper
+from mer.tagging.storage import ObjectStore
+
+FEATURE_TASK_CPUS = 1.0
+"""CPUs a feature task reserves on a cluster with room for it: feature extraction is single-threaded
+NumPy/librosa/FluidSynth. On a small machine the share shrinks so that all ``feature_concurrency`` tasks and the
+inference actors fit at once (see :func:`feature_task_cpus`)."""
+
+INFERENCE_ACTOR_CPUS = 0.5
+"""CPUs an inference actor reserves on a CPU-only cluster. Inference of a batch of windows is a small share of an
+item's cost (feature extraction dominates), so on a 2-core machine the actor may share a core with the feature
+tasks instead of taking one away from them (whole-CPU actors would leave one feature task running)."""
+
+FEATURE_TASK_RETRIES = 2
+"""Retries of a feature task whose worker died. Ray Data's default retries forever, so one file that crashes a
+decoder natively would hang the night's run; after these retries its block is given up and its items recorded."""
+
+
+def use_gpus(tagging: TagConfig, resources: Mapping[str, float]) -> bool:
+    """Whether inference actors take a GPU each: ``tagging.use_gpu`` when set (True on an autoscaling cluster whose
+    GPU nodes start at zero: asking for GPUs is what brings them up), else whether the cluster has GPUs now."""
+    if tagging.use_gpu is not None:
+        return bool(tagging.use_gpu)
+    return resources.get("GPU", 0) > 0
+
+
+def feature_task_cpus(cluster_cpus: float, *, tagging: TagConfig, actor_cpus: float, nodes: int = 1) -> float:
+    """CPUs each feature task reserves: :data:`FEATURE_TASK_CPUS`, or less on a single machine that cannot hold
+    ``feature_concurrency`` such tasks beside the inference actors — on 2 cores with one 0.5-CPU actor, two
+    0.75-CPU tasks. Ray would otherwise run fewer tasks than asked and leave a core idle; the actor's share of a
+    core is small because inference costs far less than feature extraction. On a multi-node cluster, or one whose
+    workers have not started yet (no CPUs), tasks take a whole CPU: there the autoscaler adds nodes for them."""
+    if nodes != 1 or cluster_cpus <= 0:
+        return FEATURE_TASK_CPUS
+    spare = cluster_cpus - actor_cpus * tagging.inference_concurrency
+    return max(0.25, min(FEATURE_TASK_CPUS, spare / max(1, tagging.feature_concurrency)))
+
+
+def _ray_compute(size: int, actor: bool) -> Any:
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(size=size) if actor else ray.data.TaskPoolStrategy(size=size)
+
+
+def _blocks_for(items: int, concurrency: int) -> int:
+    """Input blocks (= feature tasks): about four per concurrent task keeps the cores busy to the end without
+    paying a task's overhead per item on big stores."""
+    return max(1, min(items, max(4 * concurrency, math.ceil(items / 4))))
+
+
+def tag_store(
+    store: str | ObjectStore,
+    *,
+    catalog: str,
+    model: str | None = None,
+    storage: str | None = None,
+    prefix: str = "",
+    endpoint_url: str | None = None,
+    force: bool = False,
+    tagging: TagConfig | None = None,
+    render_missing_audio: bool = False,
+    metrics_port: int | None = None,
+    pushgateway: str | None = None,
+    address: str | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> TagSummary:
+    """Tag every new or changed item of an object store into the catalog, on Ray Data.
+
+    Args:
+        store: ``s3://bucket/prefix``, ``file://...`` or a folder (or an :class:`ObjectStore`).
+        catalog: SQLAlchemy URL or SQLite path; the schema is created/upgraded first.
+        model: artifact path/URL or version id; None: the LATEST model in ``storage``.
+        storage: where model versions and LATEST are looked up.
+        prefix: only keys starting with it (relative to the store root).
+        endpoint_url: S3-compatible endpoint of the store (the artifact's comes from ``AWS_ENDPOINT_URL``).
+        force: re-tag items this model already tagged at the same object version.
+        tagging: batch size (windows per model call and items per catalog transaction) and concurrency
+            (feature tasks, inference actors); None: :class:`TagConfig`'s defaults.
+        render_missing_audio: render audio with FluidSynth for items without usable audio.
+        metrics_port: serve ``/metrics`` on this port while the run lasts (None or 0: off).
+        pushgateway: push the metrics there at the end (``host:port`` or URL).
+        address: Ray cluster to join; None: the running Ray of this process, else a new local one (stopped at
+            the end).
+        limit: tag at most this many items (the rest stay for a later run: ``deferred``).
+        progress: Ray Data's progress bars.
+
+    Returns:
+        The :class:`TagSummary`. Raises (after marking the run ``failed``) only when the run as a whole cannot
+        go on: no model, an unreachable store or catalog.
+    """
+    tagging = tagging or TagConfig()
+    plan = begin_run(store, catalog=catalog, model=model, storage=storage, prefix=prefix, endpoint_url=endpoint_url,
+                     force=force, tagging=tagging, render_missing_audio=render_missing_audio,
+                     metrics_port=metrics_port, pushgateway=pushgateway, limit=limit)
+    if not plan.todo:  # an unchanged store: no Ray at all, the run costs the listing
+        return end_run(plan, success=True, pushgateway=pushgateway)
+    started_ray = False
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            # "local": a new single-node Ray, even when a `ray start` cluster runs on this machine (a bare
+            # ray.init() would join that one).
+            ray.init(address=address or "local", include_dashboard=False if address is None else None,
+                     logging_level=logging.WARNING)
+            started_ray = True
+        _run_pipeline(plan, tagging=tagging, render_missing_audio=render_missing_audio, storage=storage,
+                      progress=progress)
+    except BaseException:
+        end_run(plan, success=False, pushgateway=pushgateway)
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return end_run(plan, success=True, pushgateway=pushgateway)
+
+
+def _run_pipeline(plan: Plan, *, tagging: TagConfig, render_missing_audio: bool, storage: str | None,
+                  progress: bool) -> None:
+    import ray
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.enable_operator_progress_bars = progress
+    context.max_errored_blocks = -1  # a block whose task died is skipped, its items recorded as failures below
+    resources = ray.cluster_resources()
+    gpus = use_gpus(tagging, resources)
+    actor_cpus = 1 if gpus else INFERENCE_ACTOR_CPUS
+    rows = [item_row(item) for item in plan.todo]
+    blocks = _blocks_for(len(rows), tagging.feature_concurrency)
+    dataset = (
+        ray.data.from_items(rows, override_num_blocks=blocks)
+        .flat_map(
+            extract_window_rows,
+            fn_kwargs={"store": plan.store, "config": plan.config, "render_missing_audio": render_missing_audio},
+            compute=_ray_compute(min(tagging.feature_concurrency, blocks), actor=False),
+            # Passed through to Ray as a remote arg (Ray 2.60 has no named parameter for it and warns that the
+            # pass-through goes away in 2.64; pyproject pins 2.60).
+            max_retries=FEATURE_TASK_RETRIES,
+            num_cpus=feature_task_cpus(resources.get("CPU", 0.0), tagging=tagging, actor_cpus=actor_cpus,
+                                       nodes=len([n for n in ray.nodes() if n.get("Alive")])),
+        )
+        .map_batches(
+            WindowPredictor,
+            fn_constructor_kwargs={"model": plan.artifact_url, "storage": storage,
+                                   "num_threads": None if gpus else max(1, int(INFERENCE_ACTOR_CPUS))},
+            batch_size=tagging.batch_size,
+            compute=_ray_compute(tagging.inference_concurrency, actor=True),
+            num_gpus=1 if gpus else 0,
+            num_cpus=actor_cpus,
+        )
+    )
+    windows = WindowGrouper()
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for done in windows.add_batch(batch):
+            plan.recorder.finish_item(done)
+    if windows.open:  # every window of an item comes back before the dataset ends; if not, do not lose the item
+        for key, rows_ in windows.open.items():
+            first = rows_[0]
+            plan.recorder.fail(FailureRecord(
+                key=key, object_version=None, stage="inference",
+                reason=f"only {len(rows_)} of {int(first['n_windows'])} windows came back from inference",
+                modalities=str(first["modalities"]) or None))
+            plan.recorder.seen.add(key)
+    # Items of blocks Ray Data gave up on (a task that died even after its retries: a native crash in a decoder,
+    # out of memory) never came back. They fail without an object version, so the next run retries them — in
+    # smaller blocks, since only they are left to do — and the good items of this run are kept.
+    for key in sorted(set(plan.recorder.expected) - plan.recorder.seen):
+        plan.recorder.fail(FailureRecord(
+            key=key, object_version=None, stage="features",
+            reason="the worker processing this item died (crash or out of memory) and it never came back; "
+                   "retried by the next run", modalities=plan.recorder.expected[key] or None))
+        plan.recorder.seen.add(key)

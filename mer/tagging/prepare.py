@@ -1,0 +1,249 @@
+"""One item: its objects' bytes → the windows the model can use, or why it has none. Never raises for a bad item.
+
+Runs inside the Ray Data feature tasks (:func:`extract_window_rows` is the ``flat_map`` step) and in the local
+loop. A modality that cannot be used is a *problem* and the item is tagged from the other; an item with nothing
+usable becomes a *failure row*: one placeholder window with ``failed_stage``/``failed_reason`` set, which travels
+through inference untouched. Every row of every item has the same columns and shapes, as Ray Data's blocks need.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mer.config import BRANCHES, MerConfig
+from mer.errors import BadInputError
+from mer.features import ItemFeatures, decode_audio, extract_features, pad_id, read_midi, render_audio
+from mer.tagging.storage import Item, ObjectStore
+
+log = logging.getLogger(__name__)
+
+WINDOW_COLUMNS: tuple[str, ...] = (
+    "name", "window_index", "window_start", "duration", "tokens", "token_length", "chroma", "mfcc", "present",
+)
+"""Columns of :meth:`ItemFeatures.window_rows`: what the model reads, and where each window sits in its piece."""
+
+ITEM_COLUMNS: tuple[str, ...] = (
+    "object_version", "modalities", "branches_used", "problems", "n_windows", "failed_stage", "failed_reason",
+    "failed_transient", "read_seconds", "features_seconds",
+)
+"""Per-item columns repeated on each of the item's window rows (``n_windows`` = rows the driver waits for)."""
+
+
+def item_row(item: Item) -> dict[str, str]:
+    """The plain-string row that stands for an item in the Ray dataset ("" where a modality is absent)."""
+    return {
+        "key": item.stem,
+        "object_version": item.version,
+        "modalities": ",".join(item.modalities),
+        "midi_key": item.midi.key if item.midi is not None else "",
+        "audio_key": item.audio.key if item.audio is not None else "",
+    }
+
+
+@dataclass
+class PreparedItem:
+    """One item after reading and feature extraction: its windows for the model, or why it has none.
+
+    ``features`` holds only the windows the model can use (``window_index`` keeps their place in the piece);
+    ``failure`` is ``(stage, reason)`` when nothing usable is left; ``problems`` are what was wrong but did not
+    stop tagging. Seconds are wall time in this process.
+    """
+
+    key: str
+    object_version: str
+    modalities: str
+    features: ItemFeatures | None = None
+    window_index: np.ndarray | None = None  # (W,) int64 positions of the kept windows
+    branches_used: tuple[str, ...] = ()
+    problems: list[str] = field(default_factory=list)
+    failure: tuple[str, str] | None = None
+    transient: bool = False  # a problem that is not the content's fault (store error, unexpected error)
+    read_seconds: float = 0.0
+    features_seconds: float = 0.0
+
+    def window_rows(self, config: MerConfig) -> list[dict[str, Any]]:
+        """The item's rows for the dataset: one per kept window, or a single placeholder row for a failure.
+
+        Every row has :data:`WINDOW_COLUMNS` and :data:`ITEM_COLUMNS`, with the same shapes for all items
+        (tokens (max_tokens,), chroma (12, F), mfcc (n_mfcc, F), present (3,)), as Ray Data's blocks need.
+        """
+        meta = {
+            "object_version": self.object_version,
+            "modalities": self.modalities,
+            "branches_used": ",".join(self.branches_used),
+            "problems": "; ".join(self.problems),
+            "failed_stage": self.failure[0] if self.failure else "",
+            "failed_reason": self.failure[1] if self.failure else "",
+            "failed_transient": bool(self.transient),
+            "read_seconds": np.float64(self.read_seconds),
+            "features_seconds": np.float64(self.features_seconds),
+        }
+        if self.failure is not None or self.features is None:
+            return [{**placeholder_window(self.key, config), **meta, "n_windows": np.int64(1)}]
+        rows = self.features.window_rows()
+        kept = [rows[i] for i in self.window_index]
+        return [{**row, **meta, "n_windows": np.int64(len(kept))} for row in kept]
+
+
+def placeholder_window(name: str, config: MerConfig) -> dict[str, Any]:
+    """An all-padding window row (no branch present): the shape a failure row travels in."""
+    features = config.features
+    frames = features.frames_per_window
+    return {
+        "name": name,
+        "window_index": np.int64(0),
+        "window_start": np.float64(0.0),
+        "duration": np.float64(0.0),
+        "tokens": np.full(features.max_tokens, pad_id(features), dtype=np.int64),
+        "token_length": np.int64(0),
+        "chroma": np.zeros((12, frames), dtype=np.float32),
+        "mfcc": np.zeros((features.n_mfcc, frames), dtype=np.float32),
+        "present": np.zeros(len(BRANCHES), dtype=bool),
+    }
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line reason for an exception: our own errors' reason, else the type and message."""
+    if isinstance(error, BadInputError):
+        return error.reason
+    if isinstance(error, FileNotFoundError):
+        return "the object disappeared from the store after it was listed"
+    text = " ".join(str(error).split())[:300]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def prepare_item(
+    store: ObjectStore, row: Mapping[str, Any], *, config: MerConfig, render_missing_audio: bool = False
+) -> PreparedItem:
+    """Read an item's objects and extract the windows the model can use. Never raises for a bad item.
+
+    Args:
+        store: where the objects are (picklable, so this runs inside Ray tasks).
+        row: :func:`item_row` of the item.
+        config: the model artifact's config: ``features`` says how to extract, ``model.branches`` which
+            modalities are worth reading (MIDI for ``symbolic``; audio for ``harmony``/``tone``).
+        render_missing_audio: an item without usable audio gets audio rendered from its MIDI with FluidSynth,
+            so the acoustic branches run too (the way the model was trained on EMOPIA).
+
+    Returns:
+        A :class:`PreparedItem`. Each modality that cannot be used adds a problem (e.g.
+        ``"audio x.wav: audio is silent: ..."``); if none is left, ``failure`` is ``("read", problems)`` when
+        reading/decoding failed, else ``("features", reason)``.
+    """
+    prepared = PreparedItem(key=str(row["key"]), object_version=str(row["object_version"]),
+                            modalities=str(row["modalities"]))
+    try:
+        _prepare(store, row, prepared, config=config, render_missing_audio=render_missing_audio)
+    except Exception as error:  # noqa: BLE001 — a bug or a library surprise on one item must not stop the run
+        log.warning("%s: unexpected error while preparing: %s", prepared.key, describe_error(error), exc_info=True)
+        prepared.features = None
+        prepared.failure = ("features", f"unexpected error: {describe_error(error)}")
+        prepared.transient = True
+    return prepared
+
+
+def _prepare(
+    store: ObjectStore, row: Mapping[str, Any], prepared: PreparedItem, *, config: MerConfig,
+    render_missing_audio: bool,
+) -> None:
+    features_config, built = config.features, config.model.branches
+    wants_midi = "symbolic" in built
+    wants_audio = "harmony" in built or "tone" in built
+    midi_key, audio_key = str(row["midi_key"]), str(row["audio_key"])
+    problems = prepared.problems
+
+    # Read: fetch and decode each modality the model can use. A bad one is a problem, not yet a failure.
+    start = time.perf_counter()
+    audio = None
+    if audio_key and wants_audio:
+        try:
+            audio = decode_audio(store.read(audio_key), name=audio_key, config=features_config)  # (samples,)
+        except Exception as error:  # noqa: BLE001 — see prepare_item
+            problems.append(f"audio {audio_key}: {describe_error(error)}")
+            prepared.transient |= not isinstance(error, BadInputError)
+    midi = None
+    if midi_key and (wants_midi or (render_missing_audio and wants_audio and audio is None)):
+        try:
+            midi = read_midi(store.read(midi_key), name=midi_key)
+        except Exception as error:  # noqa: BLE001
+            problems.append(f"MIDI {midi_key}: {describe_error(error)}")
+            prepared.transient |= not isinstance(error, BadInputError)
+    prepared.read_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    try:
+        if render_missing_audio and wants_audio and audio is None and midi is not None:
+            try:
+                audio = render_audio(midi, config=features_config, name=midi_key)
+                problems.append("no usable audio: harmony and tone branches read audio rendered from the MIDI")
+            except BadInputError as error:
+                problems.append(f"rendering {midi_key} to audio: {error.reason}")
+        model_midi = midi if wants_midi else None
+        if model_midi is None and audio is None:
+            if problems:
+                prepared.failure = ("read", "; ".join(problems))
+            else:
+                needs = " or ".join(
+                    (["MIDI (symbolic branch)"] if wants_midi else []) + (["audio (harmony/tone)"] if wants_audio else [])
+                )
+                prepared.failure = ("features", f"the model ({','.join(built)}) needs {needs}; "
+                                                f"the item has only {prepared.modalities or 'nothing'}")
+            return
+        features = _extract(prepared, midi=model_midi, audio=audio, config=features_config)
+        if features is None:
+            return
+        _keep_usable_windows(prepared, features, built)
+    finally:
+        prepared.features_seconds = time.perf_counter() - start
+
+
+def _extract(prepared: PreparedItem, *, midi: Any, audio: np.ndarray | None, config: Any) -> ItemFeatures | None:
+    """extract_features on both modalities; if that fails with both, on each alone (recording the problem)."""
+    try:
+        return extract_features(name=prepared.key, midi=midi, audio=audio, config=config)
+    except BadInputError as error:
+        if midi is None or audio is None:
+            prepared.failure = ("features", "; ".join([*prepared.problems, error.reason]))
+            return None
+        first_error = error
+    for label, kwargs in (("audio", {"midi": midi, "audio": None}), ("MIDI", {"midi": None, "audio": audio})):
+        try:
+            features = extract_features(name=prepared.key, config=config, **kwargs)
+        except BadInputError:
+            continue
+        prepared.problems.append(f"features from the {label} failed: {first_error.reason}")
+        return features
+    prepared.failure = ("features", "; ".join([*prepared.problems, first_error.reason]))
+    return None
+
+
+def _keep_usable_windows(prepared: PreparedItem, features: ItemFeatures, built: Sequence[str]) -> None:
+    """Keep the windows with input for at least one of the model's branches (the model rejects the others)."""
+    present = features.present & np.array([b in built for b in BRANCHES])  # (3,)
+    has_tokens = features.token_lengths > 0  # (W,) a MIDI window without notes has no symbolic input
+    usable = (present[0] & has_tokens) | bool(present[1] or present[2])  # (W,)
+    if not usable.any():
+        prepared.failure = ("features", "no window has input for the model's branches "
+                                        f"({','.join(built)}): the MIDI has no notes where the model looks")
+        return
+    if not usable.all():
+        prepared.problems.append(
+            f"{int((~usable).sum())} of {usable.size} windows have no input for the model (no notes, no audio) "
+            "and are left out of the label"
+        )
+    used = [present[0] and bool(has_tokens[usable].any()), bool(present[1]), bool(present[2])]
+    prepared.features = features
+    prepared.window_index = np.flatnonzero(usable)
+    prepared.branches_used = tuple(b for b, u in zip(BRANCHES, used) if u)
+
+
+def extract_window_rows(
+    row: dict[str, Any], *, store: ObjectStore, config: MerConfig, render_missing_audio: bool
+) -> list[dict[str, Any]]:
+    """The Ray Data ``flat_map`` step: one item row → its window rows (or one failure row). Never raises."""
+    return prepare_item(store, row, config=config, render_missing_audio=render_missing_audio).window_rows(config)

@@ -1,0 +1,22 @@
+"""Training: EMOPIA's clips → labelled windows (through the feature cache) → Ray Train → a model artifact.
+Owns the dataset reader, the steps and the worker loop, and the per-clip scores; imports features and model."""
+from __future__ import annotations
+
+from mer.train.dataset import (ClipFeatures, Extraction, collate, data_fingerprint, ensure_ray, extract_clips,
+                               labelled_rows, stack_rows, take, window_dataset, window_table)
+from mer.train.emopia import SPLITS, Clip, emopia_root, load_split
+from mer.train.loop import (CHECKPOINT_FILE, MIN_SUBSET_VAL_CLIPS, TrainResult, evaluate_split, run_identity,
+                            select_clips, subset_count, summary_table, train_loop_per_worker, train_model)
+from mer.train.scores import (METRICS, attention_by_quadrant, clip_quadrants, confusion_matrix, quadrant_metrics,
+                              split_metrics, summarise)
+from mer.train.steps import (batches, emotion_loss, eval_step, learning_rate, length_bucketed_batches, rank_batches,
+                             train_step)
+
+__all__ = [
+    "CHECKPOINT_FILE", "Clip", "ClipFeatures", "Extraction", "METRICS", "MIN_SUBSET_VAL_CLIPS", "SPLITS",
+    "TrainResult", "attention_by_quadrant", "batches", "clip_quadrants", "collate", "confusion_matrix",
+    "data_fingerprint", "emopia_root", "emotion_loss", "ensure_ray", "eval_step", "evaluate_split", "extract_clips",
+    "labelled_rows", "learning_rate", "length_bucketed_batches", "load_split", "quadrant_metrics", "rank_batches",
+    "run_identity", "select_clips", "split_metrics", "stack_rows", "subset_count", "summarise", "summary_table",
+    "take", "train_loop_per_worker", "train_model", "train_step", "window_dataset", "window_table",
+]

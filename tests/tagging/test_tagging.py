@@ -1,0 +1,573 @@
+"""The nightly tagging job on real components: a local Ray, moto's S3 server over HTTP, PostgreSQL and SQLite.
+
+Rendered EMOPIA pairs (MIDI + WAV) are tagged from S3 into PostgreSQL and from a folder into SQLite; a re-run
+tags nothing, a changed object is re-tagged alone, ``force`` re-tags everything without duplicates; a bucket of
+broken items finishes with each one failed for a clear reason (or tagged from its usable file) and every good
+item tagged; a job process killed mid-run and started again leaves every item exactly once; the job serves its
+metrics while it runs and pushes them at the end.
+
+One local Ray (2 CPUs) serves the module; the model is tiny (untrained: the tests check the plumbing, not the
+accuracy) and its windows 5 s long.
+"""
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import soundfile
+import sqlalchemy as sa
+import torch
+
+from mer.catalog import create_catalog_engine
+from mer.config import QUADRANTS, TagConfig
+from mer.features import window_starts
+from mer.features.midi import read_midi
+from mer.features.render import render_audio
+from mer.model import MerModel
+from mer.model.artifact import save_artifact
+from mer.tagging import (
+    WindowPredictor,
+    feature_task_cpus,
+    item_row,
+    prepare_item,
+    tag_store,
+    tag_store_local,
+    use_gpus,
+)
+from mer.tagging.storage import LocalStore, ObjectStore, S3Store, list_items
+from mer.train.emopia import emopia_root, load_split
+from tiny import tiny_config
+
+pytest_plugins = ["fixtures_services"]
+
+REPO = Path(__file__).resolve().parents[2]
+PIECES = 8  # rendered EMOPIA pairs, two per quadrant
+
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> str:
+    # address="local": a fresh Ray for the tests even if a `ray start` cluster runs on the machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An untrained tiny model saved as a real artifact; returns its folder."""
+    config = tiny_config()
+    torch.manual_seed(0)
+    storage = tmp_path_factory.mktemp("storage")
+    return save_artifact(MerModel(config).state_dict(), config=config, storage=str(storage),
+                         meta={"data_fingerprint": "test", "val_metrics": {}})
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int, *, format: str = "WAV") -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, sample_rate, format=format, subtype="PCM_16")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pieces() -> dict[str, tuple[bytes, bytes]]:
+    """``{clip name: (MIDI bytes, WAV bytes)}``: EMOPIA clips and their FluidSynth renderings."""
+    features = tiny_config().features
+    clips = load_split(emopia_root(), "train")
+    chosen = [c for q in range(4) for c in [c for c in clips if c.quadrant == q][:PIECES // 4]]
+    out = {}
+    for clip in chosen:
+        midi = clip.midi_path.read_bytes()
+        audio = render_audio(read_midi(midi, name=clip.name), config=features, name=clip.name)
+        out[clip.name] = (midi, wav_bytes(audio, features.sample_rate))
+    return out
+
+
+def put_pieces(store: ObjectStore, pieces: dict[str, tuple[bytes, bytes]], prefix: str = "") -> list[str]:
+    """Write each piece as ``<prefix><name>.mid`` + ``.wav``; returns the item keys."""
+    for name, (midi, wav) in pieces.items():
+        store.write(f"{prefix}{name}.mid", midi)
+        store.write(f"{prefix}{name}.wav", wav)
+    return sorted(f"{prefix}{name}" for name in pieces)
+
+
+def rows(catalog: str, sql: str, **params) -> list[dict]:
+    engine = create_catalog_engine(catalog)
+    try:
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.text(sql), params)]
+    finally:
+        engine.dispose()
+
+
+def labels_by_key(catalog: str) -> dict[str, dict]:
+    labels = {r["item_key"]: r for r in rows(catalog, "SELECT * FROM labels")}
+    for label in labels.values():  # plain SQL on SQLite returns JSON columns as text
+        for column in ("timeline", "attention"):
+            if isinstance(label[column], str):
+                label[column] = json.loads(label[column])
+    return labels
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_s3_bucket_into_postgresql_incrementally(ray_address, model, pieces, s3_endpoint, s3_bucket,
+                                                 clean_postgres_url) -> None:
+    store = S3Store(s3_bucket, "pieces", endpoint_url=s3_endpoint)
+    keys = put_pieces(store, pieces)
+    S3Store(s3_bucket, "elsewhere", endpoint_url=s3_endpoint).write("not-in-prefix.mid", pieces[keys[0]][0])
+    url = f"s3://{s3_bucket}/pieces"
+    catalog = clean_postgres_url
+    config = tiny_config().features
+
+    first = tag_store(url, endpoint_url=s3_endpoint, catalog=catalog, model=model, progress=False)
+
+    assert (first.status, first.listed, first.tagged, first.skipped, first.failed) == ("succeeded", 8, 8, 0, 0)
+    labels = labels_by_key(catalog)
+    assert sorted(labels) == keys
+    for key, label in labels.items():
+        assert label["run_id"] == first.run_id
+        assert label["quadrant"] in QUADRANTS
+        assert label["branches_used"] == "symbolic,harmony,tone" and label["problems"] is None
+        probs = [label[f"p_q{q}"] for q in range(1, 5)]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert label["quadrant"] == QUADRANTS[int(np.argmax(probs))]
+        # The timeline: one entry per window of the piece, and the piece's label is their mean.
+        duration = read_midi(pieces[key][0], name=key).get_end_time()
+        timeline = label["timeline"]
+        assert label["n_windows"] == len(timeline) == len(window_starts(duration, config=config)) > 1
+        assert [w["start_s"] for w in timeline] == pytest.approx([5.0 * i for i in range(len(timeline))])
+        assert np.mean([w["p_q1"] for w in timeline]) == pytest.approx(label["p_q1"], abs=1e-5)
+        assert sum(label[f"attn_{b}"] for b in ("symbolic", "harmony", "tone")) == pytest.approx(1.0, abs=1e-4)
+    items = {r["key"]: r for r in rows(catalog, "SELECT * FROM items")}
+    assert sorted(items) == keys and all(r["modalities"] == "midi,audio" and r["duration_s"] > 25 for r in items.values())
+    run = rows(catalog, "SELECT * FROM runs WHERE id = :id", id=first.run_id)[0]
+    assert (run["status"], run["listed"], run["tagged"], run["skipped"], run["failed"]) == ("succeeded", 8, 8, 0, 0)
+
+    # An unchanged bucket: nothing re-tagged, and the run costs about the listing (no Ray work at all).
+    start = time.perf_counter()
+    list_items(store)
+    listing = time.perf_counter() - start
+    again = tag_store(url, endpoint_url=s3_endpoint, catalog=catalog, model=model, progress=False)
+    assert (again.listed, again.tagged, again.skipped, again.failed) == (8, 0, 8, 0)
+    assert again.stage_seconds["features"] == again.stage_seconds["inference"] == 0
+    assert again.seconds < listing + 2.0, (again.seconds, listing)
+    assert {k: r["run_id"] for k, r in labels_by_key(catalog).items()} == dict.fromkeys(keys, first.run_id)
+
+    # One changed object: that item alone is re-tagged, with its new object version.
+    changed = keys[3]
+    store.write(f"{changed}.wav", pieces[keys[4]][1])
+    third = tag_store(url, endpoint_url=s3_endpoint, catalog=catalog, model=model, progress=False)
+    assert (third.tagged, third.skipped) == (1, 7)
+    relabelled = labels_by_key(catalog)
+    assert relabelled[changed]["run_id"] == third.run_id
+    assert relabelled[changed]["object_version"] != labels[changed]["object_version"]
+
+    # force: everything again, still one label per item.
+    forced = tag_store(url, endpoint_url=s3_endpoint, catalog=catalog, model=model, force=True,
+                       tagging=TagConfig(batch_size=3), progress=False)
+    assert (forced.tagged, forced.skipped, forced.failed) == (8, 0, 0)
+    assert rows(catalog, "SELECT item_key, COUNT(*) AS n FROM labels GROUP BY item_key HAVING COUNT(*) > 1") == []
+    assert {r["run_id"] for r in labels_by_key(catalog).values()} == {forced.run_id}
+
+
+def test_folder_into_sqlite_single_modalities_and_the_local_loop_agree(ray_address, model, pieces,
+                                                                       tmp_path: Path) -> None:
+    folder = LocalStore(tmp_path / "store")
+    names = sorted(pieces)
+    keys = put_pieces(folder, {n: pieces[n] for n in names[:4]})
+    folder.write(f"midi only/{names[4]}.mid", pieces[names[4]][0])
+    audio, rate = soundfile.read(io.BytesIO(pieces[names[5]][1]), dtype="float32")
+    folder.write(f"audio only/{names[5]}.flac", wav_bytes(audio, rate, format="FLAC"))
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+
+    summary = tag_store(str(tmp_path / "store"), catalog=catalog, model=model,
+                        tagging=TagConfig(batch_size=4, feature_concurrency=2), progress=False)
+
+    assert (summary.listed, summary.tagged, summary.failed) == (6, 6, 0)
+    labels = labels_by_key(catalog)
+    assert labels[f"midi only/{names[4]}"]["branches_used"] == "symbolic"
+    assert labels[f"audio only/{names[5]}"]["branches_used"] == "harmony,tone"
+    items = {r["key"]: r["modalities"] for r in rows(catalog, "SELECT * FROM items")}
+    assert items == {**dict.fromkeys(keys, "midi,audio"), f"midi only/{names[4]}": "midi",
+                     f"audio only/{names[5]}": "audio"}
+
+    # The same work in a plain loop gives the same labels: batching windows across items changes nothing.
+    loop_catalog = f"sqlite:///{tmp_path / 'loop.db'}"
+    loop = tag_store_local(str(tmp_path / "store"), catalog=loop_catalog, model=model)
+    assert (loop.tagged, loop.failed) == (6, 0)
+    for key, expected in labels_by_key(loop_catalog).items():
+        got = labels[key]
+        assert got["quadrant"] == expected["quadrant"] and got["branches_used"] == expected["branches_used"]
+        for column in ("p_q1", "p_q2", "p_q3", "p_q4", "arousal_prob", "valence_prob"):
+            assert got[column] == pytest.approx(expected[column], abs=1e-5), (key, column)
+        assert len(got["timeline"]) == len(expected["timeline"])
+
+    # --render-missing-audio: the MIDI-only item gets audio from FluidSynth and all three branches.
+    rendered = tag_store(str(tmp_path / "store"), prefix="midi only/", catalog=catalog, model=model, force=True,
+                         render_missing_audio=True, progress=False)
+    assert (rendered.listed, rendered.tagged) == (1, 1)
+    label = labels_by_key(catalog)[f"midi only/{names[4]}"]
+    assert label["branches_used"] == "symbolic,harmony,tone" and "rendered" in label["problems"]
+
+
+def broken_bucket(store: S3Store, pieces: dict[str, tuple[bytes, bytes]]) -> tuple[dict, dict, dict]:
+    """Fill ``store`` with broken and good items. Returns ({failed key: (stage, reason words)}, {tagged key:
+    branches_used}, {tagged-with-a-problem key: problem words})."""
+    features = tiny_config().features
+    (midi_a, wav_a), (midi_b, wav_b), (midi_c, _) = list(pieces.values())[:3]
+    rate = features.sample_rate
+    silent = wav_bytes(np.zeros(rate * 2, dtype=np.float32), rate)
+    five_ms = wav_bytes(0.5 * np.sin(np.arange(int(0.005 * rate)) * 0.1).astype(np.float32), rate)
+    random = np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    objects = {
+        # Broken items: nothing usable.
+        "bad/empty.mid": b"",
+        "bad/truncated.mid": midi_a[: len(midi_a) // 2],
+        "bad/random.mid": random,
+        "bad/no notes.mid": _midi_without_notes(),
+        "bad/a wav named.mid": wav_a,
+        "bad/empty.wav": b"",
+        "bad/truncated.wav": wav_a[: len(wav_a) // 3],
+        "bad/random.flac": random,
+        "bad/silent.wav": silent,
+        "bad/five ms.wav": five_ms,
+        "bad/a midi named.wav": midi_a,
+        "bad/both broken.mid": random,
+        "bad/both broken.wav": silent,
+        "a/../escape.mid": midi_a,
+        # Good items under awkward keys.
+        "good/deep/er/still/Q1 piece with spaces.mid": midi_a,
+        "good/deep/er/still/Q1 piece with spaces.wav": wav_a,
+        "good/ünïcödé 曲.mid": midi_b,
+        "good/ünïcödé 曲.wav": wav_b,
+        "good/midi only.midi": midi_c,
+        # One bad modality: tagged from the other, with the problem recorded.
+        "mixed/silent audio.mid": midi_b,
+        "mixed/silent audio.wav": silent,
+        "mixed/truncated midi.mid": midi_a[:40],
+        "mixed/truncated midi.wav": wav_b,
+    }
+    for key, data in objects.items():
+        if ".." in key:  # the store refuses to write such a key; a careless uploader did, with plain S3 calls
+            store.client.put_object(Bucket=store.bucket, Key=store.prefix + key, Body=data)
+        else:
+            store.write(key, data)
+    # Same-stem files pair up: bad/empty, bad/truncated and bad/random are items with two broken files.
+    failed = {
+        "bad/empty": ("read", "empty"),
+        "bad/truncated": ("read", "truncated"),
+        "bad/random": ("read", "not a midi file"),
+        "bad/no notes": ("read", "no notes"),
+        "bad/a wav named": ("read", "wav"),
+        "bad/silent": ("read", "silent"),
+        "bad/five ms": ("read", "too short"),
+        "bad/a midi named": ("read", "midi file, not audio"),
+        "bad/both broken": ("read", "silent"),
+        "a/../escape.mid": ("list", ".."),
+    }
+    tagged = {
+        "good/deep/er/still/Q1 piece with spaces": "symbolic,harmony,tone",
+        "good/ünïcödé 曲": "symbolic,harmony,tone",
+        "good/midi only": "symbolic",
+        "mixed/silent audio": "symbolic",
+        "mixed/truncated midi": "harmony,tone",
+    }
+    problems = {"mixed/silent audio": "silent", "mixed/truncated midi": "truncated"}
+    return failed, tagged, problems
+
+
+def _midi_without_notes() -> bytes:
+    import mido
+
+    midi = mido.MidiFile(type=1, ticks_per_beat=480)
+    midi.tracks.append(mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500_000, time=0)]))
+    midi.tracks.append(mido.MidiTrack([mido.Message("program_change", program=0, time=0),
+                                       mido.MetaMessage("end_of_track", time=960)]))
+    buffer = io.BytesIO()
+    midi.save(file=buffer)
+    return buffer.getvalue()
+
+
+def test_broken_items_fail_with_reasons_and_good_items_are_all_tagged(ray_address, model, pieces, s3_endpoint,
+                                                                       s3_bucket, tmp_path: Path) -> None:
+    store = S3Store(s3_bucket, endpoint_url=s3_endpoint)
+    expected_failures, expected_tagged, expected_problems = broken_bucket(store, pieces)
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+
+    summary = tag_store(f"s3://{s3_bucket}", endpoint_url=s3_endpoint, catalog=catalog, model=model,
+                        tagging=TagConfig(batch_size=4), progress=False)
+
+    assert summary.status == "succeeded"
+    # The "bad/" stems: empty, truncated (.mid + .wav pair up), random (.mid + .flac), no notes, a wav named,
+    # silent, five ms, a midi named, both broken — 9 items — plus the '..' key rejected by the listing.
+    assert summary.listed == summary.tagged + summary.failed == 9 + 1 + len(expected_tagged)
+    labels = labels_by_key(catalog)
+    assert {k: v["branches_used"] for k, v in labels.items()} == expected_tagged
+    for key, words in expected_problems.items():
+        assert words in labels[key]["problems"].lower(), labels[key]["problems"]
+    failures = {r["item_key"]: r for r in rows(catalog, "SELECT * FROM failures WHERE run_id = :r", r=summary.run_id)}
+    assert len(failures) == summary.failed
+    for key, (stage, words) in expected_failures.items():
+        assert failures[key]["stage"] == stage, (key, failures[key])
+        assert words in failures[key]["reason"].lower(), (key, failures[key]["reason"])
+    # A pair with both files broken says what is wrong with each.
+    reason = failures["bad/both broken"]["reason"].lower()
+    assert "midi" in reason and "audio" in reason and "silent" in reason
+    # Pairs of two broken files: both reasons are given.
+    reason = failures["bad/truncated"]["reason"].lower()
+    assert "truncated midi" in reason and "audio file is truncated" in reason
+    assert "cannot decode" in failures["bad/random"]["reason"].lower()
+
+    # Bad content stays bad: a re-run skips the failed items as well as the tagged ones (only the listing
+    # reject, which is found again by the listing itself, is recorded again) — no Ray work.
+    again = tag_store(f"s3://{s3_bucket}", endpoint_url=s3_endpoint, catalog=catalog, model=model, progress=False)
+    assert (again.tagged, again.failed, again.skipped) == (0, 1, summary.listed - 1)
+    assert again.stage_seconds["features"] == 0
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The unlabelled samples (and the failed counter's sum) of a /metrics page."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def test_killed_job_restarted_tags_every_item_exactly_once(ray_address, model, pieces, tmp_path: Path,
+                                                           clean_postgres_url: str) -> None:
+    folder = LocalStore(tmp_path / "store")
+    keys = put_pieces(folder, pieces) + put_pieces(folder, pieces, prefix="copy/")
+    catalog = clean_postgres_url
+    port = free_port()
+    job = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "tag.py"), "--store", str(tmp_path / "store"), "--catalog", catalog,
+         "--model", model, "--address", ray_address, "--batch-size", "1", "--metrics-port", str(port),
+         "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )
+    output = []
+    threading.Thread(target=lambda: output.extend(job.stdout), daemon=True).start()
+    scraped: dict[str, float] = {}
+    try:
+        # Wait for the first labels, scraping the job's metrics endpoint meanwhile; then kill -9 the job.
+        deadline = time.monotonic() + 120
+        written = 0
+        while time.monotonic() < deadline and job.poll() is None:
+            try:
+                scraped = scrape(port)
+            except OSError:
+                pass  # not serving yet
+            try:
+                written = rows(catalog, "SELECT COUNT(*) AS n FROM labels")[0]["n"]
+            except sa.exc.ProgrammingError:
+                written = 0  # no schema yet
+            if written >= 2 and scraped.get("mer_items_tagged_total", 0) >= 1:
+                break
+            time.sleep(0.05)
+        assert job.poll() is None, b"".join(output).decode()[-3000:]
+        job.send_signal(signal.SIGKILL)
+        job.wait(timeout=30)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    # The metrics endpoint served the counters while the job ran.
+    assert scraped["mer_items_listed_total"] == len(keys)
+    assert scraped["mer_items_tagged_total"] >= 1
+    assert 'mer_stage_seconds_count{stage="features"}' in scraped
+    before = rows(catalog, "SELECT item_key FROM labels")
+    killed_run = rows(catalog, "SELECT * FROM runs")[0]
+    assert killed_run["status"] == "running" and killed_run["finished_at"] is None  # it never finished
+    assert 2 <= len(before) < len(keys), "the job finished before it could be killed"
+
+    restarted = tag_store(str(tmp_path / "store"), catalog=catalog, model=model, progress=False)
+
+    assert restarted.status == "succeeded"
+    assert restarted.skipped == len(before) and restarted.tagged == len(keys) - len(before)
+    assert sorted(r["item_key"] for r in rows(catalog, "SELECT item_key FROM labels")) == keys
+    assert sorted(r["key"] for r in rows(catalog, "SELECT key FROM items")) == keys
+
+
+class _PushgatewayRecorder(http.server.BaseHTTPRequestHandler):
+    """Accepts Pushgateway pushes (POST/PUT /metrics/job/...) and keeps their bodies."""
+
+    bodies: list[bytes] = []
+
+    def _accept(self) -> None:
+        self.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        self.send_response(200)
+        self.end_headers()
+
+    do_POST = do_PUT = _accept
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_run_pushes_metrics_at_the_end_and_a_failed_run_is_recorded(model, pieces, tmp_path: Path) -> None:
+    folder = LocalStore(tmp_path / "store")
+    put_pieces(folder, dict(list(pieces.items())[:2]))
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    server = http.server.HTTPServer(("127.0.0.1", 0), _PushgatewayRecorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    gateway = f"127.0.0.1:{server.server_port}"
+    try:
+        limited = tag_store_local(str(tmp_path / "store"), catalog=catalog, model=model, limit=1, pushgateway=gateway)
+        rest = tag_store_local(str(tmp_path / "store"), catalog=catalog, model=model, pushgateway=gateway)
+        with pytest.raises(FileNotFoundError):
+            tag_store(str(tmp_path / "missing"), catalog=catalog, model=model, pushgateway=gateway)
+    finally:
+        server.shutdown()
+    assert (limited.tagged, limited.deferred) == (1, 1)
+    assert (rest.tagged, rest.skipped, rest.deferred) == (1, 1, 0)
+    pushed = [body.decode() for body in _PushgatewayRecorder.bodies]
+    assert len(pushed) == 3
+    assert "mer_items_tagged_total 1.0" in pushed[1] and "mer_items_skipped_total 1.0" in pushed[1]
+    assert "mer_run_last_success_timestamp_seconds" in pushed[1] and "mer_run_failed 0.0" in pushed[1]
+    assert "mer_run_failed 1.0" in pushed[2] and "mer_run_last_success_timestamp_seconds" not in pushed[2]
+    runs = rows(catalog, "SELECT status, listed, tagged, skipped, failed FROM runs ORDER BY id")
+    assert runs == [
+        {"status": "succeeded", "listed": 2, "tagged": 1, "skipped": 0, "failed": 0},
+        {"status": "succeeded", "listed": 2, "tagged": 1, "skipped": 1, "failed": 0},
+        {"status": "failed", "listed": 0, "tagged": 0, "skipped": 0, "failed": 0},
+    ]
+
+
+def test_a_window_the_model_rejects_fails_alone_and_the_batch_goes_on(model, pieces, tmp_path: Path) -> None:
+    folder = LocalStore(tmp_path / "store")
+    keys = put_pieces(folder, dict(list(pieces.items())[:2]))
+    items, _ = list_items(folder)
+    config = tiny_config()
+    window_rows = [r for item in items for r in prepare_item(folder, item_row(item), config=config).window_rows(config)]
+    window_rows[1]["token_length"] = np.int64(10_000)  # more tokens than the window holds: the model raises
+    batch = {k: np.stack([np.asarray(r[k]) for r in window_rows]) for k in window_rows[0]}
+
+    out = WindowPredictor(model)(batch)
+
+    assert out["failed_stage"][1] == "inference" and "window" in out["failed_reason"][1]
+    good = np.arange(len(window_rows)) != 1
+    assert set(out["failed_stage"][good]) == {""}
+    np.testing.assert_allclose(out["quadrant_probs"][good].sum(axis=1), 1.0, rtol=1e-5)
+    assert "chroma" not in out and set(out["name"]) == set(keys)
+
+
+def test_an_object_that_vanished_after_listing_is_a_transient_read_failure(model, pieces, tmp_path: Path) -> None:
+    folder = LocalStore(tmp_path / "store")
+    key = put_pieces(folder, dict(list(pieces.items())[:1]))[0]
+    items, _ = list_items(folder)
+    (tmp_path / "store" / f"{key}.mid").unlink()
+    (tmp_path / "store" / f"{key}.wav").unlink()
+
+    prepared = prepare_item(folder, item_row(items[0]), config=tiny_config())
+
+    assert prepared.failure is not None and prepared.failure[0] == "read"
+    assert "disappeared" in prepared.failure[1]
+    assert prepared.transient  # recorded without an object version, so the next run tries again
+
+
+class _FlakyAudioStore(LocalStore):
+    """A folder whose audio reads fail with a network-like error (not the content's fault) while ``broken``."""
+
+    broken = True
+
+    def read(self, key: str) -> bytes:
+        if self.broken and key.endswith(".wav"):
+            raise ConnectionResetError("connection reset by peer")
+        return super().read(key)
+
+
+def test_a_label_from_one_modality_after_a_transient_read_error_is_retried_next_run(model, pieces,
+                                                                                  tmp_path: Path) -> None:
+    store = _FlakyAudioStore(tmp_path / "store")
+    key = put_pieces(store, dict(list(pieces.items())[:1]))[0]
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+
+    first = tag_store_local(store, catalog=catalog, model=model)
+    label = labels_by_key(catalog)[key]
+    assert first.tagged == 1 and label["branches_used"] == "symbolic"  # tagged from the MIDI it could read
+    assert "connection reset" in label["problems"]
+
+    store.broken = False
+    second = tag_store_local(store, catalog=catalog, model=model)
+    label = labels_by_key(catalog)[key]
+    assert (second.tagged, second.skipped) == (1, 0)  # not skipped as done: its audio was never read
+    assert label["branches_used"] == "symbolic,harmony,tone" and label["problems"] is None
+    third = tag_store_local(store, catalog=catalog, model=model)
+    assert (third.tagged, third.skipped) == (0, 1)
+
+
+def test_an_undecodable_file_name_is_a_failure_and_the_run_goes_on(model, pieces, tmp_path: Path) -> None:
+    folder = LocalStore(tmp_path / "store")
+    keys = put_pieces(folder, dict(list(pieces.items())[:2]))
+    with open(os.path.join(os.fsencode(tmp_path / "store"), b"caf\xe9.mid"), "wb") as handle:
+        handle.write(pieces[keys[0]][0])
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+
+    summary = tag_store_local(str(tmp_path / "store"), catalog=catalog, model=model)
+
+    assert (summary.status, summary.tagged, summary.failed) == ("succeeded", 2, 1)
+    assert set(labels_by_key(catalog)) == set(keys)
+    failure = rows(catalog, "SELECT item_key, stage, reason FROM failures")
+    assert failure == [{"item_key": "caf\\xe9.mid", "stage": "list",
+                        "reason": "key is not valid UTF-8 (the file name holds undecodable bytes)"}]
+
+
+def test_items_of_a_feature_task_that_keeps_dying_fail_and_the_others_are_tagged(ray_address, model, pieces,
+                                                                                tmp_path: Path) -> None:
+    class CrashingStore(LocalStore):  # defined here so Ray ships the class by value to its workers
+        def read(self, key: str) -> bytes:
+            if key.startswith("crash"):
+                os._exit(1)  # what a native crash in a decoder does to the worker process
+            return super().read(key)
+
+    store = CrashingStore(tmp_path / "store")
+    keys = put_pieces(store, dict(list(pieces.items())[:3]))
+    store.write("crash.mid", pieces[keys[0]][0])
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+
+    summary = tag_store(store, catalog=catalog, model=model, address=ray_address, progress=False,
+                        tagging=TagConfig(batch_size=4, feature_concurrency=2))
+
+    assert summary.status == "succeeded" and summary.failed >= 1
+    failures = rows(catalog, "SELECT item_key, stage, reason, object_version FROM failures")
+    crash = [f for f in failures if f["item_key"] == "crash"]
+    assert crash and crash[0]["stage"] == "features" and "died" in crash[0]["reason"]
+    assert crash[0]["object_version"] is None  # not the content's fault as far as we know: retried next run
+    # Items that shared the dead block are retried too; every good item ends up tagged within two runs.
+    again = tag_store(store, catalog=catalog, model=model, address=ray_address, progress=False)
+    assert again.status == "succeeded"
+    assert set(labels_by_key(catalog)) == set(keys)
+
+
+def test_feature_tasks_share_a_small_machine_but_take_whole_cpus_on_a_cluster() -> None:
+    tagging = TagConfig(feature_concurrency=2, inference_concurrency=1)
+    assert feature_task_cpus(2.0, tagging=tagging, actor_cpus=0.5, nodes=1) == pytest.approx(0.75)
+    assert feature_task_cpus(64.0, tagging=tagging, actor_cpus=1.0, nodes=1) == 1.0
+    # An autoscaling cluster: a CPU-less head alone at the start, or several nodes: the autoscaler adds CPUs.
+    many = TagConfig(feature_concurrency=32)
+    assert feature_task_cpus(0.0, tagging=many, actor_cpus=1.0, nodes=1) == 1.0
+    assert feature_task_cpus(8.0, tagging=many, actor_cpus=1.0, nodes=2) == 1.0
+    assert use_gpus(TagConfig(), {"CPU": 8.0}) is False
+    assert use_gpus(TagConfig(), {"CPU": 8.0, "GPU": 1.0}) is True
+    assert use_gpus(TagConfig(use_gpu=True), {"CPU": 0.0}) is True  # GPU workers scaled to zero come up on demand
+    assert use_gpus(TagConfig(use_gpu=False), {"GPU": 4.0}) is False
