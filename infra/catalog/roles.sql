@@ -34,7 +34,7 @@ $$;
 
 DO $$
 DECLARE
-    -- The catalog's relations (mer/migrations). Keep in step with the migrations.
+    -- The catalog's relations (mer/catalog/migrations). Keep in step with the migrations.
     base_tables  text[] := ARRAY['items', 'runs', 'labels', 'failures'];
     views        text[] := ARRAY['latest_labels', 'open_failures'];
     version_table text  := 'mer_alembic_version';
