@@ -27,13 +27,15 @@ import sys
 
 import ray
 
-from mer.config import BRANCHES, MerConfig
+from mer.config import BRANCHES, PRESETS, MerConfig, preset
 from mer.errors import MerError
 from mer.train import summary_table, train_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = MerConfig().training
+    parser.add_argument("--preset", choices=PRESETS, default="default",
+                        help="default: the best configuration found on val; paper: the paper's model (README)")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--emopia", default=os.environ.get("MER_EMOPIA"),
                         help="EMOPIA folder (env MER_EMOPIA; default ../shared/emopia)")
@@ -48,9 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, default=defaults.use_gpu,
                         help="one GPU per worker (default: when the cluster has GPUs)")
     parser.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global batch (all workers)")
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate (AdamW)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch (all workers; default: the preset's)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (AdamW; default: the preset's)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--branches", default=",".join(BRANCHES),
                         help=f"comma-separated subset of {','.join(BRANCHES)} (ablations)")
@@ -67,14 +69,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> MerConfig:
-    config = MerConfig()
+    config = preset(args.preset)
     branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr}
     return dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, branches=branches, use_attention=not args.no_attention),
         training=dataclasses.replace(
-            config.training, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-            num_workers=args.workers, use_gpu=args.use_gpu,
+            config.training, seed=args.seed, num_workers=args.workers, use_gpu=args.use_gpu,
+            **{key: value for key, value in given.items() if value is not None},
         ),
     )
 

@@ -19,6 +19,10 @@ BRANCHES: tuple[str, ...] = ("symbolic", "harmony", "tone")
 
 QUADRANTS: tuple[str, ...] = ("Q1", "Q2", "Q3", "Q4")
 
+SUMMARY_SIZE: int = 25
+"""Length of a window's summary descriptors (key and mode, note statistics: ``mer.features.key.SUMMARY_NAMES``),
+the model's FiLM input. Here so the model knows it without importing the feature code."""
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
@@ -71,6 +75,7 @@ class ModelConfig:
     token_embedding: int = 128
     gru_hidden: int = 256
     gru_layers: int = 2
+    symbolic_pooling: str = "mean"  # "mean" over the valid steps, or "attention" (learned weights per step)
     # Harmony branch: 3 convolutions with (12, 1) kernels, then 3 with (1, 48) kernels.
     harmony_channels: int = 32  # not fixed by the paper; 32 keeps training within budget on 2 CPU cores
     harmony_time_kernel: int = 48
@@ -82,11 +87,16 @@ class ModelConfig:
     attention_heads: int = 4
     fc_hidden: int = 256
     dropout: float = 0.3
+    # Key, mode and note statistics (mer.features.key) modulate the branch tokens before the attention (FiLM).
+    summary_film: bool = False
+    summary_hidden: int = 64
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.branches if b not in BRANCHES]
         if not self.branches or unknown:
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {self.branches!r}")
+        if self.symbolic_pooling not in ("mean", "attention"):
+            raise ValueError(f"symbolic_pooling must be 'mean' or 'attention', got {self.symbolic_pooling!r}")
         # Keep the canonical order so attention token i always means the same branch.
         object.__setattr__(self, "branches", tuple(b for b in BRANCHES if b in self.branches))
 
@@ -103,6 +113,7 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     va_loss_weight: float = 1.0  # weight of the binary arousal/valence losses beside the 4Q loss
+    transpose_semitones: int = 0  # > 0: each training window is moved by a random k in [-n, n] (key changes, label not)
 
 
 @dataclass(frozen=True)
@@ -155,3 +166,29 @@ def config_fingerprint(config: FeatureConfig) -> str:
     """A short stable hash of a feature config: part of every feature-cache key."""
     payload = json.dumps(dataclasses.asdict(config), sort_keys=True).encode()
     return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def preset(name: str) -> MerConfig:
+    """A named configuration. ``"paper"``: the paper's model as we first built it (the dataclass defaults: Bi-GRU
+    256 x 2 with mean pooling, 1024 tokens a window, 16 epochs, no key/mode input, no augmentation).
+    ``"default"``: the best configuration found on EMOPIA's validation split (README, "Where we stand"): a
+    cheaper Bi-GRU (128 x 2 over the first 512 tokens of a window) with attention pooling, key/mode/note
+    statistics by FiLM, transposition augmentation of up to 6 semitones, 12 epochs.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    paper = MerConfig()
+    if name == "paper":
+        return paper
+    if name == "default":
+        return dataclasses.replace(
+            paper,
+            features=dataclasses.replace(paper.features, max_tokens=512),
+            model=dataclasses.replace(paper.model, gru_hidden=128, symbolic_pooling="attention", summary_film=True),
+            training=dataclasses.replace(paper.training, epochs=12, transpose_semitones=6),
+        )
+    raise ValueError(f"unknown preset {name!r}; known: {PRESETS}")
+
+
+PRESETS: tuple[str, ...] = ("default", "paper")

@@ -24,16 +24,13 @@ from sklearn.preprocessing import StandardScaler
 
 from mer.config import FeatureConfig
 from mer.errors import BadInputError
+from mer.features import key_correlations, pitch_class_histogram
 
 if TYPE_CHECKING:  # only for the annotation: the features side is imported by whoever builds ItemFeatures
     from mer.features import ItemFeatures
 
 C_GRID: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 """Inverse regularisation strengths tried; the one with the best validation 4Q accuracy wins."""
-
-# Krumhansl & Kessler (1982) probe-tone profiles, C major and C minor (index 0 = tonic).
-_MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-_MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 
 SYMBOLIC_FEATURE_NAMES: tuple[str, ...] = (
     "note_density", "onset_density", "ioi_mean", "ioi_std",
@@ -67,10 +64,9 @@ def symbolic_features(notes: np.ndarray, *, name: str = "notes") -> np.ndarray:
     ioi = np.diff(onsets)
     ioi_mean, ioi_std = (float(ioi.mean()), float(ioi.std())) if len(ioi) else (0.0, 0.0)
 
-    histogram = np.bincount(pitch.astype(np.int64) % 12, weights=length, minlength=12)
-    histogram = histogram / histogram.sum()
-    major = _best_key_correlation(histogram, _MAJOR_PROFILE)
-    minor = _best_key_correlation(histogram, _MINOR_PROFILE)
+    histogram = pitch_class_histogram(notes)
+    correlations = key_correlations(histogram)  # (24,): 12 major keys, then 12 minor
+    major, minor = float(correlations[:12].max()), float(correlations[12:].max())
 
     return np.array([
         len(notes) / span, len(onsets) / span, ioi_mean, ioi_std,
@@ -79,13 +75,6 @@ def symbolic_features(notes: np.ndarray, *, name: str = "notes") -> np.ndarray:
         major, minor, major - minor,
         velocity.mean(), velocity.std(), length.mean(), length.std(), length.sum() / span,
     ], dtype=np.float64)
-
-
-def _best_key_correlation(histogram: np.ndarray, profile: np.ndarray) -> float:
-    """Max Pearson correlation of a (12,) pitch-class histogram with the profile in all 12 transpositions."""
-    if np.allclose(histogram, histogram[0]):
-        return 0.0  # a flat histogram correlates with nothing (and has zero variance)
-    return max(float(np.corrcoef(histogram, np.roll(profile, k))[0, 1]) for k in range(12))
 
 
 def audio_feature_names(config: FeatureConfig) -> tuple[str, ...]:

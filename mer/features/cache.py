@@ -30,14 +30,14 @@ from mer.features.extract import ItemFeatures
 
 log = logging.getLogger(__name__)
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: per-window summary descriptors and the piece's pitch classes
 """Part of every key. Bump it when extraction changes in a way :class:`FeatureConfig` does not capture (a fix in
 the tokenizer, the renderer, the window rule), so old cache entries stop matching instead of being reused."""
 
 _FORMAT = 1
 _METADATA_KEY = b"mer.features"
 _KEY = re.compile(r"^([0-9a-f]{8,64})-([0-9a-f]{64})$")
-_ARRAYS = ("tokens", "chroma", "mfcc", "present")  # stored as fixed-size lists of their flattened per-window shape
+_ARRAYS = ("tokens", "chroma", "mfcc", "present", "summary", "pitch_classes")  # stored as fixed-size lists of their flattened per-window shape
 
 
 class FeatureCache:
@@ -134,8 +134,10 @@ def _to_table(features: ItemFeatures) -> pa.Table:
     """The item's window rows (:meth:`ItemFeatures.window_rows` layout) as an Arrow table."""
     windows = features.num_windows
     present = np.tile(features.present, (windows, 1))  # (W, 3): the item's flags on every row
+    pitch_classes = np.tile(features.pitch_classes, (windows, 1))  # (W, 12): the piece's, on every row
     per_window = {
         "tokens": features.tokens, "chroma": features.chroma, "mfcc": features.mfcc, "present": present,
+        "summary": features.summary, "pitch_classes": pitch_classes,
     }
     columns = {
         "name": pa.array([features.name] * windows, type=pa.string()),
@@ -178,4 +180,6 @@ def _read(path: Path) -> ItemFeatures:
         chroma=arrays["chroma"],
         mfcc=arrays["mfcc"],
         present=arrays["present"][0],
+        summary=arrays["summary"],
+        pitch_classes=arrays["pitch_classes"][0],
     )

@@ -17,6 +17,7 @@ import pretty_midi
 from mer.config import BRANCHES, FeatureConfig
 from mer.errors import BadInputError
 from mer.features.audio import check_audio
+from mer.features.key import SUMMARY_SIZE, chroma_histogram, pitch_class_histogram, summary_descriptors
 from mer.features.midi import piano_notes
 from mer.features.tokens import midi_like_tokens, pad_id
 
@@ -104,6 +105,10 @@ class ItemFeatures:
         mfcc: (W, n_mfcc, F) float32 MFCC frames, zero-padded past the audio's end.
         present: (3,) bool, in :data:`mer.config.BRANCHES` order: symbolic (MIDI given), harmony and tone
             (audio given). A missing modality's arrays are zeros.
+        summary: (W, SUMMARY_SIZE) float32 per-window key, mode and note statistics
+            (:func:`mer.features.key.summary_descriptors`: from the window's notes, else its chromagram).
+        pitch_classes: (12,) float64 the whole piece's pitch-class histogram (notes, else chromagram), from which
+            :func:`mer.features.key.estimate_key` names the piece's key.
 
     ``F = config.frames_per_window``. Equality (``==``) compares every field exactly.
     """
@@ -116,6 +121,8 @@ class ItemFeatures:
     chroma: np.ndarray
     mfcc: np.ndarray
     present: np.ndarray
+    summary: np.ndarray
+    pitch_classes: np.ndarray
 
     def __post_init__(self) -> None:
         # Coerce dtypes once so every producer (extraction, cache, Ray rows) hands out the same types.
@@ -123,7 +130,7 @@ class ItemFeatures:
             object.__setattr__(self, field_name, np.ascontiguousarray(getattr(self, field_name), dtype=dtype))
         object.__setattr__(self, "duration", float(self.duration))
         windows = self.window_starts.shape[0]
-        expected_ndim = {"window_starts": 1, "tokens": 2, "token_lengths": 1, "chroma": 3, "mfcc": 3}
+        expected_ndim = {"window_starts": 1, "tokens": 2, "token_lengths": 1, "chroma": 3, "mfcc": 3, "summary": 2}
         for field_name, ndim in expected_ndim.items():
             array = getattr(self, field_name)
             if array.ndim != ndim or array.shape[0] != windows:
@@ -134,6 +141,8 @@ class ItemFeatures:
             raise ValueError(f"chroma {self.chroma.shape} and mfcc {self.mfcc.shape} do not match")
         if self.present.shape != (len(BRANCHES),):
             raise ValueError(f"present has shape {self.present.shape}; expected ({len(BRANCHES)},)")
+        if self.summary.shape[1] != SUMMARY_SIZE or self.pitch_classes.shape != (12,):
+            raise ValueError(f"summary {self.summary.shape} or pitch_classes {self.pitch_classes.shape} malformed")
 
     @property
     def num_windows(self) -> int:
@@ -154,7 +163,8 @@ class ItemFeatures:
 
         Keys: ``name`` (str), ``window_index`` (int64), ``window_start`` (float64 s), ``duration`` (float64 s),
         ``tokens`` (max_tokens,) int64, ``token_length`` (int64), ``chroma`` (12, F) float32, ``mfcc``
-        (n_mfcc, F) float32, ``present`` (3,) bool (the item's, repeated on every row).
+        (n_mfcc, F) float32, ``present`` (3,) bool, ``summary`` (SUMMARY_SIZE,) float32, ``pitch_classes`` (12,)
+        float64 (the item's ``present`` and ``pitch_classes`` repeated on every row).
         """
         return [
             {
@@ -167,6 +177,8 @@ class ItemFeatures:
                 "chroma": self.chroma[index],
                 "mfcc": self.mfcc[index],
                 "present": self.present.copy(),
+                "summary": self.summary[index],
+                "pitch_classes": self.pitch_classes.copy(),
             }
             for index in range(self.num_windows)
         ]
@@ -196,6 +208,8 @@ class ItemFeatures:
             chroma=np.stack([row["chroma"] for row in rows]),
             mfcc=np.stack([row["mfcc"] for row in rows]),
             present=np.asarray(rows[0]["present"]),
+            summary=np.stack([row["summary"] for row in rows]),
+            pitch_classes=np.asarray(rows[0]["pitch_classes"]),
         )
 
 
@@ -206,6 +220,8 @@ _DTYPES = {
     "chroma": np.float32,
     "mfcc": np.float32,
     "present": np.bool_,
+    "summary": np.float32,
+    "pitch_classes": np.float64,
 }
 
 
@@ -224,6 +240,9 @@ def extract_features(
     (the window's beginning is kept) and padded with ``pad_id(config)``.
     Chroma/MFCC: computed once over the whole piece, then sliced ``F = config.frames_per_window`` frames from
     the frame nearest each window's start, zero-padded past the audio's end.
+    Summary (:func:`mer.features.key.summary_descriptors`): each window's key, mode and note statistics from its
+    notes (all of them, before the token cap), else from its chromagram; the piece's pitch-class histogram from
+    all its notes, else its whole chromagram.
 
     Args:
         name: the item, for error messages and the result.
@@ -257,19 +276,27 @@ def extract_features(
     token_lengths = np.zeros(windows, dtype=np.int64)
     chroma = np.zeros((windows, 12, frames), dtype=np.float32)
     coefficients = np.zeros((windows, config.n_mfcc, frames), dtype=np.float32)
+    summary = np.zeros((windows, SUMMARY_SIZE), dtype=np.float32)
+    pitch_classes = np.zeros(12)
 
-    if notes is not None:
-        for index, start in enumerate(starts):
-            window_tokens = midi_like_tokens(window_notes(notes, start, config.window_seconds), config=config)
-            length = min(window_tokens.shape[0], config.max_tokens)
-            tokens[index, :length] = window_tokens[:length]
-            token_lengths[index] = length
     if audio is not None:
         whole_chroma = chromagram(audio, config=config)  # (12, T)
         whole_mfcc = mfcc(audio, config=config)  # (n_mfcc, T)
+        pitch_classes = chroma_histogram(whole_chroma)
         for index, start in enumerate(starts):
             chroma[index] = frame_slice(whole_chroma, start, config=config)
             coefficients[index] = frame_slice(whole_mfcc, start, config=config)
+            summary[index] = summary_descriptors(notes=None, chroma=chroma[index])
+    if notes is not None:
+        pitch_classes = pitch_class_histogram(notes)  # the score names the key better than a rendering
+        for index, start in enumerate(starts):
+            notes_in_window = window_notes(notes, start, config.window_seconds)
+            window_tokens = midi_like_tokens(notes_in_window, config=config)
+            length = min(window_tokens.shape[0], config.max_tokens)
+            tokens[index, :length] = window_tokens[:length]
+            token_lengths[index] = length
+            if notes_in_window.shape[0]:
+                summary[index] = summary_descriptors(notes=notes_in_window, chroma=None)
 
     return ItemFeatures(
         name=name,
@@ -280,6 +307,8 @@ def extract_features(
         chroma=chroma,
         mfcc=coefficients,
         present=np.array([notes is not None, audio is not None, audio is not None]),
+        summary=summary,
+        pitch_classes=pitch_classes,
     )
 
 

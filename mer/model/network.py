@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mer.config import BRANCHES, MerConfig, ModelConfig
+from mer.config import BRANCHES, SUMMARY_SIZE, MerConfig, ModelConfig
 
 N_QUADRANTS = 4
 N_VA = 2  # arousal, valence (in this column order)
@@ -85,6 +85,22 @@ class BiGRULayer(nn.Module):
         forward, _ = self.forward_gru(x)  # (N, L, H)
         backward, _ = self.backward_gru(reverse_valid(x, lengths))  # (N, L, H), in reversed order
         return torch.cat([forward, reverse_valid(backward, lengths)], dim=-1)  # (N, L, 2H)
+
+
+class AttentionPooling(nn.Module):
+    """Attention pooling over the valid steps of a sequence (Lin et al. 2017, one head; the pooling of EMOPIA's
+    symbolic baseline): a score ``w2 . tanh(W1 h_t)`` per step, softmax over the valid steps, the weighted sum.
+    Steps past a sequence's length get no weight, so padding cannot change the result."""
+
+    def __init__(self, features: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """x (N, L, F), valid (N, L) bool with >= 1 True per row -> (N, F)."""
+        scores = self.score(x).squeeze(-1).masked_fill(~valid, float("-inf"))  # (N, L)
+        weights = torch.softmax(scores, dim=1)  # (N, L): 0 on padding
+        return (weights.unsqueeze(-1) * x.masked_fill(~valid.unsqueeze(-1), 0.0)).sum(dim=1)  # (N, F)
 
 
 class PitchConv(nn.Module):
@@ -166,6 +182,7 @@ class SymbolicEncoder(nn.Module):
     cut to its longest sequence, so padding beyond that costs nothing.
     Mean pooling rather than the last states: a window holds ~700 tokens, and the mean gives every step a direct
     gradient and summarises the whole window (note density, velocity spread) instead of its two ends.
+    ``symbolic_pooling="attention"`` learns which steps matter instead (:class:`AttentionPooling`).
     """
 
     def __init__(self, config: MerConfig) -> None:
@@ -176,6 +193,7 @@ class SymbolicEncoder(nn.Module):
         sizes = [model.token_embedding] + [2 * model.gru_hidden] * (model.gru_layers - 1)
         self.layers = nn.ModuleList(BiGRULayer(size, model.gru_hidden) for size in sizes)
         self.out_features = 2 * model.gru_hidden
+        self.pooling = AttentionPooling(self.out_features) if model.symbolic_pooling == "attention" else None
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (N, L) long, lengths (N,) long, each in 1..L -> (N, 2 * gru_hidden)."""
@@ -184,6 +202,8 @@ class SymbolicEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, lengths)  # (N, L', 2H)
         valid = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)  # (N, L')
+        if self.pooling is not None:
+            return self.pooling(x, valid)  # (N, 2H)
         x = x * valid.unsqueeze(-1).to(x.dtype)  # (N, L', 2H): padded steps -> 0
         return x.sum(dim=1) / lengths.to(x.dtype).unsqueeze(1)  # (N, 2H): mean over the valid steps
 
@@ -249,6 +269,27 @@ class ToneEncoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class SummaryFiLM(nn.Module):
+    """Key, mode and note statistics as feature-wise modulation of the branch tokens (FiLM, Perez et al. 2018;
+    a Krumhansl–Kessler mode prior injected this way helped a symbolic EMOPIA model). Not in the paper.
+
+    A small MLP maps the window's summary (:data:`mer.config.SUMMARY_SIZE` descriptors, mer.features.key) to a
+    scale and shift per fusion dimension: ``token * (1 + gamma) + beta``, the same for every branch token, before
+    the attention. The last layer starts at zero, so an untrained FiLM is the identity and the paper's fusion.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(SUMMARY_SIZE, hidden), nn.ReLU(), nn.Linear(hidden, 2 * dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, tokens: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        """tokens (B, n, D), summary (B, SUMMARY_SIZE) -> (B, n, D)."""
+        gamma, beta = self.mlp(summary).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, D) each
+        return tokens * (1 + gamma) + beta
+
+
 class AttentionFusion(nn.Module):
     """Adaptive fusion by multi-head self-attention, then two FC layers (paper, Sec. III-D, Eqs. 4-7).
 
@@ -263,6 +304,7 @@ class AttentionFusion(nn.Module):
         super().__init__()
         dim = config.fusion_dim
         self.projections = nn.ModuleList(nn.Linear(f, dim) for f in in_features)
+        self.film = SummaryFiLM(dim, config.summary_hidden) if config.summary_film else None
         self.attention = (
             nn.MultiheadAttention(dim, config.attention_heads, batch_first=True) if config.use_attention else None
         )
@@ -273,12 +315,18 @@ class AttentionFusion(nn.Module):
             nn.Linear(config.fc_hidden, N_QUADRANTS + N_VA),
         )
 
-    def forward(self, features: list[torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """features: n tensors (B, f_i); present (B, n) bool, >= 1 True per row.
+    def forward(self, features: list[torch.Tensor], present: torch.Tensor, summary: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """features: n tensors (B, f_i); present (B, n) bool, >= 1 True per row; summary (B, SUMMARY_SIZE),
+        read only when the model was built with ``summary_film``.
 
         Returns logits (B, 6) and attention weights (B, h, n, n) (None without attention).
         """
         tokens = torch.stack([proj(f) for proj, f in zip(self.projections, features)], dim=1)  # (B, n, D)
+        if self.film is not None:
+            if summary is None:
+                raise ValueError("this model reads the summary descriptors (summary_film): pass summary")
+            tokens = self.film(tokens, summary)  # (B, n, D)
         weights = None
         if self.attention is not None:
             tokens, weights = self.attention(
@@ -329,12 +377,14 @@ class MerModel(nn.Module):
         chroma: torch.Tensor,
         mfcc: torch.Tensor,
         present: torch.Tensor,
+        summary: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Emotion logits for a batch of windows.
 
         tokens (B, L) long, PAD-padded; token_lengths (B,) long, 0..L; chroma (B, 12, F) float;
-        mfcc (B, M, F) float; present (B, 3) bool in BRANCHES order. Inputs of branches that are not built are
-        not read (any placeholder of the right batch size will do).
+        mfcc (B, M, F) float; present (B, 3) bool in BRANCHES order; summary (B, SUMMARY_SIZE) float, the
+        windows' key/mode/note descriptors (read only with ``summary_film``). Inputs of branches that are not
+        built are not read (any placeholder of the right batch size will do).
 
         Raises ValueError when an item has no present built branch or the shapes disagree.
         """
@@ -356,7 +406,7 @@ class MerModel(nn.Module):
             features.append(self._encode(name, inputs[name], has))  # (B, f)
 
         # Fusion and classifier (Sec. III-D).
-        logits, weights = self.fusion(features, built)  # (B, 6), (B, h, n, n) | None
+        logits, weights = self.fusion(features, built, summary)  # (B, 6), (B, h, n, n) | None
         attention = None
         if weights is not None:
             attention = weights.new_zeros(batch, weights.shape[1], len(BRANCHES), len(BRANCHES))  # (B, h, 3, 3)

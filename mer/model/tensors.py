@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-MODEL_INPUTS: tuple[str, ...] = ("tokens", "token_lengths", "chroma", "mfcc", "present")
+MODEL_INPUTS: tuple[str, ...] = ("tokens", "token_lengths", "chroma", "mfcc", "present", "summary")
 """Batch keys the model reads (the big feature arrays); everything else in a batch is passed through."""
 
 ROW_KEYS_TO_BATCH = {"token_length": "token_lengths"}
@@ -23,6 +23,7 @@ _DTYPES = {
     "chroma": torch.float32,
     "mfcc": torch.float32,
     "present": torch.bool,
+    "summary": torch.float32,
     "quadrant": torch.long,
 }
 
@@ -38,7 +39,7 @@ def to_tensors(batch: Mapping[str, Any], *, device: str | torch.device = "cpu") 
     """The model inputs (and ``quadrant`` when present) of a numpy batch as tensors of the model's dtypes.
 
     ``batch`` maps keys to stacked arrays: tokens (B, L), token_lengths (B,), chroma (B, 12, F), mfcc (B, M, F),
-    present (B, 3), optionally quadrant (B,). A window row's key is accepted for its batch key
+    present (B, 3), summary (B, S), optionally quadrant (B,). A window row's key is accepted for its batch key
     (:data:`ROW_KEYS_TO_BATCH`: ``token_length`` for ``token_lengths``). Other keys (names, window starts) are left out.
     """
     tensors = {}

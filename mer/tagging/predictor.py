@@ -53,7 +53,8 @@ class WindowPredictor:
         attention = np.zeros((n, self.heads, len(BRANCHES), len(BRANCHES)), dtype=np.float32)
 
         def run(rows: np.ndarray) -> None:
-            inputs = {k: np.asarray(batch[k])[rows] for k in ("tokens", "token_length", "chroma", "mfcc", "present")}
+            inputs = {k: np.asarray(batch[k])[rows]
+                      for k in ("tokens", "token_length", "chroma", "mfcc", "present", "summary")}
             result = self.predictor(inputs)
             quadrant_probs[rows] = result["quadrant_probs"]
             arousal[rows] = result["arousal_prob"]

@@ -17,13 +17,14 @@ import numpy as np
 
 from mer.config import BRANCHES, MerConfig
 from mer.errors import BadInputError
-from mer.features import ItemFeatures, decode_audio, extract_features, pad_id, read_midi, render_audio
+from mer.features import SUMMARY_SIZE, ItemFeatures, decode_audio, extract_features, pad_id, read_midi, render_audio
 from mer.tagging.storage import Item, ObjectStore
 
 log = logging.getLogger(__name__)
 
 WINDOW_COLUMNS: tuple[str, ...] = (
     "name", "window_index", "window_start", "duration", "tokens", "token_length", "chroma", "mfcc", "present",
+    "summary", "pitch_classes",
 )
 """Columns of :meth:`ItemFeatures.window_rows`: what the model reads, and where each window sits in its piece."""
 
@@ -104,6 +105,8 @@ def placeholder_window(name: str, config: MerConfig) -> dict[str, Any]:
         "chroma": np.zeros((12, frames), dtype=np.float32),
         "mfcc": np.zeros((features.n_mfcc, frames), dtype=np.float32),
         "present": np.zeros(len(BRANCHES), dtype=bool),
+        "summary": np.zeros(SUMMARY_SIZE, dtype=np.float32),
+        "pitch_classes": np.zeros(12, dtype=np.float64),
     }
 
 

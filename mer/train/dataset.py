@@ -220,7 +220,7 @@ def window_table(clips: Sequence[ClipFeatures]) -> dict[str, np.ndarray]:
 
     Keys and shapes (N windows): ``name`` (N,) str, ``window_index`` (N,) int64, ``window_start`` (N,) float64,
     ``tokens`` (N, L) int64, ``token_lengths`` (N,) int64, ``chroma`` (N, 12, F) float32, ``mfcc`` (N, M, F)
-    float32, ``present`` (N, 3) bool, ``quadrant`` (N,) int64.
+    float32, ``present`` (N, 3) bool, ``summary`` (N, SUMMARY_SIZE) float32, ``quadrant`` (N,) int64.
     """
     if not clips:
         raise ValueError("no clips: every clip failed extraction, or none were given")
@@ -235,6 +235,7 @@ def window_table(clips: Sequence[ClipFeatures]) -> dict[str, np.ndarray]:
         "chroma": np.concatenate([f.chroma for f in features]),
         "mfcc": np.concatenate([f.mfcc for f in features]),
         "present": np.stack([f.present for f, n in zip(features, counts, strict=True) for _ in range(n)]),
+        "summary": np.concatenate([f.summary for f in features]),
         "quadrant": np.concatenate(
             [np.full(n, c.clip.quadrant, dtype=np.int64) for c, n in zip(clips, counts, strict=True)]
         ),

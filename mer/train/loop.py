@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from mer.config import MerConfig
 from mer.errors import ConfigError, MerError
-from mer.features import FeatureCache
+from mer.features import FeatureCache, transpose_batch
 from mer.model import MerModel, filesystem, is_url, join, save_artifact
 from mer.train.dataset import data_fingerprint, ensure_ray, extract_clips, take, window_table
 from mer.train.emopia import Clip, emopia_root, load_split
@@ -194,8 +194,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for step, chunk in enumerate(chunks, start=1):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(training, epoch + (step - 1) / len(chunks))
-            loss = train_step(model, optimizer, take(train_table, chunk), device=device,
-                              va_loss_weight=training.va_loss_weight)
+            batch = take(train_table, chunk)
+            if training.transpose_semitones:  # a new key per window and step; the draws replay on a resume
+                batch = transpose_batch(batch, limit=training.transpose_semitones,
+                                        rng=np.random.default_rng([training.seed, epoch, step, rank]))
+            loss = train_step(model, optimizer, batch, device=device, va_loss_weight=training.va_loss_weight)
             total, count = total + loss * len(chunk), count + len(chunk)
             if progress and (step % max(1, len(chunks) // 4) == 0 or step == len(chunks)):
                 rate = (time.monotonic() - started) / step

@@ -8,7 +8,7 @@ from mer.config import FeatureConfig
 from mer.errors import BadInputError
 from mer.evaluation.baselines import (SYMBOLIC_FEATURE_NAMES, audio_feature_names, audio_features, fit_linear_baseline,
                                       real_frames, symbolic_features)
-from mer.features import ItemFeatures, extract_features
+from mer.features import SUMMARY_SIZE, ItemFeatures, extract_features
 from mer.features.midi import piano_notes, read_midi
 from mer.features.render import render_audio
 from mer.train.emopia import load_split
@@ -98,7 +98,8 @@ def feature_item(chroma_windows, mfcc_windows, present=(True, True, True)):
     w, _, f = chroma_windows.shape
     return ItemFeatures(name="piece", duration=30.0, window_starts=np.arange(w) * 10.0,
                         tokens=np.zeros((w, 4)), token_lengths=np.zeros(w), chroma=chroma_windows,
-                        mfcc=mfcc_windows, present=np.array(present))
+                        mfcc=mfcc_windows, present=np.array(present), summary=np.zeros((w, SUMMARY_SIZE)),
+                        pitch_classes=np.zeros(12))
 
 
 def test_audio_features_leave_out_the_padding(rng):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mer.config import FeatureConfig, config_fingerprint
-from mer.features import ItemFeatures, extract_features
+from mer.features import SUMMARY_SIZE, ItemFeatures, extract_features
 from mer.features.cache import FeatureCache
 from mer.features.midi import read_midi
 from mer.features.render import render_audio
@@ -32,6 +32,8 @@ def random_item(rng: np.random.Generator, *, name: str = "piece", windows: int =
         chroma=rng.random((windows, 12, frames), dtype=np.float32),
         mfcc=rng.standard_normal((windows, config.n_mfcc, frames), dtype=np.float32) * 100,
         present=np.array([True, False, True]),
+        summary=rng.standard_normal((windows, SUMMARY_SIZE), dtype=np.float32),
+        pitch_classes=rng.dirichlet(np.ones(12)),
     )
 
 

@@ -220,7 +220,7 @@ def test_window_rows_are_the_items_windows_and_rebuild_it(clip) -> None:
     assert len(rows) == item.num_windows == 5
     for index, row in enumerate(rows):
         assert set(row) == {"name", "window_index", "window_start", "duration", "tokens", "token_length",
-                            "chroma", "mfcc", "present"}
+                            "chroma", "mfcc", "present", "summary", "pitch_classes"}
         assert row["name"] == CLIP and row["window_index"] == index
         np.testing.assert_array_equal(row["chroma"], item.chroma[index])
         np.testing.assert_array_equal(row["tokens"], item.tokens[index])
@@ -239,3 +239,20 @@ def test_rows_of_different_items_or_with_gaps_do_not_rebuild_one_item() -> None:
         ItemFeatures.from_window_rows(a.window_rows()[1:])
     with pytest.raises(ValueError, match="windows"):
         replace(a, token_lengths=np.zeros(a.num_windows + 1, np.int64))
+
+
+def test_every_window_carries_its_key_and_note_summary_and_an_audio_only_item_its_key_from_the_chroma(clip) -> None:
+    from mer.features import piano_notes, summary_descriptors
+    from mer.features.extract import window_notes
+
+    midi, audio = clip
+    item = extract_features(name=CLIP, midi=midi, audio=audio, config=SHORT)
+    notes = piano_notes(midi, config=SHORT)
+    for index, start in enumerate(item.window_starts):
+        expected = summary_descriptors(notes=window_notes(notes, start, SHORT.window_seconds), chroma=None)
+        np.testing.assert_allclose(item.summary[index], expected, atol=1e-6)
+    heard = extract_features(name=CLIP, midi=None, audio=audio, config=SHORT)
+    assert heard.pitch_classes.sum() == pytest.approx(1.0)
+    assert not heard.summary[:, -8:].any()  # no notes, no note statistics
+    # The rendering's pitch classes follow the score's (overtones blur them, so not exactly).
+    assert np.corrcoef(heard.pitch_classes, item.pitch_classes)[0, 1] > 0.8

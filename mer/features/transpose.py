@@ -1,0 +1,87 @@
+"""Transposition: a piece moved by k semitones, consistently in every input (issue: transposition augmentation).
+
+Every interval is kept and only the key moves, so the emotion label stays. Tokens: note-on and note-off ids
+shift by k (time shifts, velocities and padding stay). Chromagram: the 12 pitch-class rows roll by k (C's energy
+moves to the pitch class k above). Summary descriptors (:mod:`mer.features.key`): key-invariant by design,
+except the mean pitch, which moves by k semitones. MFCCs (tone colour) are left as they are: a piano's timbre
+barely changes over a few semitones, and re-rendering every transposition would multiply the feature cost.
+Pure NumPy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mer.features.key import PITCH_MEAN_INDEX, PITCH_MEAN_SCALE
+from mer.features.tokens import NOTE_OFF, NOTE_ON, TIME_SHIFT
+
+
+def _note_mask(tokens: np.ndarray) -> np.ndarray:
+    return tokens < TIME_SHIFT  # note-on (0..127) and note-off (128..255) ids
+
+
+def pitch_span(tokens: np.ndarray) -> tuple[int, int] | None:
+    """Lowest and highest pitch named by note tokens in ``tokens`` (L,), or None when there is none."""
+    tokens = np.asarray(tokens)
+    notes = tokens[_note_mask(tokens)]
+    if notes.size == 0:
+        return None
+    pitches = np.where(notes < NOTE_OFF, notes - NOTE_ON, notes - NOTE_OFF)
+    return int(pitches.min()), int(pitches.max())
+
+
+def allowed_shifts(tokens: np.ndarray, limit: int) -> tuple[int, int]:
+    """The range ``(low, high)`` of shifts within ``[-limit, limit]`` that keep every pitch in 0..127."""
+    span = pitch_span(tokens)
+    if span is None:
+        return -limit, limit
+    return max(-limit, -span[0]), min(limit, 127 - span[1])
+
+
+def transpose_tokens(tokens: np.ndarray, k: int) -> np.ndarray:
+    """MIDI-like tokens (..., L) moved by ``k`` semitones: note-on/off ids + k, every other id unchanged.
+
+    Raises:
+        ValueError: a pitch would leave 0..127.
+    """
+    tokens = np.asarray(tokens)
+    out = tokens.copy()
+    mask = _note_mask(tokens)
+    if k == 0 or not mask.any():
+        return out
+    pitches = np.where(tokens < NOTE_OFF, tokens - NOTE_ON, tokens - NOTE_OFF)[mask]
+    if pitches.min() + k < 0 or pitches.max() + k > 127:
+        raise ValueError(f"transposing by {k} moves pitches {pitches.min()}..{pitches.max()} outside 0..127")
+    out[mask] = tokens[mask] + k
+    return out
+
+
+def roll_chroma(chroma: np.ndarray, k: int) -> np.ndarray:
+    """A chromagram (..., 12, F) moved by ``k`` semitones: pitch-class row c goes to row (c + k) mod 12."""
+    return np.roll(chroma, k, axis=-2)
+
+
+def transpose_summary(summary: np.ndarray, k: int) -> np.ndarray:
+    """Summary descriptors (..., SUMMARY_SIZE) of the piece moved by ``k`` semitones (only the mean pitch moves)."""
+    out = np.array(summary, dtype=np.float32, copy=True)
+    out[..., PITCH_MEAN_INDEX] += k / PITCH_MEAN_SCALE
+    return out
+
+
+def transpose_batch(batch: dict[str, np.ndarray], *, limit: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A batch of windows, each moved by its own random k in ``[-limit, limit]`` (narrowed so every pitch stays
+    on the keyboard): ``tokens`` (B, L), ``chroma`` (B, 12, F) and ``summary`` (B, S) move; every other key
+    (labels included) is passed through unchanged. Returns a new dict; the input is not modified."""
+    out = dict(batch)
+    tokens = np.array(batch["tokens"], copy=True)
+    chroma = np.array(batch["chroma"], copy=True)
+    summary = np.array(batch["summary"], copy=True)
+    lengths = np.asarray(batch["token_lengths"])
+    for row in range(tokens.shape[0]):
+        valid = tokens[row, : int(lengths[row])]
+        low, high = allowed_shifts(valid, limit)
+        k = int(rng.integers(low, high + 1))
+        tokens[row, : int(lengths[row])] = transpose_tokens(valid, k)
+        chroma[row] = roll_chroma(chroma[row], k)
+        summary[row] = transpose_summary(summary[row], k)
+    out.update(tokens=tokens, chroma=chroma, summary=summary)
+    return out
