@@ -76,6 +76,7 @@ class ModelConfig:
     gru_hidden: int = 256
     gru_layers: int = 2
     symbolic_pooling: str = "mean"  # "mean" over the valid steps, or "attention" (learned weights per step)
+    symbolic_max_tokens: int = 0  # > 0: the Bi-GRU reads only a window's first N tokens (0: all of them)
     # Harmony branch: 3 convolutions with (12, 1) kernels, then 3 with (1, 48) kernels.
     harmony_channels: int = 32  # not fixed by the paper; 32 keeps training within budget on 2 CPU cores
     harmony_time_kernel: int = 48
@@ -173,7 +174,8 @@ def preset(name: str) -> MerConfig:
     256 x 2 with mean pooling, 1024 tokens a window, 16 epochs, no key/mode input, no augmentation).
     ``"default"``: the best configuration found on EMOPIA's validation split (README, "Where we stand"): a
     cheaper Bi-GRU (128 x 2 over the first 512 tokens of a window) with attention pooling, key/mode/note
-    statistics by FiLM, transposition augmentation of up to 6 semitones, 12 epochs.
+    statistics by FiLM, transposition augmentation of up to 6 semitones, 12 epochs. Both read the same features
+    (one feature cache serves every model version).
 
     Raises:
         ValueError: an unknown name.
@@ -184,8 +186,8 @@ def preset(name: str) -> MerConfig:
     if name == "default":
         return dataclasses.replace(
             paper,
-            features=dataclasses.replace(paper.features, max_tokens=512),
-            model=dataclasses.replace(paper.model, gru_hidden=128, symbolic_pooling="attention", summary_film=True),
+            model=dataclasses.replace(paper.model, gru_hidden=128, symbolic_pooling="attention",
+                                      symbolic_max_tokens=512, summary_film=True),
             training=dataclasses.replace(paper.training, epochs=12, transpose_semitones=6),
         )
     raise ValueError(f"unknown preset {name!r}; known: {PRESETS}")

@@ -194,9 +194,12 @@ class SymbolicEncoder(nn.Module):
         self.layers = nn.ModuleList(BiGRULayer(size, model.gru_hidden) for size in sizes)
         self.out_features = 2 * model.gru_hidden
         self.pooling = AttentionPooling(self.out_features) if model.symbolic_pooling == "attention" else None
+        self.max_tokens = model.symbolic_max_tokens
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (N, L) long, lengths (N,) long, each in 1..L -> (N, 2 * gru_hidden)."""
+        if self.max_tokens:  # read only the window's beginning (a cheaper GRU; the features stay the same)
+            lengths = lengths.clamp(max=self.max_tokens)
         tokens = tokens[:, : int(lengths.max())]  # (N, L'): padding past the longest sequence is never computed
         x = self.embedding(tokens)  # (N, L', E)
         for layer in self.layers:

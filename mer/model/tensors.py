@@ -13,6 +13,9 @@ import torch
 MODEL_INPUTS: tuple[str, ...] = ("tokens", "token_lengths", "chroma", "mfcc", "present", "summary")
 """Batch keys the model reads (the big feature arrays); everything else in a batch is passed through."""
 
+OPTIONAL_INPUTS: frozenset[str] = frozenset({"summary"})
+"""Inputs a batch may lack: only a model built with ``summary_film`` needs the summary (and says so)."""
+
 ROW_KEYS_TO_BATCH = {"token_length": "token_lengths"}
 """Row keys renamed in a batch (a window row holds one window's length, a batch the lengths of many)."""
 _BATCH_KEYS_TO_ROW = {batch: row for row, batch in ROW_KEYS_TO_BATCH.items()}
@@ -56,9 +59,9 @@ def to_tensors(batch: Mapping[str, Any], *, device: str | torch.device = "cpu") 
 def model_inputs(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The :data:`MODEL_INPUTS` of :func:`to_tensors`' output: the keyword arguments of ``MerModel.forward``.
 
-    Raises KeyError naming the missing inputs.
+    Raises KeyError naming the missing inputs (:data:`OPTIONAL_INPUTS` may be missing).
     """
-    missing = [k for k in MODEL_INPUTS if k not in tensors]
+    missing = [k for k in MODEL_INPUTS if k not in tensors and k not in OPTIONAL_INPUTS]
     if missing:
         raise KeyError(f"batch lacks the model inputs {missing}; it has {sorted(tensors)}")
-    return {k: tensors[k] for k in MODEL_INPUTS}
+    return {k: tensors[k] for k in MODEL_INPUTS if k in tensors}
