@@ -28,6 +28,7 @@ import torch
 
 from mer.config import MerConfig
 from mer.errors import ConfigError
+from mer.model.ensemble import MerEnsemble
 from mer.model.network import MerModel
 from mer.model.tensors import pick_device
 
@@ -214,10 +215,13 @@ def load_artifact(
     device = pick_device(device)
     state = torch.load(io.BytesIO(_read(fs, f"{root}/model.pt", what="model.pt")), map_location=device,
                        weights_only=True)
-    model = MerModel(config)
+    members = meta.get("members")
+    model = MerEnsemble(config, len(members)) if members else MerModel(config)
     try:
         model.load_state_dict(state)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise ConfigError(f"model artifact {url}: weights do not match its config.json: {error}") from error
+    # Temperature scaling fitted on val (mer.model.calibration), applied to the quadrant logits at prediction.
+    model.quadrant_temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
     model.to(device).eval()
     return Artifact(model=model, config=config, meta=meta, url=url)

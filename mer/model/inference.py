@@ -36,13 +36,15 @@ def predict_windows(model: MerModel, batch: Mapping[str, Any], *, device: str | 
         device: where the model lives.
 
     Returns:
-        ``batch`` (a new dict, same arrays) plus ``quadrant_probs`` (N, 4) float32 (softmax, rows sum to 1),
+        ``batch`` (a new dict, same arrays) plus ``quadrant_probs`` (N, 4) float32 (softmax of the logits divided
+        by the model's ``quadrant_temperature``, the calibration fitted on val; rows sum to 1),
         ``arousal_prob`` (N,) and ``valence_prob`` (N,) float32 (sigmoid of the V/A head: P(high arousal),
         P(positive valence)), ``attention`` (N, heads, 3, 3) float32 in BRANCHES order (zeros for a model
         without self-attention).
     """
     model.eval()
     output = model(**model_inputs(to_tensors(batch, device=device)))
+    temperature = getattr(model, "quadrant_temperature", 1.0)  # set by load_artifact from the artifact's meta
     va = torch.sigmoid(output.va_logits).float().cpu().numpy()  # (N, 2)
     if output.attention is not None:
         attention = output.attention.float().cpu().numpy()  # (N, h, 3, 3)
@@ -50,7 +52,8 @@ def predict_windows(model: MerModel, batch: Mapping[str, Any], *, device: str | 
         heads = model.config.model.attention_heads
         attention = np.zeros((va.shape[0], heads, len(BRANCHES), len(BRANCHES)), dtype=np.float32)
     result = dict(batch)
-    result["quadrant_probs"] = torch.softmax(output.quadrant_logits.float(), dim=1).cpu().numpy()  # (N, 4)
+    quadrant_logits = output.quadrant_logits.float() / temperature  # (N, 4)
+    result["quadrant_probs"] = torch.softmax(quadrant_logits, dim=1).cpu().numpy()  # (N, 4)
     result["arousal_prob"] = va[:, 0]
     result["valence_prob"] = va[:, 1]
     result["attention"] = attention

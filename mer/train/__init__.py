@@ -2,6 +2,7 @@
 Owns the dataset reader, the steps and the worker loop, and the per-clip scores; imports features and model."""
 from __future__ import annotations
 
+from mer.train.calibrate import build_artifact, calibration_on_val, window_log_probs
 from mer.train.dataset import (ClipFeatures, Extraction, collate, data_fingerprint, ensure_ray, extract_clips,
                                labelled_rows, stack_rows, take, window_dataset, window_table)
 from mer.train.emopia import SPLITS, Clip, emopia_root, load_split
@@ -13,6 +14,7 @@ from mer.train.steps import (batches, emotion_loss, eval_step, learning_rate, le
                              train_step)
 
 __all__ = [
+    "build_artifact", "calibration_on_val", "window_log_probs",
     "CHECKPOINT_FILE", "Clip", "ClipFeatures", "Extraction", "METRICS", "MIN_SUBSET_VAL_CLIPS", "SPLITS",
     "TrainResult", "attention_by_quadrant", "batches", "clip_quadrants", "collate", "confusion_matrix",
     "data_fingerprint", "emopia_root", "emotion_loss", "ensure_ray", "eval_step", "evaluate_split", "extract_clips",

@@ -45,6 +45,7 @@ from mer.config import MerConfig
 from mer.errors import ConfigError, MerError
 from mer.features import FeatureCache, transpose_batch
 from mer.model import MerModel, filesystem, is_url, join, save_artifact
+from mer.train.calibrate import calibration_on_val
 from mer.train.dataset import data_fingerprint, ensure_ray, extract_clips, take, window_table
 from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.scores import split_metrics
@@ -347,7 +348,8 @@ def train_model(
               f"({extraction.cached} from the cache); data fingerprint {fingerprint}", flush=True)
 
     # 2. The tables go into the object store once; every worker reads them from there.
-    train_ref, val_ref = ray.put(window_table(train_items)), ray.put(window_table(val_items))
+    val_table = window_table(val_items)
+    train_ref, val_ref = ray.put(window_table(train_items)), ray.put(val_table)
 
     # 3. Ray Train.
     storage = _absolute(storage)
@@ -396,6 +398,13 @@ def train_model(
     history = list(_load_checkpoint(result.checkpoint)["history"])
     val_metrics = {"4q": best_metrics["val_4q"], "arousal": best_metrics["val_arousal"],
                    "valence": best_metrics["val_valence"], "loss": best_metrics["val_loss"]}
+    # The probabilities the catalog stores are calibrated: a temperature fitted on val (it changes no label).
+    best_model = MerModel(config)
+    best_model.load_state_dict(best_state["model"])
+    calibration = calibration_on_val(best_model, val_table)
+    if progress:
+        print(f"[train] calibration on val: temperature {calibration['temperature']:.3f}, NLL "
+              f"{calibration['val_nll_before']:.4f} -> {calibration['val_nll_after']:.4f}", flush=True)
     artifact = save_artifact(
         best_state["model"],
         config=config,
@@ -412,6 +421,7 @@ def train_model(
             "val_clips": len(val_items),
             "skipped_clips": [name for name, _ in extraction.failures],
             "history": history,
+            "calibration": calibration,
         },
     )
     version = artifact.rstrip("/").rsplit("/", 1)[-1]
