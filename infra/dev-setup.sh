@@ -11,6 +11,8 @@ need=()
 ldconfig -p 2>/dev/null | grep -q libfluidsynth.so.3 || need+=(libfluidsynth3)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || need+=(postgresql)
+# A second General MIDI SoundFont (FluidR3_GM): the test split rendered with another piano timbre.
+[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need+=(fluid-soundfont-gm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "dev-setup: installing ${need[*]} (Debian packages)"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi

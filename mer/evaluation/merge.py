@@ -8,11 +8,13 @@ pooled mean ± std means what it says.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from mer.config import FeatureConfig, ModelConfig, TrainConfig
 from mer.errors import ConfigError
 from mer.evaluation.paper import METHODS
 from mer.evaluation.results import EvalResult, TablesReport
@@ -20,6 +22,18 @@ from mer.train import METRICS
 
 SAME_SETUP: tuple[str, ...] = ("data_fingerprint", "clips", "skipped", "subset", "training", "features", "model")
 """Setup fields that must agree between merged reports (where the EMOPIA folder or the storage lived may not)."""
+
+
+def _normalised(key: str, value: Any) -> Any:
+    """A setup field as the current code reads it: a configuration written before a field existed gets that
+    field's default (which is how it behaved), so reports from before and after a new option can be pooled."""
+    kind = {"training": TrainConfig, "features": FeatureConfig, "model": ModelConfig}.get(key)
+    if kind is None or not isinstance(value, dict):
+        return value
+    names = {f.name for f in dataclasses.fields(kind)}
+    known = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items() if k in names}
+    known.pop("seed", None)
+    return dataclasses.asdict(kind(**known))
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -50,7 +64,7 @@ def merge_reports(paths: Sequence[str | os.PathLike]) -> TablesReport:
     runs: dict[tuple[str, int], tuple[Path, EvalResult]] = {}
     for path, report in reports:
         for key in SAME_SETUP:
-            if report["setup"].get(key) != first["setup"].get(key):
+            if _normalised(key, report["setup"].get(key)) != _normalised(key, first["setup"].get(key)):
                 raise ConfigError(f"{path}: setup field {key!r} differs from {first_path}'s "
                                   f"({report['setup'].get(key)!r} vs {first['setup'].get(key)!r}); "
                                   "only reports of the same data and settings can be pooled")

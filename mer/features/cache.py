@@ -30,9 +30,12 @@ from mer.features.extract import ItemFeatures
 
 log = logging.getLogger(__name__)
 
-FEATURE_VERSION = 2  # 2: per-window summary descriptors and the piece's pitch classes
+FEATURE_VERSION = 1
 """Part of every key. Bump it when extraction changes in a way :class:`FeatureConfig` does not capture (a fix in
-the tokenizer, the renderer, the window rule), so old cache entries stop matching instead of being reused."""
+the tokenizer, the renderer, the window rule), so old cache entries stop matching instead of being reused.
+A new array that is only *added* (the per-window ``summary`` and the piece's ``pitch_classes``) needs no bump: an
+entry written before it lacks the column, fails to read, and is recomputed like any damaged entry, while the
+keys (and so the data fingerprints of models trained before) stay the same."""
 
 _FORMAT = 1
 _METADATA_KEY = b"mer.features"
