@@ -17,14 +17,15 @@ MER_CACHE_DIR, RAY_ADDRESS.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 import ray
 
 from mer.errors import MerError
-from mer.evaluation import (METHODS, TablesReport, evaluate_artifact, merge_reports, run_tables, write_evaluation,
-                            write_tables)
+from mer.evaluation import (METHODS, TablesReport, evaluate_artifact, merge_reports, robustness_report, run_tables,
+                            write_evaluation, write_tables)
 from mer.features import FeatureCache
 from mer.model import load_artifact
 from mer.train import METRICS, emopia_root, load_split, select_clips
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--model", default=None, help="artifact path/URL or version id (default: LATEST in --storage)")
     what.add_argument("--tables", action="store_true", help="reproduce Table I + Table III")
+    what.add_argument("--robustness", nargs="+", metavar="MODEL", default=None,
+                      help="models of one configuration (one per seed): calibration, their seed ensemble and a "
+                           "second SoundFont on the test split")
     what.add_argument("--merge", nargs="+", metavar="REPORT_JSON", default=None,
                       help="pool the report.json files of several --tables runs into one report")
     parser.add_argument("--emopia", default=os.environ.get("MER_EMOPIA"),
@@ -76,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = args.cache_dir or os.path.join("./mer_runs" if "://" in args.storage else args.storage,
                                                "feature-cache")
     try:
-        if args.merge:
+        if args.robustness:
+            ray.init(address=args.address or "local")
+            report = robustness_report(args.robustness, storage=args.storage, cache_dir=cache_dir, out=args.out,
+                                       emopia=args.emopia, progress=not args.quiet)
+            print(json.dumps(report, indent=2))
+        elif args.merge:
             report = merge_reports(args.merge)
             write_tables(report, args.out)
             print_tables(report)

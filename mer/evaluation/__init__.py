@@ -7,15 +7,17 @@ from mer.evaluation.evaluate import evaluate_artifact, evaluate_features
 from mer.evaluation.merge import merge_reports
 from mer.evaluation.paper import (CAVEAT_AUDIO, METHODS, PAPER_FULL, PAPER_ONLY, Method, caveats, method_config,
                                   method_key)
-from mer.evaluation.plots import plot_attention, plot_confusion
+from mer.evaluation.plots import plot_attention, plot_confusion, plot_reliability
 from mer.evaluation.report import render_markdown, write_evaluation, write_tables
+from mer.evaluation.robustness import robustness_report
 from mer.evaluation.results import RUN_FIELDS, EvalResult, TablesReport
 from mer.evaluation.tables import find_artifact, run_baseline, run_tables, split_clips
 
 __all__ = [
     "CAVEAT_AUDIO", "EvalResult", "LinearBaseline", "METHODS", "Method", "PAPER_FULL", "PAPER_ONLY", "RUN_FIELDS",
     "TablesReport", "audio_features", "caveats", "evaluate_artifact", "evaluate_features", "find_artifact",
-    "fit_linear_baseline", "merge_reports", "method_config", "method_key", "plot_attention", "plot_confusion",
+    "fit_linear_baseline", "merge_reports", "method_config", "method_key", "plot_attention", "plot_confusion", "plot_reliability",
+    "robustness_report",
     "render_markdown", "run_baseline", "run_tables", "split_clips", "symbolic_features", "write_evaluation",
     "write_tables",
 ]

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 import numpy as np  # noqa: E402
 
 from mer.config import BRANCHES, QUADRANTS  # noqa: E402
+from mer.model import reliability  # noqa: E402
 
 QUADRANT_NAMES: tuple[str, ...] = ("happy", "angry", "sad", "relaxed")
 """Q1..Q4 in words (EMOPIA / paper, Sec. IV-A): high/low arousal × positive/negative valence."""
@@ -94,6 +95,25 @@ def plot_attention(weights: np.ndarray, path: str | os.PathLike, *, counts: np.n
                 ax.text(j, i, "–", ha="center", va="center", color="grey", fontsize=12)
     fig.colorbar(image, ax=ax, shrink=0.85, label="mean attention weight")
     ax.set_title(title or "mean attention weight received per branch")
+    return _save(fig, path)
+
+
+def plot_reliability(probs: np.ndarray, true: np.ndarray, path: str | os.PathLike, *, title: str) -> Path:
+    """A reliability diagram: accuracy against confidence per bin of the top probability, with the counts."""
+    confidence, accuracy, counts = reliability(probs, true)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    edges = np.linspace(0, 1, len(counts) + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    ax.bar(centres, np.nan_to_num(accuracy), width=1 / len(counts), edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    for x, n in zip(centres, counts):
+        if n:
+            ax.text(x, 0.02, str(int(n)), ha="center", fontsize=7)
+    ax.set_xlabel("confidence (top quadrant probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -345,3 +345,11 @@ def test_evaluate_job_merges_reports_and_names_a_bad_one(tables, tmp_path: Path)
                            "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "bad.json: not a JSON report" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_reliability_diagram_is_a_picture_of_every_clip(tmp_path, rng):
+    from mer.evaluation import plot_reliability
+
+    probs = rng.dirichlet(np.ones(4), 200)
+    path = plot_reliability(probs, rng.integers(0, 4, 200), tmp_path / "reliability.png", title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
