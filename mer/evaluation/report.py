@@ -78,11 +78,13 @@ def render_markdown(report: TablesReport) -> str:
     """The report as Markdown: headline, the combined Table I + III, per-seed runs, pictures, setup, caveats."""
     setup = report.setup
     lines = ["# Zhao & Yoshii, Tables I and III, on the EMOPIA test split", ""]
-    if "full" in report.results:
-        s = report.summary("full")
+    for key, what in (("default", "default configuration (best on val)"), ("full", "the paper's full model")):
+        if key not in report.results:
+            continue
+        s = report.summary(key)
         lines += [
-            "**Headline (full model, test split, mean ± std over seeds "
-            f"{[r.seed for r in report.results['full']]}):** "
+            f"**Headline ({what}, test split, mean ± std over seeds "
+            f"{[r.seed for r in report.results[key]]}):** "
             + ", ".join(f"{METRIC_LABELS[m]} {_cell(s[m])} (paper {PAPER_FULL[m]:.3f}, "
                         f"{s[m]['mean'] - PAPER_FULL[m]:+.3f})" for m in METRICS) + ".", "",
         ]
@@ -124,6 +126,8 @@ def render_markdown(report: TablesReport) -> str:
               + f"; data fingerprint {setup['data_fingerprint']}.",
               f"- Seeds {setup['seeds']}; wall time {setup['seconds']:.0f} s{pooled}.",
               f"- Training: `{json.dumps(setup['training'], sort_keys=True)}`",
+              "- The default configuration's row uses `mer.config.preset('default')` (its model and training "
+              "settings) on these features; every other deep row the settings above.",
               f"- Features: window {setup['features']['window_seconds']} s, hop {setup['features']['hop_seconds']} s, "
               f"max {setup['features']['max_tokens']} tokens, {setup['features']['sample_rate']} Hz, "
               f"{setup['features']['n_mfcc']} MFCCs from {setup['features']['n_mels']} mel bands.",
