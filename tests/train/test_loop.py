@@ -23,7 +23,7 @@ from mer.model.inference import EmotionPredictor, aggregate_windows, predict_win
 from mer.train.dataset import extract_clips, labelled_rows, window_dataset, window_table
 from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.loop import CHECKPOINT_FILE, TrainResult, select_clips, train_model
-from mer.train.steps import batches, learning_rate, length_bucketed_batches, rank_batches, train_step
+from mer.train.steps import batches, length_bucketed_batches, rank_batches, train_step
 from tiny import tiny_config as tiny
 
 BROKEN = "Q1_brokenclip_0"
@@ -280,14 +280,3 @@ def test_ranks_share_each_global_batch_with_similar_lengths() -> None:
     assert [c.tolist() for c in again] == [c.tolist() for c in ranks[0]]  # a resumed epoch replays exactly
     assert [c.tolist() for c in rank_batches(lengths, 32, seed=5, epoch=3, rank=0, world_size=2)] != \
         [c.tolist() for c in ranks[0]]
-
-
-def test_learning_rate_warms_up_then_decays_along_a_cosine() -> None:
-    training = MerConfig().training
-    peak = training.learning_rate
-    rates = [learning_rate(training, e / 10) for e in range(0, 10 * training.epochs + 1)]
-    assert rates[0] == pytest.approx(0.1 * peak) and rates[10] == pytest.approx(peak)
-    assert max(rates) == pytest.approx(peak)
-    assert all(a <= b for a, b in zip(rates[:10], rates[1:11]))  # warm-up rises
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))  # then only falls
-    assert rates[-1] == pytest.approx(0.05 * peak)
