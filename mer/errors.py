@@ -21,6 +21,23 @@ class BadInputError(MerError):
         return (type(self), (self.item, self.reason))
 
 
+class ObjectChangedError(MerError):
+    """An object in the store is no longer the version that was listed: it was overwritten (or replaced) between
+    the listing and the read. Not the content's fault: the item is retried by the next run, which lists the new
+    version.
+
+    ``item`` names the object; ``reason`` says what changed.
+    """
+
+    def __init__(self, item: str, reason: str) -> None:
+        super().__init__(f"{item}: {reason}")
+        self.item = item
+        self.reason = reason
+
+    def __reduce__(self):  # keep the fields across pickling (Ray ships errors between processes)
+        return (type(self), (self.item, self.reason))
+
+
 class DatasetNotFoundError(MerError):
     """The EMOPIA dataset (or a part of it) is not where mer was told to look."""
 
