@@ -267,6 +267,10 @@ class CatalogWriter:
                       "reason": r.reason, "at": now} for r in failures],
                 )
                 self._supersede(conn, run_id, model_version, sorted({r.key for r in failures}), same_run=False)
+                # A listing reject is the object's fault, not the model's: its new record closes the older ones
+                # of any model version, so open_failures holds one row per rejected object.
+                self._supersede(conn, run_id, None, sorted({r.key for r in failures if r.stage == "list"}),
+                                same_run=False, stage="list")
 
             if labels:
                 stmt = self._insert(labels_table)
@@ -300,15 +304,17 @@ class CatalogWriter:
         )
 
     @staticmethod
-    def _supersede(conn: Connection, run_id: int, model_version: str, keys: Sequence[str], *, same_run: bool) -> None:
-        """Mark the open failures of ``keys`` under ``model_version`` as superseded by ``run_id``: from earlier
-        runs only (a new failure), or from this run too (a label)."""
+    def _supersede(conn: Connection, run_id: int, model_version: str | None, keys: Sequence[str], *, same_run: bool,
+                   stage: str | None = None) -> None:
+        """Mark the open failures of ``keys`` under ``model_version`` (None: any) at ``stage`` (None: any) as
+        superseded by ``run_id``: from earlier runs only (a new failure), or from this run too (a label)."""
         same_version_runs = sa.select(runs_table.c.id).where(runs_table.c.model_version == model_version)
         for chunk in _chunks(keys):
             condition = sa.and_(
                 failures_table.c.item_key.in_(chunk),
                 failures_table.c.superseded_by_run.is_(None),
-                failures_table.c.run_id.in_(same_version_runs),
+                failures_table.c.run_id.in_(same_version_runs) if model_version is not None else sa.true(),
+                failures_table.c.stage == stage if stage is not None else sa.true(),
                 failures_table.c.run_id <= run_id,
             )
             if not same_run:
