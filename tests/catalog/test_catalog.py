@@ -65,22 +65,17 @@ def label(
     )
 
 
-def rows(url: str, sql: str, **params) -> list[tuple]:
+def rows(url: str, sql: str, *, as_dicts: bool = False, **params) -> list:
     engine = create_catalog_engine(url)
     try:
         with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(sa.text(sql), params)]
+            return [dict(row._mapping) if as_dicts else tuple(row) for row in conn.execute(sa.text(sql), params)]
     finally:
         engine.dispose()
 
 
 def dict_rows(url: str, sql: str, **params) -> list[dict]:
-    engine = create_catalog_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(sa.text(sql), params)]
-    finally:
-        engine.dispose()
+    return rows(url, sql, as_dicts=True, **params)
 
 
 def json_value(value):
@@ -432,6 +427,10 @@ def test_failures_of_deleted_items_and_listing_rejects_no_longer_found_leave_ope
     assert writer.open_rejects() == {"a/../x.mid": "etag-1"}
     assert rows(catalog_url, "SELECT item_key FROM open_failures ORDER BY item_key") == [("a/../x.mid",)]
     assert count(catalog_url, "failures") == 3  # history is kept
+    # New bytes under the rejected key: recorded again (by a run of another model version), the old record closed.
+    writer.write_batch(second, [], [FailureRecord("a/../x.mid", "etag-3", "list", "key contains a '..' path segment")])
+    assert writer.open_rejects() == {"a/../x.mid": "etag-3"}
+    assert rows(catalog_url, "SELECT item_key, run_id FROM open_failures") == [("a/../x.mid", second)]
 
 
 def test_a_partial_label_keeps_its_object_version_and_its_item_is_tagged_again(

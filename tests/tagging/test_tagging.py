@@ -485,8 +485,12 @@ def test_run_pushes_metrics_at_the_end_and_a_failed_run_is_recorded(model, piece
         server.shutdown()
     assert (limited.tagged, limited.deferred) == (1, 1)
     assert (rest.tagged, rest.skipped, rest.deferred) == (1, 1, 0)
-    pushed = [body.decode() for body in _PushgatewayRecorder.bodies]
-    assert len(pushed) == 3
+    bodies = [body.decode() for body in _PushgatewayRecorder.bodies]
+    # Each run pushes its heartbeat alone when it starts (and every heartbeat period), and everything at the end.
+    pushed = [body for body in bodies if "mer_run_failed" in body]
+    heartbeats = [body for body in bodies if "mer_run_failed" not in body]
+    assert len(pushed) == 3 and len(heartbeats) >= 3
+    assert all("mer_items_" not in body and "mer_run_heartbeat_timestamp_seconds " in body for body in heartbeats)
     assert "mer_items_tagged_total 1.0" in pushed[1] and "mer_items_skipped_total 1.0" in pushed[1]
     assert "mer_run_last_success_timestamp_seconds" in pushed[1] and "mer_run_failed 0.0" in pushed[1]
     assert "mer_run_failed 1.0" in pushed[2] and "mer_run_last_success_timestamp_seconds" not in pushed[2]
