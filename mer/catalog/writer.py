@@ -245,7 +245,8 @@ class CatalogWriter:
                  "modalities": r.modalities, "first_seen": now, "last_seen": now}
                 for r in labels
             ]
-            # A failed item's duration is unknown; keep the stored one only if the objects did not change.
+            # A failed item's duration is unknown; keep the stored one only if the objects did not change. A failure
+            # without a version (retried next run) leaves the listed version in place.
             failed_item_rows = {
                 r.key: {"key": r.key, "object_version": r.object_version or "", "duration_s": None,
                         "modalities": r.modalities, "first_seen": now, "last_seen": now}
@@ -288,15 +289,18 @@ class CatalogWriter:
         if not rows:
             return
         stmt = self._insert(items_table)
+        # "" = not known (a failure recorded without a version): the stored version stays.
+        version = sa.case((stmt.excluded.object_version == "", items_table.c.object_version),
+                          else_=stmt.excluded.object_version)
         duration = (
-            sa.case((items_table.c.object_version == stmt.excluded.object_version, items_table.c.duration_s), else_=None)
+            sa.case((items_table.c.object_version == version, items_table.c.duration_s), else_=None)
             if keep_duration
             else stmt.excluded.duration_s
         )
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["key"],
-                set_={"object_version": stmt.excluded.object_version, "duration_s": duration,
+                set_={"object_version": version, "duration_s": duration,
                       "modalities": stmt.excluded.modalities, "last_seen": stmt.excluded.last_seen,
                       "deleted_at": None},
             ),

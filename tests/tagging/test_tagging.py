@@ -699,6 +699,8 @@ def test_an_object_overwritten_between_listing_and_reading_is_never_labelled_und
         [failure] = rows(catalog_url, "SELECT stage, reason, object_version FROM failures")
         assert failure["stage"] == "read" and "changed after it was listed" in failure["reason"]
         assert failure["object_version"] is None
+        # The item stays as listed: a failure without a version changes nothing the listing found.
+        assert rows(catalog_url, "SELECT object_version FROM items") == [{"object_version": listed_before.version}]
 
     second = tag_store_local(store, catalog=catalog_url, model=model)
 
