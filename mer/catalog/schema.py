@@ -12,8 +12,8 @@ Tables (see the migration for every column):
   duration, ``last_seen`` (refreshed by every listing that finds it) and ``deleted_at`` (set when a complete
   listing no longer finds it, cleared when it comes back).
 - ``runs``: one row per tagging run: model version, start/finish, status, counts, ``heartbeat_at`` (stamped every
-  few seconds while the run lives; a ``running`` run whose heartbeat is older than a few minutes was killed and
-  the next run closes it as ``failed``).
+  heartbeat, 30 s by default, while the run lives; a ``running`` run whose heartbeat is older than a few minutes
+  was killed and the next run closes it as ``failed``).
 - ``labels``: one *current* label per (item, model version); a re-tag overwrites it in place. ``arousal_prob`` and
   ``valence_prob`` are implied by the quadrant probabilities (p_q1 + p_q2, p_q1 + p_q4; a CHECK holds them to it);
   the separate binary V/A head's outputs are ``va_head_arousal_prob``/``va_head_valence_prob``. ``partial``: made
@@ -100,8 +100,8 @@ runs_table = sa.Table(
     sa.Column("skipped", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("failed", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("heartbeat_at", _TIMESTAMP, nullable=True,
-              comment="stamped every few seconds while the run lives; a 'running' run whose heartbeat is minutes "
-                      "old was killed, and the next run closes it as failed"),
+              comment="stamped every heartbeat (30 s by default) while the run lives; a 'running' run whose "
+                      "heartbeat is minutes old was killed, and the next run closes it as failed"),
     sa.CheckConstraint("status IN ('running', 'succeeded', 'failed')", name="ck_runs_status"),
 )
 

@@ -192,9 +192,9 @@ def upgrade() -> None:
     # Nullable: SQLite cannot add a NOT NULL column without a constant default, and copying runs (which labels and
     # failures reference) is refused while foreign keys are enforced. Every run since this revision sets it.
     op.add_column("runs", sa.Column("heartbeat_at", TIMESTAMP, nullable=True,
-                                    comment="stamped every few seconds while the run lives; a 'running' run whose "
-                                            "heartbeat is minutes old was killed, and the next run closes it as "
-                                            "failed"))
+                                    comment="stamped every heartbeat (30 s by default) while the run lives; a "
+                                            "'running' run whose heartbeat is minutes old was killed, and the next "
+                                            "run closes it as failed"))
     op.execute(runs.update().values(heartbeat_at=sa.func.coalesce(runs.c.finished_at, runs.c.started_at)))
 
     op.add_column("labels", sa.Column("va_head_arousal_prob", sa.Float(), nullable=True,
