@@ -75,6 +75,7 @@ class Heartbeat:
             log.warning("run %d: the catalog no longer shows it running (another run found its heartbeat too old "
                         "and closed it as failed); its labels are still written", self.run_id)
 
+
 @dataclass(frozen=True)
 class TagSummary:
     """What a run did. ``seconds`` is the run's wall time; ``stage_seconds`` sums the per-item seconds of each

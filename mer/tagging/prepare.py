@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mer.config import BRANCHES, MerConfig
-from mer.errors import BadInputError, ObjectChangedError
+from mer.errors import BadInputError, ItemError, ObjectChangedError
 from mer.features import SUMMARY_SIZE, ItemFeatures, decode_audio, extract_features, pad_id, read_midi, render_audio
 from mer.tagging.storage import Item, ObjectStore
 
@@ -119,7 +119,7 @@ def placeholder_window(name: str, config: MerConfig) -> dict[str, Any]:
 
 def describe_error(error: BaseException) -> str:
     """A one-line reason for an exception: our own errors' reason, else the type and message."""
-    if isinstance(error, (BadInputError, ObjectChangedError)):
+    if isinstance(error, ItemError):
         return error.reason
     if isinstance(error, FileNotFoundError):
         return "the object disappeared from the store after it was listed"
