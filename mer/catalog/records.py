@@ -87,7 +87,7 @@ class LabelRecord:
     - ``quadrant``: ``"Q1".."Q4"``; ``quadrant_probs``: (4,) P(Q1..Q4), the mean over windows.
     - ``va_head_arousal_prob``, ``va_head_valence_prob``: the binary V/A head's P(high arousal), P(positive
       valence) (mean over windows), or None. Stored under these names only: the label's ``arousal_prob`` and
-      ``valence_prob`` are properties implied by ``quadrant_probs`` (:func:`mer.labels.arousal_valence_probs`).
+      ``valence_prob`` are implied by ``quadrant_probs`` (:attr:`arousal_valence`).
     - ``branches_used``: the branches that saw input (subset of BRANCHES).
     - ``attention``: (heads, 3, 3) mean attention over windows, BRANCHES order; None without attention.
     - ``timeline``: one dict per window with ``start_s`` (seconds), ``quadrant`` and ``p_q1..p_q4``, optionally
@@ -139,19 +139,17 @@ class LabelRecord:
         fix("timeline", [_timeline_window(self.key, window) for window in _plain(list(self.timeline))])
 
     @property
-    def arousal_prob(self) -> float:
-        """P(high arousal) = p_q1 + p_q2."""
-        return float(arousal_valence_probs(self.quadrant_probs)[0])
-
-    @property
-    def valence_prob(self) -> float:
-        """P(positive valence) = p_q1 + p_q4."""
-        return float(arousal_valence_probs(self.quadrant_probs)[1])
+    def arousal_valence(self) -> tuple[float, float]:
+        """(P(high arousal), P(positive valence)) = (p_q1 + p_q2, p_q1 + p_q4): the ``arousal_prob`` and
+        ``valence_prob`` columns."""
+        arousal, valence = arousal_valence_probs(self.quadrant_probs)
+        return float(arousal), float(valence)
 
     def row(self, *, run_id: int, model_version: str, now: datetime) -> dict[str, Any]:
         """The ``labels`` row."""
         attn = branch_attention(self.attention)
         p_q1, p_q2, p_q3, p_q4 = self.quadrant_probs
+        arousal, valence = self.arousal_valence
         return {
             "item_key": self.key,
             "model_version": model_version,
@@ -162,8 +160,8 @@ class LabelRecord:
             "p_q2": p_q2,
             "p_q3": p_q3,
             "p_q4": p_q4,
-            "arousal_prob": self.arousal_prob,
-            "valence_prob": self.valence_prob,
+            "arousal_prob": arousal,
+            "valence_prob": valence,
             "va_head_arousal_prob": self.va_head_arousal_prob,
             "va_head_valence_prob": self.va_head_valence_prob,
             "partial": self.partial,
