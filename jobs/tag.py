@@ -68,12 +68,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="push the metrics to this Pushgateway at the end (env MER_PUSHGATEWAY)")
     parser.add_argument("--address", default=env("RAY_ADDRESS"),
                         help="Ray cluster address (env RAY_ADDRESS; default: start a local Ray)")
+    parser.add_argument("--heartbeat-seconds", type=float, default=defaults.heartbeat_seconds,
+                        help="stamp the run's heartbeat (catalog, Pushgateway) this often; a run silent for "
+                             f"{defaults.dead_after_seconds:g} s is closed as failed by the next one")
     parser.add_argument("--limit", type=int, default=None, help="tag at most N items (the rest wait for next run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars, only log lines")
     args = parser.parse_args(argv)
     for name in ("batch_size", "feature_concurrency", "inference_concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.heartbeat_seconds < defaults.dead_after_seconds:
+        parser.error(f"--heartbeat-seconds must be above 0 and below {defaults.dead_after_seconds:g}")
     return args
 
 
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     tagging = TagConfig(batch_size=args.batch_size, feature_concurrency=args.feature_concurrency,
-                        inference_concurrency=args.inference_concurrency, use_gpu=args.use_gpu)
+                        inference_concurrency=args.inference_concurrency, use_gpu=args.use_gpu,
+                        heartbeat_seconds=args.heartbeat_seconds)
     try:
         summary = tag_store(
             args.store, catalog=args.catalog, model=args.model, storage=args.storage, prefix=args.prefix,

@@ -125,6 +125,8 @@ class TagConfig:
     feature_concurrency: int = 2
     inference_concurrency: int = 1
     use_gpu: bool | None = None  # None: one GPU per inference actor when the cluster has GPUs at the start
+    heartbeat_seconds: float = 30.0  # a running run stamps runs.heartbeat_at (and pushes its heartbeat) this often
+    dead_after_seconds: float = 300.0  # a 'running' run whose heartbeat is older is closed as failed by the next run
 
 
 @dataclass(frozen=True)

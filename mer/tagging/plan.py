@@ -2,27 +2,79 @@
 end (flush, close the run with its status and counts, metrics).
 
 :func:`begin_run` decides everything in the driver before any item is processed: it loads the model artifact
-(for its version and feature config), starts a catalog run, lists the store and leaves out the items this model
-already tagged (or failed for their content) at the same object version. :func:`end_run` closes the run whether
-the work succeeded or not, and returns the :class:`TagSummary`.
+(for its version and feature config), starts a catalog run (closing runs whose heartbeat stopped) and its
+:class:`Heartbeat`, lists the store — every item found is refreshed in the catalog and, the listing being complete,
+items it did not find are marked deleted — and leaves out the items this model already tagged (or failed for their
+content) at the same object version, and the listing rejects already recorded at the same object version.
+:func:`end_run` closes the run whether the work succeeded or not, and returns the :class:`TagSummary`.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from mer.catalog import CatalogWriter, FailureRecord
+from mer.catalog import CatalogWriter, FailureRecord, ListedItem
 from mer.config import MerConfig, TagConfig
 from mer.errors import MerError
 from mer.features import soundfont_path
 from mer.tagging.metrics import JobMetrics
 from mer.tagging.prepare import describe_error
 from mer.tagging.recorder import Recorder
-from mer.tagging.storage import Item, ObjectStore, list_items, open_store
+from mer.tagging.storage import Item, ObjectStore, Reject, list_items, open_store
 
 log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Proves the run alive: every ``seconds`` a daemon thread stamps the catalog run's ``heartbeat_at`` and the
+    metrics' heartbeat, and pushes the heartbeat to the Pushgateway when there is one. A killed job stops beating:
+    the next run closes it as failed (``CatalogWriter.start_run``) and the alert ``MerRunStoppedHeartbeating``
+    fires. Never raises: a missed beat is logged, and the run goes on."""
+
+    def __init__(self, *, writer: CatalogWriter, run_id: int, metrics: JobMetrics, seconds: float,
+                 pushgateway: str | None) -> None:
+        self.writer, self.run_id, self.metrics = writer, run_id, metrics
+        self.seconds = max(0.05, float(seconds))
+        self.pushgateway = pushgateway
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat_until_stopped, name=f"mer-heartbeat-{run_id}", daemon=True)
+        self._warned = False
+
+    def start(self) -> None:
+        """Beat now (the catalog stamped the start already) and then every ``seconds``."""
+        self.metrics.heartbeat()
+        if self.pushgateway:
+            self.metrics.push_heartbeat(self.pushgateway)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat_until_stopped(self) -> None:
+        while not self._stop.wait(self.seconds):
+            self.beat()
+
+    def beat(self) -> None:
+        self.metrics.heartbeat()
+        if self.pushgateway:
+            self.metrics.push_heartbeat(self.pushgateway)
+        try:
+            alive = self.writer.heartbeat(self.run_id)
+        except Exception as error:  # noqa: BLE001 — the catalog may be briefly unreachable; the next beat retries
+            alive = True
+            log.warning("run %d: could not stamp its heartbeat in the catalog: %s", self.run_id,
+                        describe_error(error))
+        if not alive and not self._warned:
+            self._warned = True
+            log.warning("run %d: the catalog no longer shows it running (another run found its heartbeat too old "
+                        "and closed it as failed); its labels are still written", self.run_id)
+
 
 @dataclass(frozen=True)
 class TagSummary:
@@ -72,13 +124,14 @@ class Plan:
     run_id: int
     metrics: JobMetrics
     todo: list[Item]
-    rejects: list[tuple[str, str]]
+    rejects: list[Reject]
     listed: int
     skipped: int
     deferred: int
     started: float
     metrics_port: int | None
     recorder: Recorder
+    heartbeat: Heartbeat | None = None
 
 
 def begin_run(
@@ -104,7 +157,7 @@ def begin_run(
             soundfont_path(artifact.config.features)  # a missing SoundFont is a config error, not 1000 bad items
         store = store if isinstance(store, ObjectStore) else open_store(store, endpoint_url=endpoint_url)
         writer = CatalogWriter(catalog)
-        run_id = writer.start_run(artifact.version)
+        run_id = writer.start_run(artifact.version, dead_after=timedelta(seconds=tagging.dead_after_seconds))
     except BaseException:
         # No run to record (no model or no catalog), but the failure still reaches the dashboards and alerts.
         metrics.finish(success=False)
@@ -116,31 +169,45 @@ def begin_run(
                         use_attention=artifact.config.model.use_attention, expected={})
     plan = Plan(store=store, artifact_url=artifact.url, config=artifact.config, model_version=artifact.version,
                 writer=writer, run_id=run_id, metrics=metrics, todo=[], rejects=[], listed=0, skipped=0, deferred=0,
-                started=started, metrics_port=port, recorder=recorder)
+                started=started, metrics_port=port, recorder=recorder,
+                heartbeat=Heartbeat(writer=writer, run_id=run_id, metrics=metrics, seconds=tagging.heartbeat_seconds,
+                                    pushgateway=pushgateway))
     log.info("run %d: model %s, store %r, prefix %r", run_id, artifact.version, store, prefix)
     try:
+        plan.heartbeat.start()
         list_start = time.perf_counter()
         with metrics.timed("list"):
+            listed_at = datetime.now(timezone.utc)
             items, rejects = list_items(store, prefix)
+            # What is true of the store now: every item found is refreshed, and since list_items returned, the
+            # listing of the prefix is complete: the items it did not find are deleted.
+            writer.see_items([ListedItem(item.stem, item.version, item.modalities) for item in items],
+                             seen_at=listed_at)
+            gone = writer.mark_missing(run_id, listed_at=listed_at, prefix=prefix,
+                                       reject_keys=[reject.key for reject in rejects])
             # Up to date: labelled by this model at this object version, or known to fail there (bad content;
-            # failures that were not the content's fault carry no version and are retried).
+            # failures that were not the content's fault carry no version and are retried). A listing reject
+            # already recorded at the same object version is not recorded again.
             tagged = {} if force else writer.tagged_versions(artifact.version)
             known_bad = {} if force else writer.failed_versions(artifact.version)
+            known_rejects = {} if force else writer.open_rejects()
         recorder.stage_seconds["list"] += time.perf_counter() - list_start
         todo = [item for item in items if item.version not in (tagged.get(item.stem), known_bad.get(item.stem))]
-        plan.skipped = len(items) - len(todo)
+        new_rejects = [reject for reject in rejects if known_rejects.get(reject.key) != reject.version]
+        plan.skipped = len(items) - len(todo) + len(rejects) - len(new_rejects)
         if limit is not None and len(todo) > limit:
             plan.deferred = len(todo) - limit
             todo = todo[:limit]
-        plan.todo, plan.rejects, plan.listed = todo, rejects, len(items) + len(rejects)
+        plan.todo, plan.rejects, plan.listed = todo, new_rejects, len(items) + len(rejects)
         metrics.record_listed(plan.listed)
         metrics.record_skipped(plan.skipped)
         recorder.expected = {item.stem: ",".join(item.modalities) for item in todo}
-        log.info("run %d: listed %d items and %d unusable objects; %d to tag, %d already tagged%s",
-                 run_id, len(items), len(rejects), len(todo), plan.skipped,
+        log.info("run %d: listed %d items and %d unusable objects; %d to tag, %d already done; %d items gone "
+                 "from the store%s", run_id, len(items), len(rejects), len(todo), plan.skipped, gone,
                  f", {plan.deferred} left for later (limit {limit})" if plan.deferred else "")
-        for key, reason in rejects:
-            recorder.fail(FailureRecord(key=key, object_version=None, stage="list", reason=reason))
+        for reject in new_rejects:
+            recorder.fail(FailureRecord(key=reject.key, object_version=reject.version, stage="list",
+                                        reason=reject.reason))
     except BaseException:
         end_run(plan, success=False, pushgateway=pushgateway)
         raise
@@ -151,6 +218,8 @@ def end_run(plan: Plan, *, success: bool, pushgateway: str | None) -> TagSummary
     """Flush, close the run (status and counts), finish and push the metrics."""
     recorder = plan.recorder
     status = "succeeded" if success else "failed"
+    if plan.heartbeat is not None:
+        plan.heartbeat.stop()  # before the writer closes; finish_run stamps the last heartbeat
     try:
         if success:
             recorder.flush()

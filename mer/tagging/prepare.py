@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mer.config import BRANCHES, MerConfig
-from mer.errors import BadInputError
+from mer.errors import BadInputError, ItemError, ObjectChangedError
 from mer.features import SUMMARY_SIZE, ItemFeatures, decode_audio, extract_features, pad_id, read_midi, render_audio
 from mer.tagging.storage import Item, ObjectStore
 
@@ -36,14 +36,21 @@ ITEM_COLUMNS: tuple[str, ...] = (
 
 
 def item_row(item: Item) -> dict[str, str]:
-    """The plain-string row that stands for an item in the Ray dataset ("" where a modality is absent)."""
-    return {
-        "key": item.stem,
-        "object_version": item.version,
-        "modalities": ",".join(item.modalities),
-        "midi_key": item.midi.key if item.midi is not None else "",
-        "audio_key": item.audio.key if item.audio is not None else "",
-    }
+    """The plain-string row that stands for an item in the Ray dataset ("" where a modality is absent): its key,
+    version and modalities, and per object the key and the version the listing saw (reads are pinned to it)."""
+    row = {"key": item.stem, "object_version": item.version, "modalities": ",".join(item.modalities)}
+    for kind, obj in (("midi", item.midi), ("audio", item.audio)):
+        row[f"{kind}_key"] = obj.key if obj is not None else ""
+        row[f"{kind}_version"] = obj.version if obj is not None else ""
+        row[f"{kind}_version_id"] = obj.version_id if obj is not None else ""
+    return row
+
+
+def read_listed(store: ObjectStore, row: Mapping[str, Any], kind: str) -> bytes:
+    """The bytes of the item's ``kind`` ("midi" or "audio") object, exactly as listed: ObjectChangedError if it
+    changed since (a row without versions reads whatever is there)."""
+    return store.read(str(row[f"{kind}_key"]), version=str(row.get(f"{kind}_version") or "") or None,
+                      version_id=str(row.get(f"{kind}_version_id") or ""))
 
 
 @dataclass
@@ -112,7 +119,7 @@ def placeholder_window(name: str, config: MerConfig) -> dict[str, Any]:
 
 def describe_error(error: BaseException) -> str:
     """A one-line reason for an exception: our own errors' reason, else the type and message."""
-    if isinstance(error, BadInputError):
+    if isinstance(error, ItemError):
         return error.reason
     if isinstance(error, FileNotFoundError):
         return "the object disappeared from the store after it was listed"
@@ -160,23 +167,33 @@ def _prepare(
     midi_key, audio_key = str(row["midi_key"]), str(row["audio_key"])
     problems = prepared.problems
 
-    # Read: fetch and decode each modality the model can use. A bad one is a problem, not yet a failure.
+    # Read: fetch and decode each modality the model can use. A bad one is a problem, not yet a failure. An
+    # object that changed since the listing fails the whole item (transient): no label may pair the listed
+    # version with other bytes, and the next run lists the new version anyway.
     start = time.perf_counter()
-    audio = None
-    if audio_key and wants_audio:
-        try:
-            audio = decode_audio(store.read(audio_key), name=audio_key, config=features_config)  # (samples,)
-        except Exception as error:  # noqa: BLE001 — see prepare_item
-            problems.append(f"audio {audio_key}: {describe_error(error)}")
-            prepared.transient |= not isinstance(error, BadInputError)
-    midi = None
-    if midi_key and (wants_midi or (render_missing_audio and wants_audio and audio is None)):
-        try:
-            midi = read_midi(store.read(midi_key), name=midi_key)
-        except Exception as error:  # noqa: BLE001
-            problems.append(f"MIDI {midi_key}: {describe_error(error)}")
-            prepared.transient |= not isinstance(error, BadInputError)
-    prepared.read_seconds = time.perf_counter() - start
+    audio = midi = None
+    try:
+        if audio_key and wants_audio:
+            try:
+                audio = decode_audio(read_listed(store, row, "audio"), name=audio_key, config=features_config)
+            except ObjectChangedError:
+                raise
+            except Exception as error:  # noqa: BLE001 — see prepare_item
+                problems.append(f"audio {audio_key}: {describe_error(error)}")
+                prepared.transient |= not isinstance(error, BadInputError)
+        if midi_key and (wants_midi or (render_missing_audio and wants_audio and audio is None)):
+            try:
+                midi = read_midi(read_listed(store, row, "midi"), name=midi_key)
+            except ObjectChangedError:
+                raise
+            except Exception as error:  # noqa: BLE001
+                problems.append(f"MIDI {midi_key}: {describe_error(error)}")
+                prepared.transient |= not isinstance(error, BadInputError)
+    except ObjectChangedError as error:
+        prepared.failure, prepared.transient = ("read", f"{error.item}: {error.reason}"), True
+        return
+    finally:
+        prepared.read_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     try:

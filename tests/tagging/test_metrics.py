@@ -119,6 +119,23 @@ def test_a_failed_run_does_not_overwrite_the_last_success_time(pushgateway: Fake
     assert samples(body)[("mer_run_failed", ())] == 1
 
 
+def test_heartbeats_push_alone_and_the_final_push_ends_them(gateway) -> None:
+    url, received = gateway
+    metrics = JobMetrics()
+    metrics.heartbeat(now=1_699_999_900.0)
+    assert metrics.push_heartbeat(url)
+    run_a_small_job(metrics)  # finishes at 1_700_000_000
+    assert metrics.push(url)
+
+    (beat_method, beat_path, beat), (_, _, final) = received
+    # The heartbeat alone, by push-add: the last run's totals in the Pushgateway are left as they are.
+    assert (beat_method, beat_path) == ("POST", "/metrics/job/mer_tag")
+    assert samples(beat) == {("mer_run_heartbeat_timestamp_seconds", ()): 1_699_999_900.0}
+    # The final push: the heartbeat equals the finish time, so a finished run never looks like a silent one.
+    got = samples(final)
+    assert got[("mer_run_heartbeat_timestamp_seconds", ())] == got[("mer_run_last_finish_timestamp_seconds", ())]
+
+
 def test_an_unreachable_gateway_warns_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -128,3 +145,8 @@ def test_an_unreachable_gateway_warns_and_never_raises(caplog: pytest.LogCapture
         assert metrics.push(f"http://ops:s3cret@127.0.0.1:{port}", timeout=2) is False
     assert "could not push metrics" in caplog.text
     assert "s3cret" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="mer.tagging.metrics"):
+        caplog.clear()
+        assert metrics.push_heartbeat(f"http://127.0.0.1:{port}", timeout=2) is False
+        assert metrics.push_heartbeat(f"http://127.0.0.1:{port}", timeout=2) is False
+    assert caplog.text.count("could not push the heartbeat") == 1  # once a run, not every beat
