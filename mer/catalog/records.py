@@ -96,6 +96,8 @@ class LabelRecord:
     - ``problems``: what was wrong but did not stop tagging (e.g. "audio: silent; tagged from MIDI only").
     - ``partial``: made from one modality because reading the other failed for a reason that is not the
       content's (store or network error): provisional; the next run tags the item again.
+    - ``musical_key`` (the ``key`` column: the tonic's name), ``mode`` and ``key_confidence``: the piece's
+      estimated key (:func:`mer.features.estimate_key`); None when unknown.
     """
 
     key: str
@@ -111,6 +113,9 @@ class LabelRecord:
     timeline: Sequence[Mapping[str, Any]] = field(default_factory=list)
     problems: str | None = None
     partial: bool = False
+    musical_key: str | None = None
+    mode: str | None = None
+    key_confidence: float | None = None
 
     def __post_init__(self) -> None:
         fix = functools.partial(object.__setattr__, self)  # normalise fields of a frozen dataclass
@@ -131,6 +136,8 @@ class LabelRecord:
             if value is not None:
                 fix(name, _probability(value, f"{self.key}: {name}"))
         fix("partial", bool(self.partial))
+        if self.mode not in (None, "major", "minor"):
+            raise ValueError(f"{self.key}: mode must be 'major', 'minor' or None, got {self.mode!r}")
         if self.attention is not None:
             attention = _plain(self.attention)
             if not all(len(head) == len(BRANCHES) and all(len(row) == len(BRANCHES) for row in head) for head in attention):
@@ -173,6 +180,9 @@ class LabelRecord:
             "n_windows": len(self.timeline),
             "timeline": self.timeline,
             "problems": self.problems,
+            "key": self.musical_key,
+            "mode": self.mode,
+            "key_confidence": None if self.key_confidence is None else float(self.key_confidence),
             "tagged_at": now,
         }
 

@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Our own version table name, so the catalog can live in a database shared with other Alembic-managed apps.
 VERSION_TABLE = "mer_alembic_version"
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 MIGRATION_LOCK_KEY = 0x6D6572  # "mer": the PostgreSQL advisory lock that serialises schema migrations
 MODALITIES: tuple[str, ...] = ("midi", "audio")
 RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed")
@@ -132,6 +132,11 @@ labels_table = sa.Table(
     sa.Column("timeline", _JSON, nullable=False, comment="per-window labels"),
     sa.Column("problems", sa.Text(), nullable=True),
     sa.Column("tagged_at", _TIMESTAMP, nullable=False),
+    sa.Column("key", sa.Text(), nullable=True, comment="estimated key's tonic (C, C#, D, Eb, E, F, F#, G, Ab, A, Bb, B); "
+                                                      "Krumhansl-Kessler over the piece's pitch classes"),
+    sa.Column("mode", sa.Text(), nullable=True, comment="'major' or 'minor'"),
+    sa.Column("key_confidence", sa.Float(), nullable=True,
+              comment="the best key's correlation minus the runner-up's (0: a tie)"),
     sa.PrimaryKeyConstraint("item_key", "model_version", name="pk_labels"),
     sa.CheckConstraint("quadrant IN ('Q1', 'Q2', 'Q3', 'Q4')", name="ck_labels_quadrant"),
     sa.CheckConstraint(f"ABS(arousal_prob - (p_q1 + p_q2)) <= {AV_TOLERANCE}", name="ck_labels_arousal_from_quadrants"),

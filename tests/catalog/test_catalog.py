@@ -623,3 +623,18 @@ def test_jobs_starting_together_on_an_empty_postgresql_both_get_the_schema(clean
     assert not any(thread.is_alive() for thread in threads), "an upgrade is stuck (waiting on another's locks)"
     assert not errors, errors
     assert catalog_revision(clean_postgres_url) == HEAD_REVISION
+
+
+def test_a_labels_key_and_mode_reach_latest_labels_and_nonsense_modes_are_refused(
+        writer: CatalogWriter, catalog_url: str) -> None:
+    import dataclasses
+
+    run = writer.start_run("m1")
+    keyed = dataclasses.replace(label("piece"), musical_key="F#", mode="minor", key_confidence=0.31)
+    writer.write_batch(run, [keyed, label("unknown")])
+    latest = {r["item_key"]: r for r in dict_rows(catalog_url, "SELECT * FROM latest_labels")}
+    assert (latest["piece"]["key"], latest["piece"]["mode"]) == ("F#", "minor")
+    assert latest["piece"]["key_confidence"] == pytest.approx(0.31)
+    assert (latest["unknown"]["key"], latest["unknown"]["mode"], latest["unknown"]["key_confidence"]) == (None,) * 3
+    with pytest.raises(ValueError, match="mode"):
+        dataclasses.replace(label("piece"), mode="dorian")
