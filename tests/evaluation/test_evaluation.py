@@ -144,18 +144,18 @@ def test_tables_reuse_stored_models_and_train_only_the_missing_one(tables, workd
     assert "run" in trained.meta  # written by train_model (Ray Train), not by the in-process helper
     assert trained.meta["data_fingerprint"] == fingerprint
     # Another epoch budget is another model: nothing to reuse.
-    config = method_config(tiny_config(), METHODS[0], seed=0)
+    config = method_config(tiny_config(), next(m for m in METHODS if m.key == "full"), seed=0)
     assert find_artifact(str(workdir / "storage"), config, fingerprint) == trained.url
     longer = dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=2))
     assert find_artifact(str(workdir / "storage"), longer, fingerprint) is None
 
 
-def test_a_rerun_trains_nothing(tables, emopia: Path, workdir: Path, capsys):
+def test_a_rerun_trains_nothing(tables, emopia: Path, workdir: Path, capfd):  # progress goes to the process's stdout
     report, _, _ = tables
     again = run_tables(emopia=emopia, storage=str(workdir / "storage"), cache_dir=workdir / "cache",
                        out=workdir / "again", seeds=SEEDS, epochs=1, subset=SUBSET, workers=1,
                        base_config=tiny_config(), methods=["full", "no_mhsa"])
-    lines = capsys.readouterr().out.splitlines()
+    lines = capfd.readouterr().out.splitlines()
     assert sum("reusing trained model" in line for line in lines) == 6
     assert not any("training 1 epoch" in line for line in lines)
     for key in ("full", "no_mhsa"):
