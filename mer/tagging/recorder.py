@@ -18,6 +18,7 @@ import numpy as np
 
 from mer.catalog import CatalogWriter, FailureRecord, LabelRecord
 from mer.config import QUADRANTS
+from mer.features import PITCH_CLASS_NAMES, estimate_key
 from mer.tagging.metrics import STAGES, JobMetrics
 from mer.tagging.prepare import describe_error
 from mer.tagging.storage import printable_key
@@ -107,6 +108,7 @@ class Recorder:
                 ],
                 problems=str(first["problems"]) or None,
                 partial=bool(first["failed_transient"]),
+                **piece_key(first),
             )
         except Exception as error:  # noqa: BLE001 — e.g. NaN probabilities: this item fails, the run goes on
             self.fail(FailureRecord(key=done.key, object_version=str(first["object_version"]), stage="inference",
@@ -198,3 +200,13 @@ class WindowGrouper:
                 del self.open[key]
                 self.finished.add(key)
                 yield FinishedItem(key=key, rows=[rows[index] for index in sorted(rows)])
+
+
+def piece_key(row: dict) -> dict[str, object]:
+    """The label's key fields (``musical_key``, ``mode``, ``key_confidence``) from a window row's ``pitch_classes``
+    (the piece's histogram, :func:`mer.features.estimate_key`); all None when the row has none or it is empty."""
+    histogram = np.asarray(row.get("pitch_classes", ()), dtype=np.float64)
+    if histogram.shape != (12,) or not histogram.any():
+        return {"musical_key": None, "mode": None, "key_confidence": None}
+    key = estimate_key(histogram)
+    return {"musical_key": PITCH_CLASS_NAMES[key.tonic], "mode": key.mode, "key_confidence": key.confidence}
