@@ -9,6 +9,8 @@ more forward pass per window.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -46,8 +48,9 @@ class MerEnsemble(nn.Module):
     @classmethod
     def from_members(cls, models: list[MerModel]) -> "MerEnsemble":
         """An ensemble holding copies of trained models' weights; every member must share one config."""
-        configs = {m.config.to_json() for m in models}
-        if len(configs) != 1:
+        unseeded = [dataclasses.replace(m.config, training=dataclasses.replace(m.config.training, seed=0))
+                    for m in models]
+        if len({c.to_json() for c in unseeded}) != 1:
             raise ValueError("ensemble members must share one configuration (they may differ only in the seed)")
         ensemble = cls(models[0].config, len(models))
         for slot, model in zip(ensemble.members, models, strict=True):

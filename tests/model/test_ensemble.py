@@ -62,3 +62,11 @@ def test_members_of_different_configurations_are_refused():
     other = MerModel(tiny_config(gru_hidden=4))
     with pytest.raises(ValueError, match="one configuration"):
         MerEnsemble.from_members([members(1)[0], other])
+
+
+def test_members_trained_with_different_seeds_make_one_ensemble():
+    import dataclasses
+
+    models = members(2)
+    models[1].config = dataclasses.replace(CONFIG, training=dataclasses.replace(CONFIG.training, seed=7))
+    assert len(MerEnsemble.from_members(models).members) == 2
