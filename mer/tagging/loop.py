@@ -5,12 +5,10 @@ check that the Ray pipeline (:mod:`mer.tagging.pipeline`) changes nothing but th
 """
 from __future__ import annotations
 
-import numpy as np
-
 from mer.config import TagConfig
 from mer.tagging.plan import TagSummary, begin_run, end_run
 from mer.tagging.predictor import WindowPredictor
-from mer.tagging.prepare import extract_window_rows, item_row
+from mer.tagging.prepare import batch_of, extract_window_rows, item_row
 from mer.tagging.recorder import WindowGrouper
 from mer.tagging.storage import ObjectStore
 
@@ -41,13 +39,12 @@ def tag_store_local(
                      metrics_port=metrics_port, pushgateway=pushgateway, limit=limit)
     try:
         if plan.todo:
-            predictor = WindowPredictor(plan.artifact_url, storage=storage)
+            predictor = WindowPredictor(plan.artifact_url, storage=storage, batch_size=tagging.batch_size)
             windows = WindowGrouper()
             for item in plan.todo:
                 rows = extract_window_rows(item_row(item), store=plan.store, config=plan.config,
                                            render_missing_audio=render_missing_audio)
-                batch = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
-                for done in windows.add_batch(predictor(batch)):
+                for done in windows.add_batch(predictor(batch_of(rows))):
                     plan.recorder.finish_item(done)
     except BaseException:
         end_run(plan, success=False, pushgateway=pushgateway)

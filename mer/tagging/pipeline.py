@@ -40,7 +40,7 @@ from typing import Any
 from mer.catalog import FailureRecord
 from mer.config import TagConfig
 from mer.tagging.plan import Plan, TagSummary, begin_run, end_run
-from mer.tagging.predictor import WindowPredictor
+from mer.tagging.predictor import BUCKET_POOL, WindowPredictor
 from mer.tagging.prepare import extract_window_rows, item_row
 from mer.tagging.recorder import WindowGrouper
 from mer.tagging.storage import ObjectStore
@@ -190,9 +190,9 @@ def _run_pipeline(plan: Plan, *, tagging: TagConfig, render_missing_audio: bool,
         )
         .map_batches(
             WindowPredictor,
-            fn_constructor_kwargs={"model": plan.artifact_url, "storage": storage,
+            fn_constructor_kwargs={"model": plan.artifact_url, "storage": storage, "batch_size": tagging.batch_size,
                                    "num_threads": None if gpus else max(1, int(INFERENCE_ACTOR_CPUS))},
-            batch_size=tagging.batch_size,
+            batch_size=tagging.batch_size * BUCKET_POOL,  # the actor sorts these by token length (bucketing)
             compute=_ray_compute(tagging.inference_concurrency, actor=True),
             num_gpus=1 if gpus else 0,
             num_cpus=actor_cpus,

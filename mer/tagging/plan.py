@@ -86,7 +86,7 @@ def begin_run(
     endpoint_url: str | None, force: bool, tagging: TagConfig, render_missing_audio: bool, metrics_port: int | None,
     pushgateway: str | None, limit: int | None,
 ) -> Plan:
-    from mer.model import load_artifact
+    from mer.model import read_artifact
 
     started = time.monotonic()
     metrics = JobMetrics()
@@ -98,8 +98,9 @@ def begin_run(
         except OSError as error:  # e.g. the port is taken: the night's tagging matters more than its metrics
             log.warning("cannot serve metrics on port %d (%s); running without a metrics endpoint", metrics_port, error)
     try:
-        # The model only decides the version and the feature config here; actors load it again themselves.
-        artifact = load_artifact(model, storage=storage, device="cpu")
+        # The driver needs the version and the feature config: config.json and meta.json, never the weights
+        # (the inference actors load those, once each).
+        artifact = read_artifact(model, storage=storage)
         if render_missing_audio:
             soundfont_path(artifact.config.features)  # a missing SoundFont is a config error, not 1000 bad items
         store = store if isinstance(store, ObjectStore) else open_store(store, endpoint_url=endpoint_url)

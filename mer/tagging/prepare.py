@@ -2,8 +2,9 @@
 
 Runs inside the Ray Data feature tasks (:func:`extract_window_rows` is the ``flat_map`` step) and in the local
 loop. A modality that cannot be used is a *problem* and the item is tagged from the other; an item with nothing
-usable becomes a *failure row*: one placeholder window with ``failed_stage``/``failed_reason`` set, which travels
-through inference untouched. Every row of every item has the same columns and shapes, as Ray Data's blocks need.
+usable becomes a *failure row*: one empty window with ``failed_stage``/``failed_reason`` set, which travels
+through inference untouched. Every row has the same columns; the rows are compact (:func:`window_row`): tokens
+unpadded in a small integer type, no frames for absent audio, nothing but the reason on a failure row.
 """
 from __future__ import annotations
 
@@ -15,24 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from mer.config import BRANCHES, MerConfig
+from mer.config import BRANCHES, FeatureConfig, MerConfig
 from mer.errors import BadInputError
-from mer.features import SUMMARY_SIZE, ItemFeatures, decode_audio, extract_features, pad_id, read_midi, render_audio
+from mer.features import SUMMARY_SIZE, ItemFeatures, decode_audio, extract_features, read_midi, render_audio
 from mer.tagging.storage import Item, ObjectStore
 
 log = logging.getLogger(__name__)
 
 WINDOW_COLUMNS: tuple[str, ...] = (
     "name", "window_index", "window_start", "duration", "tokens", "token_length", "chroma", "mfcc", "present",
-    "summary", "pitch_classes",
+    "summary",
 )
-"""Columns of :meth:`ItemFeatures.window_rows`: what the model reads, and where each window sits in its piece."""
+"""Columns of a window row: what the model reads, and where the window sits in its piece (:func:`window_row`)."""
 
 ITEM_COLUMNS: tuple[str, ...] = (
     "object_version", "modalities", "branches_used", "problems", "n_windows", "failed_stage", "failed_reason",
-    "failed_transient", "read_seconds", "features_seconds",
+    "failed_transient", "read_seconds", "features_seconds", "features_from",
 )
-"""Per-item columns repeated on each of the item's window rows (``n_windows`` = rows the driver waits for)."""
+"""Per-item columns repeated on each of the item's window rows (``n_windows`` = rows the driver waits for;
+``features_from`` = ``"cache"`` or ``"extraction"``, or ``""`` when the item has no features)."""
 
 
 def item_row(item: Item) -> dict[str, str]:
@@ -46,13 +48,75 @@ def item_row(item: Item) -> dict[str, str]:
     }
 
 
+def token_dtype(config: FeatureConfig) -> np.dtype:
+    """The smallest unsigned integer type holding every token id of ``config`` (uint16 for the 389 ids)."""
+    return np.min_scalar_type(config.vocab_size - 1)
+
+
+def window_row(features: ItemFeatures, index: int, *, config: FeatureConfig) -> dict[str, Any]:
+    """Window ``index`` of an item as a compact row: what travels from the feature tasks to inference.
+
+    Nothing is padded and nothing absent is sent: ``tokens`` are the window's ``token_length`` ids in
+    :func:`token_dtype` (the model pads a batch to its own longest window), and ``chroma`` (12, F) / ``mfcc``
+    (n_mfcc, F) float32 are (12, 0) / (n_mfcc, 0) when the item has no audio. Ray Data stores such columns as
+    variable-shaped tensors. Other columns: ``name``, ``window_index`` (int64), ``window_start`` and ``duration``
+    (float64 s), ``token_length`` (int64), ``present`` (3,) bool, ``summary`` (SUMMARY_SIZE,) float32.
+    """
+    length = int(features.token_lengths[index])
+    audio = bool(features.present[1] or features.present[2])
+    frames = features.chroma.shape[2] if audio else 0
+    return {
+        "name": features.name,
+        "window_index": np.int64(index),
+        "window_start": np.float64(features.window_starts[index]),
+        "duration": np.float64(features.duration),
+        "tokens": features.tokens[index, :length].astype(token_dtype(config)),  # (length,)
+        "token_length": np.int64(length),
+        "chroma": features.chroma[index, :, :frames],  # (12, F) or (12, 0)
+        "mfcc": features.mfcc[index, :, :frames],  # (n_mfcc, F) or (n_mfcc, 0)
+        "present": features.present.copy(),
+        "summary": features.summary[index],
+    }
+
+
+def empty_window(name: str, config: FeatureConfig) -> dict[str, Any]:
+    """The window a failure row travels as: no tokens, no frames, no branch present (a few bytes, not 0.2 MB)."""
+    return {
+        "name": name,
+        "window_index": np.int64(0),
+        "window_start": np.float64(0.0),
+        "duration": np.float64(0.0),
+        "tokens": np.zeros(0, dtype=token_dtype(config)),
+        "token_length": np.int64(0),
+        "chroma": np.zeros((12, 0), dtype=np.float32),
+        "mfcc": np.zeros((config.n_mfcc, 0), dtype=np.float32),
+        "present": np.zeros(len(BRANCHES), dtype=bool),
+        "summary": np.zeros(SUMMARY_SIZE, dtype=np.float32),
+    }
+
+
+def batch_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Window rows as a numpy batch, as Ray Data hands them to a predictor: a column whose values share one shape
+    is stacked, one whose shapes differ (compact tokens, absent frames) is an object array of arrays."""
+    batch = {}
+    for key in rows[0]:
+        values = [np.asarray(row[key]) for row in rows]
+        if len({value.shape for value in values}) == 1:
+            batch[key] = np.stack(values)
+        else:
+            batch[key] = np.empty(len(values), dtype=object)
+            batch[key][:] = values
+    return batch
+
+
 @dataclass
 class PreparedItem:
     """One item after reading and feature extraction: its windows for the model, or why it has none.
 
     ``features`` holds only the windows the model can use (``window_index`` keeps their place in the piece);
     ``failure`` is ``(stage, reason)`` when nothing usable is left; ``problems`` are what was wrong but did not
-    stop tagging. Seconds are wall time in this process.
+    stop tagging; ``features_from`` says whether the features were read from the cache or extracted. Seconds are
+    wall time in this process.
     """
 
     key: str
@@ -64,15 +128,13 @@ class PreparedItem:
     problems: list[str] = field(default_factory=list)
     failure: tuple[str, str] | None = None
     transient: bool = False  # a problem that is not the content's fault (store error, unexpected error)
+    features_from: str = ""
     read_seconds: float = 0.0
     features_seconds: float = 0.0
 
     def window_rows(self, config: MerConfig) -> list[dict[str, Any]]:
-        """The item's rows for the dataset: one per kept window, or a single placeholder row for a failure.
-
-        Every row has :data:`WINDOW_COLUMNS` and :data:`ITEM_COLUMNS`, with the same shapes for all items
-        (tokens (max_tokens,), chroma (12, F), mfcc (n_mfcc, F), present (3,)), as Ray Data's blocks need.
-        """
+        """The item's rows for the dataset: one :func:`window_row` per kept window, or a single
+        :func:`empty_window` for a failure; each with :data:`WINDOW_COLUMNS` and :data:`ITEM_COLUMNS`."""
         meta = {
             "object_version": self.object_version,
             "modalities": self.modalities,
@@ -83,31 +145,12 @@ class PreparedItem:
             "failed_transient": bool(self.transient),
             "read_seconds": np.float64(self.read_seconds),
             "features_seconds": np.float64(self.features_seconds),
+            "features_from": self.features_from if self.failure is None else "",
         }
         if self.failure is not None or self.features is None:
-            return [{**placeholder_window(self.key, config), **meta, "n_windows": np.int64(1)}]
-        rows = self.features.window_rows()
-        kept = [rows[i] for i in self.window_index]
+            return [{**empty_window(self.key, config.features), **meta, "n_windows": np.int64(1)}]
+        kept = [window_row(self.features, int(i), config=config.features) for i in self.window_index]
         return [{**row, **meta, "n_windows": np.int64(len(kept))} for row in kept]
-
-
-def placeholder_window(name: str, config: MerConfig) -> dict[str, Any]:
-    """An all-padding window row (no branch present): the shape a failure row travels in."""
-    features = config.features
-    frames = features.frames_per_window
-    return {
-        "name": name,
-        "window_index": np.int64(0),
-        "window_start": np.float64(0.0),
-        "duration": np.float64(0.0),
-        "tokens": np.full(features.max_tokens, pad_id(features), dtype=np.int64),
-        "token_length": np.int64(0),
-        "chroma": np.zeros((12, frames), dtype=np.float32),
-        "mfcc": np.zeros((features.n_mfcc, frames), dtype=np.float32),
-        "present": np.zeros(len(BRANCHES), dtype=bool),
-        "summary": np.zeros(SUMMARY_SIZE, dtype=np.float32),
-        "pitch_classes": np.zeros(12, dtype=np.float64),
-    }
 
 
 def describe_error(error: BaseException) -> str:

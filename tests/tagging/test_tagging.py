@@ -47,6 +47,7 @@ from mer.tagging import (
     tag_store_local,
     use_gpus,
 )
+from mer.tagging.prepare import batch_of
 from mer.tagging.storage import LocalStore, ObjectStore, S3Store, list_items
 from mer.train.emopia import emopia_root, load_split
 from tiny import tiny_config
@@ -460,7 +461,7 @@ def test_a_window_the_model_rejects_fails_alone_and_the_batch_goes_on(model, pie
     config = tiny_config()
     window_rows = [r for item in items for r in prepare_item(folder, item_row(item), config=config).window_rows(config)]
     window_rows[1]["token_length"] = np.int64(10_000)  # more tokens than the window holds: the model raises
-    batch = {k: np.stack([np.asarray(r[k]) for r in window_rows]) for k in window_rows[0]}
+    batch = batch_of(window_rows)
 
     out = WindowPredictor(model)(batch)
 
