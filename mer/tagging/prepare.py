@@ -18,7 +18,8 @@ import numpy as np
 
 from mer.config import BRANCHES, FeatureConfig, MerConfig
 from mer.errors import BadInputError
-from mer.features import SUMMARY_SIZE, ItemFeatures, decode_audio, extract_features, read_midi, render_audio
+from mer.features import (SUMMARY_SIZE, ItemFeatures, decode_audio, extract_features, read_midi, render_audio,
+                          token_dtype)
 from mer.tagging.storage import Item, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,6 @@ def item_row(item: Item) -> dict[str, str]:
         "midi_key": item.midi.key if item.midi is not None else "",
         "audio_key": item.audio.key if item.audio is not None else "",
     }
-
-
-def token_dtype(config: FeatureConfig) -> np.dtype:
-    """The smallest unsigned integer type holding every token id of ``config`` (uint16 for the 389 ids)."""
-    return np.min_scalar_type(config.vocab_size - 1)
 
 
 def window_row(features: ItemFeatures, index: int, *, config: FeatureConfig) -> dict[str, Any]:
