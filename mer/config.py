@@ -125,6 +125,7 @@ class TagConfig:
     feature_concurrency: int = 2
     inference_concurrency: int = 1
     use_gpu: bool | None = None  # None: one GPU per inference actor when the cluster has GPUs at the start
+    page_size: int = 50_000  # keys listed and compared with the catalog at a time, and items per Ray Data pass
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,12 @@ from typing import Any
 
 from mer.catalog import FailureRecord
 from mer.config import TagConfig
-from mer.tagging.plan import Plan, TagSummary, begin_run, end_run
+from mer.features import FeatureCache
+from mer.tagging.plan import Plan, TagSummary, begin_run, end_run, passes
 from mer.tagging.predictor import BUCKET_POOL, WindowPredictor
 from mer.tagging.prepare import extract_window_rows, item_row
 from mer.tagging.recorder import WindowGrouper
-from mer.tagging.storage import ObjectStore
+from mer.tagging.storage import Item, ObjectStore
 
 FEATURE_TASK_CPUS = 1.0
 """CPUs a feature task reserves on a cluster with room for it: feature extraction is single-threaded
@@ -108,6 +109,7 @@ def tag_store(
     address: str | None = None,
     limit: int | None = None,
     progress: bool = True,
+    cache: str | FeatureCache | None = None,
 ) -> TagSummary:
     """Tag every new or changed item of an object store into the catalog, on Ray Data.
 
@@ -119,8 +121,9 @@ def tag_store(
         prefix: only keys starting with it (relative to the store root).
         endpoint_url: S3-compatible endpoint of the store (the artifact's comes from ``AWS_ENDPOINT_URL``).
         force: re-tag items this model already tagged at the same object version.
-        tagging: batch size (windows per model call and items per catalog transaction) and concurrency
-            (feature tasks, inference actors); None: :class:`TagConfig`'s defaults.
+        tagging: batch size (windows per model call and items per catalog transaction), concurrency
+            (feature tasks, inference actors) and page size (keys listed and compared at a time, items per Ray
+            Data pass); None: :class:`TagConfig`'s defaults.
         render_missing_audio: render audio with FluidSynth for items without usable audio.
         metrics_port: serve ``/metrics`` on this port while the run lasts (None or 0: off).
         pushgateway: push the metrics there at the end (``host:port`` or URL).
@@ -128,29 +131,33 @@ def tag_store(
             the end).
         limit: tag at most this many items (the rest stay for a later run: ``deferred``).
         progress: Ray Data's progress bars.
+        cache: the feature cache (a folder or ``s3://`` prefix every worker reaches, or a
+            :class:`~mer.features.FeatureCache`): features are read from it instead of extracted when the same
+            files were extracted before with the same feature config (by an earlier model version, or by
+            training), and stored in it after extraction. None: no cache.
 
     Returns:
         The :class:`TagSummary`. Raises (after marking the run ``failed``) only when the run as a whole cannot
         go on: no model, an unreachable store or catalog.
     """
     tagging = tagging or TagConfig()
-    plan = begin_run(store, catalog=catalog, model=model, storage=storage, prefix=prefix, endpoint_url=endpoint_url,
-                     force=force, tagging=tagging, render_missing_audio=render_missing_audio,
-                     metrics_port=metrics_port, pushgateway=pushgateway, limit=limit)
-    if not plan.todo:  # an unchanged store: no Ray at all, the run costs the listing
-        return end_run(plan, success=True, pushgateway=pushgateway)
+    plan = begin_run(store, catalog=catalog, model=model, storage=storage, endpoint_url=endpoint_url,
+                     tagging=tagging, render_missing_audio=render_missing_audio, metrics_port=metrics_port,
+                     pushgateway=pushgateway, cache=cache)
     started_ray = False
     try:
-        import ray
+        for todo in passes(plan, prefix=prefix, force=force, limit=limit, page_size=tagging.page_size):
+            import ray
 
-        if not ray.is_initialized():
-            # "local": a new single-node Ray, even when a `ray start` cluster runs on this machine (a bare
-            # ray.init() would join that one).
-            ray.init(address=address or "local", include_dashboard=False if address is None else None,
-                     logging_level=logging.WARNING)
-            started_ray = True
-        _run_pipeline(plan, tagging=tagging, render_missing_audio=render_missing_audio, storage=storage,
-                      progress=progress)
+            if not ray.is_initialized():  # only once there is work: an unchanged store starts no Ray at all
+                # "local": a new single-node Ray, even when a `ray start` cluster runs on this machine (a bare
+                # ray.init() would join that one).
+                ray.init(address=address or "local", include_dashboard=False if address is None else None,
+                         logging_level=logging.WARNING)
+                started_ray = True
+            _run_pipeline(plan, todo, tagging=tagging, render_missing_audio=render_missing_audio, storage=storage,
+                          progress=progress)
+            plan.recorder.end_pass()
     except BaseException:
         end_run(plan, success=False, pushgateway=pushgateway)
         raise
@@ -162,8 +169,9 @@ def tag_store(
     return end_run(plan, success=True, pushgateway=pushgateway)
 
 
-def _run_pipeline(plan: Plan, *, tagging: TagConfig, render_missing_audio: bool, storage: str | None,
-                  progress: bool) -> None:
+def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_missing_audio: bool,
+                  storage: str | None, progress: bool) -> None:
+    """One Ray Data pass over ``todo``: features in parallel tasks, inference in actors, labels into the catalog."""
     import ray
     import ray.data
 
@@ -174,13 +182,14 @@ def _run_pipeline(plan: Plan, *, tagging: TagConfig, render_missing_audio: bool,
     resources = ray.cluster_resources()
     gpus = use_gpus(tagging, resources)
     actor_cpus = 1 if gpus else INFERENCE_ACTOR_CPUS
-    rows = [item_row(item) for item in plan.todo]
+    rows = [item_row(item) for item in todo]
     blocks = _blocks_for(len(rows), tagging.feature_concurrency)
     dataset = (
         ray.data.from_items(rows, override_num_blocks=blocks)
         .flat_map(
             extract_window_rows,
-            fn_kwargs={"store": plan.store, "config": plan.config, "render_missing_audio": render_missing_audio},
+            fn_kwargs={"store": plan.store, "config": plan.config, "render_missing_audio": render_missing_audio,
+                       "cache": plan.cache},
             compute=_ray_compute(min(tagging.feature_concurrency, blocks), actor=False),
             # Passed through to Ray as a remote arg (Ray 2.60 has no named parameter for it and warns that the
             # pass-through goes away in 2.64; pyproject pins 2.60).

@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from mer.config import BRANCHES, FeatureConfig, MerConfig
 from mer.errors import BadInputError
-from mer.features import (SUMMARY_SIZE, ItemFeatures, decode_audio, extract_features, read_midi, render_audio,
-                          token_dtype)
+from mer.features import (SUMMARY_SIZE, FeatureCache, ItemFeatures, extract_features, open_audio, read_midi,
+                          render_audio, token_dtype)
 from mer.tagging.storage import Item, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,8 @@ def describe_error(error: BaseException) -> str:
 
 
 def prepare_item(
-    store: ObjectStore, row: Mapping[str, Any], *, config: MerConfig, render_missing_audio: bool = False
+    store: ObjectStore, row: Mapping[str, Any], *, config: MerConfig, render_missing_audio: bool = False,
+    cache: FeatureCache | None = None,
 ) -> PreparedItem:
     """Read an item's objects and extract the windows the model can use. Never raises for a bad item.
 
@@ -171,6 +173,8 @@ def prepare_item(
             modalities are worth reading (MIDI for ``symbolic``; audio for ``harmony``/``tone``).
         render_missing_audio: an item without usable audio gets audio rendered from its MIDI with FluidSynth,
             so the acoustic branches run too (the way the model was trained on EMOPIA).
+        cache: where features are looked up before any decoding, and stored after a clean extraction (see
+            :func:`cache_key`); None: always extract.
 
     Returns:
         A :class:`PreparedItem`. Each modality that cannot be used adds a problem (e.g.
@@ -180,7 +184,9 @@ def prepare_item(
     prepared = PreparedItem(key=str(row["key"]), object_version=str(row["object_version"]),
                             modalities=str(row["modalities"]))
     try:
-        _prepare(store, row, prepared, config=config, render_missing_audio=render_missing_audio)
+        with ExitStack() as files:
+            _prepare(store, row, prepared, config=config, render_missing_audio=render_missing_audio, cache=cache,
+                     files=files)
     except Exception as error:  # noqa: BLE001 — a bug or a library surprise on one item must not stop the run
         log.warning("%s: unexpected error while preparing: %s", prepared.key, describe_error(error), exc_info=True)
         prepared.features = None
@@ -189,9 +195,41 @@ def prepare_item(
     return prepared
 
 
+RENDERED = "no usable audio: harmony and tone branches read audio rendered from the MIDI"
+"""The problem recorded on an item whose acoustic branches read its MIDI rendered with FluidSynth."""
+
+
+def cache_key(*, midi: bytes | None, audio: BinaryIO | bytes | None, rendered: bytes | None,
+              config: FeatureConfig) -> str:
+    """The feature-cache key of what an item's features are extracted from (content hashes + feature config).
+
+    ``midi``: the MIDI bytes the symbolic branch reads; ``audio``: the audio file the acoustic branches read, or
+    ``rendered``: the MIDI bytes their audio is rendered from. The contents' order and count tell the cases
+    apart: ``(midi, audio)``; ``(midi,)`` for MIDI with its rendering — training's key for an EMOPIA clip
+    (:mod:`mer.train.dataset`), so tagging EMOPIA reuses what training extracted; ``(midi, b"")`` for MIDI
+    alone; ``(b"", audio)`` for audio alone; ``(b"", b"", rendered)`` for a rendering without the symbolic
+    branch.
+    """
+    if rendered is not None:
+        if midi is not None:
+            return FeatureCache.key(midi, config=config)
+        return FeatureCache.key(b"", b"", rendered, config=config)
+    return FeatureCache.key(b"" if midi is None else midi, b"" if audio is None else audio, config=config)
+
+
+def _fetch(prepared: PreparedItem, what: str, key: str, read: Any) -> Any:
+    """``read()``, or None with the problem recorded (a store error is not the content's fault: transient)."""
+    try:
+        return read()
+    except Exception as error:  # noqa: BLE001 — see prepare_item
+        prepared.problems.append(f"{what} {key}: {describe_error(error)}")
+        prepared.transient |= not isinstance(error, BadInputError)
+        return None
+
+
 def _prepare(
     store: ObjectStore, row: Mapping[str, Any], prepared: PreparedItem, *, config: MerConfig,
-    render_missing_audio: bool,
+    render_missing_audio: bool, cache: FeatureCache | None, files: ExitStack,
 ) -> None:
     features_config, built = config.features, config.model.branches
     wants_midi = "symbolic" in built
@@ -199,30 +237,58 @@ def _prepare(
     midi_key, audio_key = str(row["midi_key"]), str(row["audio_key"])
     problems = prepared.problems
 
-    # Read: fetch and decode each modality the model can use. A bad one is a problem, not yet a failure.
+    # Read each modality the model can use as the store holds it: MIDI bytes, the audio as a file.
     start = time.perf_counter()
-    audio = None
+    audio_file = None
     if audio_key and wants_audio:
+        audio_file = _fetch(prepared, "audio", audio_key, lambda: files.enter_context(store.open(audio_key)))
+    render = render_missing_audio and wants_audio and not audio_key  # no recording: render the MIDI
+    midi_data = None
+    midi_fetched = bool(midi_key and (wants_midi or render))
+    if midi_fetched:
+        midi_data = _fetch(prepared, "MIDI", midi_key, lambda: store.read(midi_key))
+
+    # Features read back from the cache, when everything the model reads was fetched: no decoding at all.
+    key = None
+    if cache is not None and not problems and (midi_data is not None or audio_file is not None):
+        key = cache_key(midi=midi_data if wants_midi else None, audio=audio_file,
+                        rendered=midi_data if render else None, config=features_config)
+        prepared.read_seconds = time.perf_counter() - start
+        start = time.perf_counter()
         try:
-            audio = decode_audio(store.read(audio_key), name=audio_key, config=features_config)  # (samples,)
-        except Exception as error:  # noqa: BLE001 — see prepare_item
-            problems.append(f"audio {audio_key}: {describe_error(error)}")
-            prepared.transient |= not isinstance(error, BadInputError)
+            cached = cache.get(key, name=prepared.key)
+        except Exception as error:  # noqa: BLE001 — an unreachable cache costs an extraction, not the item
+            log.warning("%s: feature cache unreadable (%s); extracting", prepared.key, describe_error(error))
+            cached = None
+        if cached is not None:
+            if render:
+                problems.append(RENDERED)
+            prepared.features_from = "cache"
+            _keep_usable_windows(prepared, cached, built)
+            prepared.features_seconds = time.perf_counter() - start
+            return
+        prepared.features_seconds = time.perf_counter() - start  # the miss
+        start = time.perf_counter()
+
+    # Decode: a bad modality is a problem, not yet a failure.
+    audio = None
+    if audio_file is not None:
+        audio = _fetch(prepared, "audio", audio_key,
+                       lambda: open_audio(audio_file, name=audio_key, config=features_config))
+    renders = render_missing_audio and wants_audio and audio is None
+    if midi_key and not midi_fetched and renders:  # the recording is unusable: render the MIDI instead
+        midi_data = _fetch(prepared, "MIDI", midi_key, lambda: store.read(midi_key))
     midi = None
-    if midi_key and (wants_midi or (render_missing_audio and wants_audio and audio is None)):
-        try:
-            midi = read_midi(store.read(midi_key), name=midi_key)
-        except Exception as error:  # noqa: BLE001
-            problems.append(f"MIDI {midi_key}: {describe_error(error)}")
-            prepared.transient |= not isinstance(error, BadInputError)
-    prepared.read_seconds = time.perf_counter() - start
+    if midi_data is not None and (wants_midi or renders):
+        midi = _fetch(prepared, "MIDI", midi_key, lambda: read_midi(midi_data, name=midi_key))
+    prepared.read_seconds += time.perf_counter() - start
 
     start = time.perf_counter()
     try:
-        if render_missing_audio and wants_audio and audio is None and midi is not None:
+        if renders and midi is not None:
             try:
                 audio = render_audio(midi, config=features_config, name=midi_key)
-                problems.append("no usable audio: harmony and tone branches read audio rendered from the MIDI")
+                problems.append(RENDERED)
             except BadInputError as error:
                 problems.append(f"rendering {midi_key} to audio: {error.reason}")
         model_midi = midi if wants_midi else None
@@ -239,12 +305,18 @@ def _prepare(
         features = _extract(prepared, midi=model_midi, audio=audio, config=features_config)
         if features is None:
             return
+        prepared.features_from = "extraction"
+        if key is not None and problems == ([RENDERED] if render else []):  # extracted as the key says
+            try:
+                cache.put(key, features)
+            except Exception as error:  # noqa: BLE001 — a full disk costs the next run an extraction, not this item
+                log.warning("%s: could not store features in %r (%s)", prepared.key, cache, describe_error(error))
         _keep_usable_windows(prepared, features, built)
     finally:
-        prepared.features_seconds = time.perf_counter() - start
+        prepared.features_seconds += time.perf_counter() - start
 
 
-def _extract(prepared: PreparedItem, *, midi: Any, audio: np.ndarray | None, config: Any) -> ItemFeatures | None:
+def _extract(prepared: PreparedItem, *, midi: Any, audio: Any, config: Any) -> ItemFeatures | None:
     """extract_features on both modalities; if that fails with both, on each alone (recording the problem)."""
     try:
         return extract_features(name=prepared.key, midi=midi, audio=audio, config=config)
@@ -285,7 +357,9 @@ def _keep_usable_windows(prepared: PreparedItem, features: ItemFeatures, built: 
 
 
 def extract_window_rows(
-    row: dict[str, Any], *, store: ObjectStore, config: MerConfig, render_missing_audio: bool
+    row: dict[str, Any], *, store: ObjectStore, config: MerConfig, render_missing_audio: bool,
+    cache: FeatureCache | None = None,
 ) -> list[dict[str, Any]]:
     """The Ray Data ``flat_map`` step: one item row → its window rows (or one failure row). Never raises."""
-    return prepare_item(store, row, config=config, render_missing_audio=render_missing_audio).window_rows(config)
+    return prepare_item(store, row, config=config, render_missing_audio=render_missing_audio,
+                        cache=cache).window_rows(config)
