@@ -123,6 +123,8 @@ class WindowPredictor:
 
         good = np.flatnonzero(stage == "")
         lengths = np.asarray(batch["token_length"])
+        if self.config.model.symbolic_max_tokens:  # the Bi-GRU reads no further: what its batches run to
+            lengths = np.minimum(lengths, self.config.model.symbolic_max_tokens)
         chunks = (length_buckets(lengths, good, self.batch_size) if self.bucket
                   else [good[i:i + self.batch_size] for i in range(0, good.shape[0], self.batch_size)])
         for chunk in chunks:
