@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import threading
 from abc import ABC, abstractmethod
@@ -80,6 +81,9 @@ class Item:
         return tuple(name for name, obj in (("midi", self.midi), ("audio", self.audio)) if obj is not None)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # checked on every listed key: a regex, not a loop over characters
+
+
 def key_problem(key: str) -> str | None:
     """Why ``key`` is unsafe to use as a store key, or None when it is fine.
 
@@ -93,7 +97,7 @@ def key_problem(key: str) -> str | None:
         key.encode("utf-8")
     except UnicodeEncodeError:  # a local file name with bytes that are not UTF-8 (os.walk keeps them as surrogates)
         return "key is not valid UTF-8 (the file name holds undecodable bytes)"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+    if _CONTROL.search(key):
         return "key contains a control character"
     if key.startswith(("/", "\\")) or (len(key) > 1 and key[1] == ":" and key[0].isalpha()):
         return "key is an absolute path"

@@ -7,7 +7,7 @@ Writes (once, into ``--cache-dir``) a 44.1 kHz stereo 16-bit WAV of ``--minutes`
 one after the other at varying levels: 635 MB for an hour), then runs in a fresh process exactly what a Ray feature
 task runs for an item made of that file alone — :func:`mer.tagging.prepare.extract_window_rows` with the default
 model config (read, decode, resample, features of every 30-s window; no cache) — and reports its seconds, its
-peak RSS (``ru_maxrss``: the whole process, Python and libraries included) and the RSS before the item.
+peak RSS (VmHWM: the whole process, Python and libraries included) and the RSS before the item.
 ``--baseline`` runs the same in another checkout, under an address-space cap (``--baseline-cap-gib``) so a
 whole-file decoder cannot take the machine down with it. Not collected by pytest.
 """
@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from memory import peak_rss_mib, rss_mib
 
 HERE = Path(__file__).resolve()
 NEW = HERE.parents[2]
@@ -57,11 +59,6 @@ def build_wav(path: Path, minutes: int) -> None:
     temporary.replace(path)
 
 
-def vm_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def measure(store: Path) -> dict:
@@ -72,7 +69,7 @@ def measure(store: Path) -> dict:
 
     local = LocalStore(store)
     (item,), _ = list_items(local)
-    before = vm_rss_mib()
+    before = rss_mib()
     start = time.perf_counter()
     rows = extract_window_rows(item_row(item), store=local, config=MerConfig(), render_missing_audio=False)
     seconds = time.perf_counter() - start
@@ -80,7 +77,7 @@ def measure(store: Path) -> dict:
     return {"seconds": round(seconds, 1), "windows": 0 if failed else len(rows), "failed_stage": failed,
             "failed_reason": str(rows[0]["failed_reason"])[:300],
             "rss_before_item_mib": round(before, 1),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mib": peak_rss_mib()}
 
 
 def run_measure(tree: Path, store: Path, *, cap_gib: float | None = None) -> dict:

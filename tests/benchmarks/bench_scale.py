@@ -23,13 +23,14 @@ import argparse
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from memory import peak_rss_mib
 
 HERE = Path(__file__).resolve()
 NEW = HERE.parents[2]
@@ -97,6 +98,7 @@ def fill_catalog(catalog: str, store: str, endpoint_url: str | None) -> None:
     writer.close()
 
 
+
 # --- one measurement, in its own process ------------------------------------------------------------------------------
 
 
@@ -129,7 +131,7 @@ def measure(args: argparse.Namespace) -> dict:
         counts = {"listed": summary.listed, "to_tag": to_tag, "passes": summary.passes}
     return {"seconds": round(seconds, 2), "process_seconds": round(time.perf_counter() - started, 2),
             "import_seconds": round(imported - started, 2), **counts,
-            "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "driver_peak_rss_mib": peak_rss_mib()}
 
 
 def run_measure(tree: Path, what: str, *, store: str, catalog: str, model: str, endpoint_url: str | None) -> dict:

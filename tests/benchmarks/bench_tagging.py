@@ -31,13 +31,14 @@ import io
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from memory import peak_rss_mib
 
 HERE = Path(__file__).resolve()
 NEW = HERE.parents[2]  # this checkout
@@ -113,6 +114,7 @@ def build_models(cache: Path) -> list[str]:
     return urls
 
 
+
 # --- one measurement, in its own process (the side's checkout on PYTHONPATH) --------------------------------------
 
 
@@ -145,7 +147,7 @@ def measure(args: argparse.Namespace) -> dict:
         "seconds": round(seconds, 2), "items_per_second": round(summary.tagged / seconds, 3),
         "tagged": summary.tagged, "failed": summary.failed,
         "stage_seconds": {k: round(v, 2) for k, v in summary.stage_seconds.items()},
-        "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "driver_peak_rss_mib": peak_rss_mib(),
     })
     for name in ("features_cached", "features_extracted", "passes"):
         if hasattr(summary, name):
