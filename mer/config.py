@@ -123,7 +123,7 @@ class TagConfig:
 
     batch_size: int = 16  # windows per model call (bigger batches amortise the Bi-GRU) and items per transaction
     feature_concurrency: int = 2
-    inference_concurrency: int = 1
+    inference_concurrency: int = 2  # at most; single-threaded actors, so a 2-core machine runs one per core
     use_gpu: bool | None = None  # None: one GPU per inference actor when the cluster has GPUs at the start
     page_size: int = 50_000  # keys listed and compared with the catalog at a time, and items per Ray Data pass
 

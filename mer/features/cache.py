@@ -10,9 +10,10 @@ folder grows huge. ``root`` is a local (or shared network) folder or ``s3://buck
 Nothing read back is trusted. Each file records its own key and a SHA-256 of every array it holds; a file that
 does not parse, names another key, or whose arrays do not hash to the recorded digest (a torn or half-written
 copy, a flipped bit, a foreign file) is a miss: it is removed and the caller extracts the features again.
-Writes are atomic — on a folder a temporary file in the same folder, fsynced, then :func:`os.replace`; on S3 a
-single PUT, which publishes whole objects only — so concurrent workers putting the same item never expose a
-partial file; whichever finishes last wins, and both wrote the same bytes' features.
+Writes are atomic — on a folder a temporary file in the same folder, then :func:`os.replace`; on S3 a single
+PUT, which publishes whole objects only — so concurrent workers putting the same item never expose a partial
+file; whichever finishes last wins, and both wrote the same bytes' features. Nothing is fsynced: a file a crash
+leaves torn is found out by its SHA-256, so durability costs no disk flush per item.
 
 How big it gets, and how it is bounded: an entry holds each window's tokens (2 bytes each), chromagram and
 MFCCs (float32, 12 + 23 rows of 1,292 frames for a 30-s window) and its summary: about 0.2 MB per 30-s window
@@ -172,10 +173,8 @@ class FeatureCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
             try:
-                with open(temporary, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())  # the rename must never publish a file whose bytes are still in flight
+                # No fsync: a file that a crash leaves torn fails its SHA-256 when read and is recomputed.
+                temporary.write_bytes(data)
                 os.replace(temporary, path)
             except BaseException:
                 temporary.unlink(missing_ok=True)

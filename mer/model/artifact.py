@@ -20,17 +20,18 @@ import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
-import torch
 
 from mer.config import MerConfig
 from mer.errors import ConfigError
-from mer.model.ensemble import MerEnsemble
-from mer.model.network import MerModel
-from mer.model.tensors import pick_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from mer.model.network import MerModel
 
 MODELS_DIR = "models"
 LATEST = "LATEST"
@@ -135,6 +136,8 @@ def save_artifact(
     Returns:
         The artifact folder's path or URL.
     """
+    import torch
+
     state = {k.removeprefix("module."): v.detach().cpu() for k, v in state_dict.items()}
     version = version or new_version(state)
     url = join(storage, MODELS_DIR, version)
@@ -238,6 +241,12 @@ def load_artifact(
     Raises:
         ConfigError: nothing there, a file missing, or weights that do not fit the config.
     """
+    import torch  # here, not at the top: reading config.json and meta.json (read_artifact) needs no torch
+
+    from mer.model.ensemble import MerEnsemble
+    from mer.model.network import MerModel
+    from mer.model.tensors import pick_device
+
     info = read_artifact(path_or_url_or_version, storage=storage, endpoint_url=endpoint_url)
     fs, root = filesystem(info.url, endpoint_url=endpoint_url)
     root = root.rstrip("/")

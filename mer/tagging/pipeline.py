@@ -1,17 +1,26 @@
-"""Nightly tagging on Ray Data: object store → features → batch inference → SQL catalog (issue 4).
+"""Nightly tagging on Ray Data: object store → features → batch inference → SQL catalog (issues 4 and 11).
 
 One run, :func:`tag_store`::
 
-    driver:  load the model artifact ─ start a run ─ list_items ─ skip what this model already tagged at the
-             same object version (unless ``force``)
+    driver:  read the model's config.json and meta.json (not its weights) ─ start a run
+             then, page by page (TagConfig.page_size keys): list ─ look the page's keys up in the catalog ─ skip
+             what this model already tagged at the same object version (unless ``force``) ─ once a pass's worth
+             of items is due, one Ray Data pass over them:
     Ray:     from_items ─ flat_map(extract_window_rows)        parallel CPU tasks, one item at a time:
-                              read bytes → read_midi / decode_audio → [render] → extract_features → window rows
-                        ─ map_batches(WindowPredictor)          actor pool, one GPU per actor when GPUs exist
+                              read → feature cache? → decode in blocks / [render] → extract_features → window rows
+                        ─ map_batches(WindowPredictor)          actor pool, one GPU per actor when GPUs exist;
+                                                                windows bucketed by token length
     driver:  iter_batches ─ group windows per item ─ aggregate_windows ─ CatalogWriter.write_batch (one
-             transaction per batch of items; idempotent upserts) ─ finish the run
+             transaction per batch of items; idempotent upserts) ─ everything written before the next page
+
+Rows between the stages are compact (:func:`~mer.tagging.prepare.window_row`): tokens unpadded in the smallest
+integer type, no frames for absent audio, a failure row with no arrays at all. The driver holds one page of the
+listing, its catalog lookups and one pass, never the whole listing; a night over an unchanged store runs no pass
+and starts no Ray at all. A job killed between (or during) passes and started again re-lists, skips what was
+written and tags the rest: every item exactly once.
 
 Bad input never stops a run. Everything an item can raise inside a Ray task is caught per item and travels on
-as data (a *failure row*: one placeholder window with ``failed_stage``/``failed_reason`` set, which the
+as data (a *failure row*: one empty window with ``failed_stage``/``failed_reason`` set, which the
 predictor passes through untouched), so one item never kills a batch. An item with one unusable modality is
 tagged from the other and the problem is recorded in ``labels.problems``; an item with nothing usable becomes a
 ``failures`` row with its stage and reason. Listing rejects (unsafe keys, duplicates) are ``list`` failures.
@@ -19,9 +28,8 @@ tagged from the other and the problem is recorded in ``labels.problems``; an ite
 Incremental: an item is skipped when this model version already labelled it at the same object version, or
 failed it there because of its content (a bad file stays bad until it changes). Failures that are not the
 content's fault (store or network errors, unexpected errors) are recorded without an object version, so the next
-run retries them. ``force`` re-tags everything. A re-run over an unchanged store starts no Ray work at all: it
-loads the model, lists, reads the catalog's versions and closes the run. Listing rejects are recorded again by
-every run (they cost nothing to find).
+run retries them. ``force`` re-tags everything. Listing rejects are recorded again by every run (they cost
+nothing to find).
 
 Counts: ``listed`` (items + listing rejects) = ``tagged`` + ``skipped`` + ``failed`` (+ ``deferred``: items left
 for a later run by ``limit``).
@@ -52,9 +60,10 @@ NumPy/librosa/FluidSynth. On a small machine the share shrinks so that all ``fea
 inference actors fit at once (see :func:`feature_task_cpus`)."""
 
 INFERENCE_ACTOR_CPUS = 0.5
-"""CPUs an inference actor reserves on a CPU-only cluster. Inference of a batch of windows is a small share of an
-item's cost (feature extraction dominates), so on a 2-core machine the actor may share a core with the feature
-tasks instead of taking one away from them (whole-CPU actors would leave one feature task running)."""
+"""CPUs an inference actor reserves on a CPU-only cluster. An actor runs torch on one thread (more threads on
+small GRU batches gain little and, on a busy machine, spin). On a 2-core machine the two actors and the two
+feature tasks share the cores: while items need features the tasks get most of them, and when the features come
+from the cache, inference gets both."""
 
 FEATURE_TASK_RETRIES = 2
 """Retries of a feature task whose worker died. Ray Data's default retries forever, so one file that crashes a
@@ -71,8 +80,8 @@ def use_gpus(tagging: TagConfig, resources: Mapping[str, float]) -> bool:
 
 def feature_task_cpus(cluster_cpus: float, *, tagging: TagConfig, actor_cpus: float, nodes: int = 1) -> float:
     """CPUs each feature task reserves: :data:`FEATURE_TASK_CPUS`, or less on a single machine that cannot hold
-    ``feature_concurrency`` such tasks beside the inference actors — on 2 cores with one 0.5-CPU actor, two
-    0.75-CPU tasks. Ray would otherwise run fewer tasks than asked and leave a core idle; the actor's share of a
+    ``feature_concurrency`` such tasks beside the inference actors — on 2 cores with two 0.5-CPU actors, two
+    0.5-CPU tasks. Ray would otherwise run fewer tasks than asked and leave a core idle; the actor's share of a
     core is small because inference costs far less than feature extraction. On a multi-node cluster, or one whose
     workers have not started yet (no CPUs), tasks take a whole CPU: there the autoscaler adds nodes for them."""
     if nodes != 1 or cluster_cpus <= 0:
@@ -81,10 +90,14 @@ def feature_task_cpus(cluster_cpus: float, *, tagging: TagConfig, actor_cpus: fl
     return max(0.25, min(FEATURE_TASK_CPUS, spare / max(1, tagging.feature_concurrency)))
 
 
-def _ray_compute(size: int, actor: bool) -> Any:
+def _ray_compute(size: int, actor: bool, *, start: int | None = None) -> Any:
+    """Tasks: ``size`` at a time. Actors: ``start`` of them at first (default ``size``), at least one, at most
+    ``size`` (Ray Data adds actors while work queues up and the resources allow; one GPU is enough to run)."""
     import ray.data
 
-    return ray.data.ActorPoolStrategy(size=size) if actor else ray.data.TaskPoolStrategy(size=size)
+    if actor:
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=max(1, min(size, start or size)))
+    return ray.data.TaskPoolStrategy(size=size)
 
 
 def _blocks_for(items: int, concurrency: int) -> int:
@@ -202,7 +215,8 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
             fn_constructor_kwargs={"model": plan.artifact_url, "storage": storage, "batch_size": tagging.batch_size,
                                    "num_threads": None if gpus else max(1, int(INFERENCE_ACTOR_CPUS))},
             batch_size=tagging.batch_size * BUCKET_POOL,  # the actor sorts these by token length (bucketing)
-            compute=_ray_compute(tagging.inference_concurrency, actor=True),
+            compute=_ray_compute(tagging.inference_concurrency, actor=True,
+                                 start=int(resources.get("GPU", 0)) if gpus else None),
             num_gpus=1 if gpus else 0,
             num_cpus=actor_cpus,
         )
