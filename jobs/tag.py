@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="push the metrics to this Pushgateway at the end (env MER_PUSHGATEWAY)")
     parser.add_argument("--address", default=env("RAY_ADDRESS"),
                         help="Ray cluster address (env RAY_ADDRESS; default: start a local Ray)")
+    parser.add_argument("--heartbeat-seconds", type=float, default=defaults.heartbeat_seconds,
+                        help="stamp the run's heartbeat (catalog, Pushgateway) this often; a run silent for "
+                             f"{defaults.dead_after_seconds:g} s is closed as failed by the next one")
     parser.add_argument("--limit", type=int, default=None, help="tag at most N items (the rest wait for next run)")
     parser.add_argument("--page-size", type=int, default=defaults.page_size,
                         help="keys listed and compared with the catalog at a time, and items per Ray Data pass")
@@ -86,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("batch_size", "feature_concurrency", "inference_concurrency", "page_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.heartbeat_seconds < defaults.dead_after_seconds:
+        parser.error(f"--heartbeat-seconds must be above 0 and below {defaults.dead_after_seconds:g}")
     return args
 
 
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     tagging = TagConfig(batch_size=args.batch_size, feature_concurrency=args.feature_concurrency,
                         inference_concurrency=args.inference_concurrency, use_gpu=args.use_gpu,
-                        page_size=args.page_size)
+                        page_size=args.page_size, heartbeat_seconds=args.heartbeat_seconds)
     cache = None if args.no_cache else args.cache_dir or f"{args.storage.rstrip('/')}/feature-cache"
     if cache is not None and "://" not in cache:
         cache = os.path.abspath(cache)  # the same path for every worker

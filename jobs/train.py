@@ -34,9 +34,9 @@ from mer.train import summary_table, train_model
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = MerConfig().training
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default="default",
                         help="default: the best configuration found on val; paper: the paper's model (README)")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--emopia", default=os.environ.get("MER_EMOPIA"),
                         help="EMOPIA folder (env MER_EMOPIA; default ../shared/emopia)")
     parser.add_argument("--storage", default=os.environ.get("MER_STORAGE", "./mer_runs"),

@@ -6,11 +6,9 @@ class MerError(Exception):
     """Base class of every error mer raises on purpose."""
 
 
-class BadInputError(MerError):
-    """An input item (MIDI file, audio file, object key) cannot be used.
-
-    ``item`` names the file or object; ``reason`` says why, in words a user can act on.
-    """
+class ItemError(MerError):
+    """Something about one input item (a file, an object key): ``item`` names it; ``reason`` says why, in words a
+    user can act on."""
 
     def __init__(self, item: str, reason: str) -> None:
         super().__init__(f"{item}: {reason}")
@@ -19,6 +17,17 @@ class BadInputError(MerError):
 
     def __reduce__(self):  # keep the fields across pickling (Ray ships errors between processes)
         return (type(self), (self.item, self.reason))
+
+
+class BadInputError(ItemError):
+    """An input item (MIDI file, audio file, object key) cannot be used: its content (or key) is at fault, and it
+    stays bad until it changes."""
+
+
+class ObjectChangedError(ItemError):
+    """An object in the store is no longer the version that was listed: it was overwritten (or replaced) between
+    the listing and the read. Not the content's fault: the item is retried by the next run, which lists the new
+    version."""
 
 
 class DatasetNotFoundError(MerError):

@@ -1,8 +1,9 @@
 """What the labels and the attention weights mean, written once for every stage that reads them.
 
-The quadrant → binary arousal/valence mapping (training targets, scores, EMOPIA clips, piece labels) and the
-attention each branch receives (evaluation reports, catalog columns). NumPy only; imports nothing of ours but
-:mod:`mer.config`.
+The quadrant → binary arousal/valence mapping (training targets, scores, EMOPIA clips, piece labels), the
+arousal/valence probabilities that quadrant probabilities imply (the catalog's ``arousal_prob``/``valence_prob``)
+and the attention each branch receives (evaluation reports, catalog columns). NumPy only; imports nothing of ours
+but :mod:`mer.config`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,19 @@ positive valence = Q1/Q4 (Russell's circumplex, as EMOPIA labels its clips and t
 def arousal_valence(quadrants: int | np.ndarray) -> np.ndarray:
     """Binary (arousal, valence) of quadrant indices 0..3 (Q1..Q4): shape ``(*quadrants.shape, 2)``, int64."""
     return np.asarray(QUADRANT_AROUSAL_VALENCE, dtype=np.int64)[np.asarray(quadrants, dtype=np.int64)]
+
+
+def arousal_valence_probs(quadrant_probs: np.ndarray) -> np.ndarray:
+    """P(high arousal) and P(positive valence) implied by quadrant probabilities: ``(..., 2)`` from ``(..., 4)``.
+
+    The quadrants partition the plane, so P(high arousal) = p_q1 + p_q2 and P(positive valence) = p_q1 + p_q4
+    (:data:`QUADRANT_AROUSAL_VALENCE`). Derived so, they can never contradict the quadrant probabilities stored
+    beside them (a Q3 label with p_q3 = 0.7 has P(high arousal) <= 0.3). Clipped to [0, 1] against float rounding.
+    """
+    probs = np.asarray(quadrant_probs, dtype=np.float64)
+    if probs.shape[-1:] != (len(QUADRANT_AROUSAL_VALENCE),):
+        raise ValueError(f"quadrant probabilities must be (..., 4), got {probs.shape}")
+    return np.clip(probs @ np.asarray(QUADRANT_AROUSAL_VALENCE, dtype=np.float64), 0.0, 1.0)
 
 
 def attention_received(attention: np.ndarray) -> np.ndarray:

@@ -69,6 +69,18 @@ def s3_bucket(s3_endpoint: str) -> str:
     return name
 
 
+@pytest.fixture
+def s3_versioned_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket with versioning enabled: an overwrite keeps the old version, readable by its VersionId."""
+    import boto3
+
+    name = f"mer-test-v-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket=name)
+    client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------------------------------------
 
 POSTGRES_URL_ENV = "MER_TEST_POSTGRES_URL"

@@ -29,7 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "infra" / "grafana" / "mer-catalog-dashboard.json"
 ROLES_SQL = REPO / "infra" / "catalog" / "roles.sql"
 GROUP_ROLES = ("mer_analyst", "mer_writer")
-PARTIAL_PENDING = "labels.partial arrives with issue 13's catalog change"
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 DAY = timedelta(days=1)
@@ -97,9 +96,6 @@ def libpq_url(admin_url: str, *, database: str, user: str | None = None) -> str:
 
 def write_small_catalog(conn: psycopg.Connection) -> None:
     """The runs, items, labels and failures above, written as the catalog's owner."""
-    has_partial = conn.execute(
-        "SELECT 1 FROM information_schema.columns WHERE table_name = 'labels' AND column_name = 'partial' "
-        "AND table_schema = current_schema()").fetchone() is not None
     for run_id, version, started in RUNS:
         conn.execute("INSERT INTO runs (id, model_version, started_at, finished_at, status) "
                      "VALUES (%s, %s, %s, %s, 'succeeded')", [run_id, version, started, started + timedelta(hours=1)])
@@ -109,12 +105,10 @@ def write_small_catalog(conn: psycopg.Connection) -> None:
     for key, version, run_id, quadrant, partial in LABELS:
         probs = [0.7 if f"Q{i}" == quadrant else 0.1 for i in range(1, 5)]
         columns = ["item_key", "model_version", "run_id", "object_version", "quadrant", "p_q1", "p_q2", "p_q3",
-                   "p_q4", "arousal_prob", "valence_prob", "branches_used", "n_windows", "timeline", "tagged_at"]
+                   "p_q4", "arousal_prob", "valence_prob", "branches_used", "n_windows", "timeline", "tagged_at",
+                   "partial"]
         values = [key, version, run_id, "1", quadrant, *probs, probs[0] + probs[1], probs[0] + probs[3],
-                  "symbolic,harmony,tone", 1, "[]", RUNS[run_id][2] + timedelta(minutes=5)]
-        if has_partial:
-            columns.append("partial")
-            values.append(partial)
+                  "symbolic,harmony,tone", 1, "[]", RUNS[run_id][2] + timedelta(minutes=5), partial]
         conn.execute(sql.SQL("INSERT INTO labels ({}) VALUES ({})").format(
             sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(", ").join(sql.Placeholder() * len(values))),
             values)
@@ -165,22 +159,11 @@ def plain(value: Any) -> Any:
     return round(float(value), 6) if isinstance(value, (Decimal, float)) else value
 
 
-def panel_params() -> list[Any]:
-    params = []
-    for title in panel_queries():
-        marks = []
-        if re.search(r"\blabels\.partial\b", panel_queries()[title]):
-            # Flips to a failure (XPASS, strict) once the migration adds the column: then drop this mark.
-            marks.append(pytest.mark.xfail(strict=True, raises=errors.UndefinedColumn, reason=PARTIAL_PENDING))
-        params.append(pytest.param(title, marks=marks, id=title))
-    return params
-
-
 def test_every_panel_has_its_expected_result() -> None:
     assert set(panel_queries()) == set(EXPECTED)
 
 
-@pytest.mark.parametrize("title", panel_params())
+@pytest.mark.parametrize("title", list(EXPECTED))
 def test_panel_sql_runs_as_the_analyst_and_returns_what_it_shows(catalog: Catalog, title: str) -> None:
     with psycopg.connect(catalog.analyst, autocommit=True, connect_timeout=5) as conn:
         cursor = conn.execute(grafana_sql(panel_queries()[title]))

@@ -36,7 +36,7 @@ DO $$
 DECLARE
     -- The catalog's relations (mer/catalog/migrations). Keep in step with the migrations.
     base_tables  text[] := ARRAY['items', 'runs', 'labels', 'failures'];
-    views        text[] := ARRAY['latest_labels', 'open_failures'];
+    views        text[] := ARRAY['latest_labels', 'open_failures', 'label_changes'];
     version_table text  := 'mer_alembic_version';
     schema_name  text   := current_schema();
     relation     text;

@@ -31,8 +31,25 @@ ORDER BY runs.id, labels.quadrant
 """
 """Labels per quadrant per run (a label counts for the run that wrote it last)."""
 
+MODEL_ROLLOUT_CHANGES = """
+WITH rollouts AS (
+    SELECT model_version, MIN(started_at) AS first_run
+    FROM runs
+    GROUP BY model_version
+)
+SELECT item_key, from_version, from_quadrant, from_prob, to_version, to_quadrant, to_prob, same_objects
+FROM label_changes
+WHERE from_version = (SELECT model_version FROM rollouts ORDER BY first_run DESC, model_version DESC LIMIT 1 OFFSET 1)
+  AND to_version = (SELECT model_version FROM rollouts ORDER BY first_run DESC, model_version DESC LIMIT 1)
+ORDER BY to_prob DESC, item_key
+"""
+"""What changed when we rolled out the new model: the items whose quadrant the newest model version (by its first
+run) labels differently from the version before it, with the probability each gave its quadrant, surest first.
+``same_objects`` is false where the item's files changed between the two labels (not the model's doing alone)."""
+
 ANALYST_QUERIES: dict[str, str] = {
     "saddest_pieces": SADDEST_PIECES,
     "harmony_carried": HARMONY_CARRIED,
     "quadrant_counts_per_run": QUADRANT_COUNTS_PER_RUN,
+    "model_rollout_changes": MODEL_ROLLOUT_CHANGES,
 }

@@ -8,15 +8,25 @@ of one schema step, while :data:`metadata` follows the head.
 
 Tables (see the migration for every column):
 
-- ``items``: one row per item key (object key without extension): current object version, duration, modalities.
-- ``runs``: one row per tagging run: model version, start/finish, status, counts.
-- ``labels``: one *current* label per (item, model version); a re-tag overwrites it in place.
+- ``items``: one row per item key (object key without extension): object version and modalities as last listed,
+  duration, ``last_seen`` (refreshed by every listing that finds it) and ``deleted_at`` (set when a complete
+  listing no longer finds it, cleared when it comes back).
+- ``runs``: one row per tagging run: model version, start/finish, status, counts, ``heartbeat_at`` (stamped every
+  heartbeat, 30 s by default, while the run lives; a ``running`` run whose heartbeat is older than a few minutes
+  was killed and the next run closes it as ``failed``).
+- ``labels``: one *current* label per (item, model version); a re-tag overwrites it in place. ``arousal_prob`` and
+  ``valence_prob`` are implied by the quadrant probabilities (p_q1 + p_q2, p_q1 + p_q4; a CHECK holds them to it);
+  the separate binary V/A head's outputs are ``va_head_arousal_prob``/``va_head_valence_prob``. ``partial``: made
+  from one modality because the other could not be *read*; retried by the next run.
 - ``failures``: what went wrong, per (item, run, stage). A failure stays as history, but once a later run of the
   same model version tags the item (or fails it again) ``superseded_by_run`` points at that run, so the open
   problems are the rows where it is NULL (view ``open_failures``). A failure never deletes an earlier good label:
   the label stays with its older ``object_version`` (``latest_labels.stale`` is then true) and the next run
-  retries the item.
-- view ``latest_labels``: each item's most recently written label, with its duration and modalities.
+  retries the item. A listing reject is recorded once per object version, and superseded by the first complete
+  listing that no longer rejects it.
+- view ``latest_labels``: each existing (not deleted) item's most recently written label, with its duration and
+  modalities; ``open_failures``: the open failures, less those of deleted items; ``label_changes``: items whose
+  quadrant differs between two model versions, with the probability each gave its quadrant.
 """
 from __future__ import annotations
 
@@ -31,12 +41,30 @@ from sqlalchemy.engine import Connection, Engine
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Our own version table name, so the catalog can live in a database shared with other Alembic-managed apps.
 VERSION_TABLE = "mer_alembic_version"
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0003"
 MIGRATION_LOCK_KEY = 0x6D6572  # "mer": the PostgreSQL advisory lock that serialises schema migrations
 MODALITIES: tuple[str, ...] = ("midi", "audio")
 RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed")
 RUN_COUNTS: tuple[str, ...] = ("listed", "tagged", "skipped", "failed")
 TIMELINE_KEYS: tuple[str, ...] = ("start_s", "quadrant", "p_q1", "p_q2", "p_q3", "p_q4", "arousal_prob", "valence_prob")
+"""Keys of every window in ``labels.timeline``; ``arousal_prob``/``valence_prob`` as for the label (from the window's
+quadrant probabilities)."""
+TIMELINE_HEAD_KEYS: tuple[str, ...] = ("va_head_arousal_prob", "va_head_valence_prob")
+"""Keys a timeline window has besides :data:`TIMELINE_KEYS` when the label keeps the binary V/A head's outputs."""
+AV_TOLERANCE = 1e-6
+"""How far a stored arousal/valence probability may be from the sum of its quadrant probabilities (float rounding)."""
+
+# Column comments the head migration writes too (PostgreSQL keeps them; analysts see them in \d+ and in Grafana).
+AROUSAL_COMMENT = "P(high arousal) = p_q1 + p_q2: implied by the quadrant probabilities, never the binary head's"
+VALENCE_COMMENT = "P(positive valence) = p_q1 + p_q4: implied by the quadrant probabilities, never the binary head's"
+HEAD_AROUSAL_COMMENT = ("the separate binary arousal head's P(high arousal), mean over windows: may disagree with "
+                        "arousal_prob; NULL when not kept")
+HEAD_VALENCE_COMMENT = ("the separate binary valence head's P(positive valence), mean over windows: may disagree "
+                        "with valence_prob; NULL when not kept")
+PARTIAL_COMMENT = ("made from one modality because the other could not be read (a store or network error, not "
+                   "its content): provisional, retried by the next run")
+SUPERSEDED_COMMENT = ("a later run of the same model version that tagged the item or failed it again; for a listing "
+                      "reject, the first complete listing that no longer rejects the object")
 
 # --- schema (mirrors the head migration) ---------------------------------------------------------------------------
 
@@ -48,11 +76,15 @@ items_table = sa.Table(
     "items",
     metadata,
     sa.Column("key", sa.Text(), primary_key=True, comment="object key without extension, relative to the store"),
-    sa.Column("object_version", sa.Text(), nullable=False, comment="ETags or size-mtime of the item's objects"),
-    sa.Column("duration_s", sa.Float(), nullable=True, comment="seconds; NULL until the item was tagged"),
+    sa.Column("object_version", sa.Text(), nullable=False,
+              comment="ETags or size-mtime of the item's objects, as last listed (or tagged)"),
+    sa.Column("duration_s", sa.Float(), nullable=True,
+              comment="seconds; NULL until the item was tagged, and again when its objects change"),
     sa.Column("modalities", sa.Text(), nullable=False, comment="'midi', 'audio' or 'midi,audio'"),
     sa.Column("first_seen", _TIMESTAMP, nullable=False),
-    sa.Column("last_seen", _TIMESTAMP, nullable=False),
+    sa.Column("last_seen", _TIMESTAMP, nullable=False, comment="the last listing (or write) that found the item"),
+    sa.Column("deleted_at", _TIMESTAMP, nullable=True,
+              comment="when a complete listing first missed the item; NULL while it exists (cleared if it returns)"),
 )
 
 runs_table = sa.Table(
@@ -67,6 +99,9 @@ runs_table = sa.Table(
     sa.Column("tagged", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("skipped", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("failed", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("heartbeat_at", _TIMESTAMP, nullable=True,
+              comment="stamped every heartbeat (30 s by default) while the run lives; a 'running' run whose "
+                      "heartbeat is minutes old was killed, and the next run closes it as failed"),
     sa.CheckConstraint("status IN ('running', 'succeeded', 'failed')", name="ck_runs_status"),
 )
 
@@ -76,14 +111,18 @@ labels_table = sa.Table(
     sa.Column("item_key", sa.Text(), sa.ForeignKey("items.key", name="fk_labels_item"), nullable=False),
     sa.Column("model_version", sa.Text(), nullable=False),
     sa.Column("run_id", sa.Integer(), sa.ForeignKey("runs.id", name="fk_labels_run"), nullable=False),
-    sa.Column("object_version", sa.Text(), nullable=False, comment="items.object_version when tagged"),
+    sa.Column("object_version", sa.Text(), nullable=False,
+              comment="items.object_version of the objects the label was made from (partial labels too)"),
     sa.Column("quadrant", sa.Text(), nullable=False),
     sa.Column("p_q1", sa.Float(), nullable=False),
     sa.Column("p_q2", sa.Float(), nullable=False),
     sa.Column("p_q3", sa.Float(), nullable=False),
     sa.Column("p_q4", sa.Float(), nullable=False),
-    sa.Column("arousal_prob", sa.Float(), nullable=False, comment="P(high arousal)"),
-    sa.Column("valence_prob", sa.Float(), nullable=False, comment="P(positive valence)"),
+    sa.Column("arousal_prob", sa.Float(), nullable=False, comment=AROUSAL_COMMENT),
+    sa.Column("valence_prob", sa.Float(), nullable=False, comment=VALENCE_COMMENT),
+    sa.Column("va_head_arousal_prob", sa.Float(), nullable=True, comment=HEAD_AROUSAL_COMMENT),
+    sa.Column("va_head_valence_prob", sa.Float(), nullable=True, comment=HEAD_VALENCE_COMMENT),
+    sa.Column("partial", sa.Boolean(), nullable=False, server_default=sa.false(), comment=PARTIAL_COMMENT),
     sa.Column("branches_used", sa.Text(), nullable=False, comment="e.g. 'symbolic,harmony,tone'"),
     sa.Column("attn_symbolic", sa.Float(), nullable=True, comment="mean attention the branch receives"),
     sa.Column("attn_harmony", sa.Float(), nullable=True),
@@ -93,8 +132,15 @@ labels_table = sa.Table(
     sa.Column("timeline", _JSON, nullable=False, comment="per-window labels"),
     sa.Column("problems", sa.Text(), nullable=True),
     sa.Column("tagged_at", _TIMESTAMP, nullable=False),
+    sa.Column("key", sa.Text(), nullable=True, comment="estimated key's tonic (C, C#, D, Eb, E, F, F#, G, Ab, A, Bb, B); "
+                                                      "Krumhansl-Kessler over the piece's pitch classes"),
+    sa.Column("mode", sa.Text(), nullable=True, comment="'major' or 'minor'"),
+    sa.Column("key_confidence", sa.Float(), nullable=True,
+              comment="the best key's correlation minus the runner-up's (0: a tie)"),
     sa.PrimaryKeyConstraint("item_key", "model_version", name="pk_labels"),
     sa.CheckConstraint("quadrant IN ('Q1', 'Q2', 'Q3', 'Q4')", name="ck_labels_quadrant"),
+    sa.CheckConstraint(f"ABS(arousal_prob - (p_q1 + p_q2)) <= {AV_TOLERANCE}", name="ck_labels_arousal_from_quadrants"),
+    sa.CheckConstraint(f"ABS(valence_prob - (p_q1 + p_q4)) <= {AV_TOLERANCE}", name="ck_labels_valence_from_quadrants"),
     sa.Index("ix_labels_run_id", "run_id"),
     sa.Index("ix_labels_model_version_quadrant", "model_version", "quadrant"),
 )
@@ -114,7 +160,7 @@ failures_table = sa.Table(
         sa.Integer(),
         sa.ForeignKey("runs.id", name="fk_failures_superseded_by_run"),
         nullable=True,
-        comment="a later run of the same model version that tagged the item or failed it again",
+        comment=SUPERSEDED_COMMENT,
     ),
     sa.UniqueConstraint("item_key", "run_id", "stage", name="uq_failures_item_run_stage"),
     sa.Index("ix_failures_run_id", "run_id"),

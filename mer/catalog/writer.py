@@ -3,11 +3,17 @@ idempotent transaction (:class:`CatalogWriter`).
 
 Idempotency: :meth:`CatalogWriter.write_batch` upserts everything in one transaction, so a job killed at any point
 and run again (as a new run) leaves every item once, labelled by whichever run wrote it last.
+
+What is true of the store now: :meth:`CatalogWriter.see_items` refreshes every listed item (``last_seen``, its
+object version and modalities; ``deleted_at`` cleared), and :meth:`CatalogWriter.mark_missing`, after a *complete*
+listing, marks the items it did not find as deleted and closes the listing rejects it no longer found. A run
+stamps :meth:`CatalogWriter.heartbeat` while it lives; :meth:`CatalogWriter.start_run` closes as ``failed`` the
+runs whose heartbeat stopped.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,12 +21,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from mer.catalog.records import FailureRecord, LabelRecord
+from mer.catalog.records import FailureRecord, LabelRecord, ListedItem
 from mer.catalog.schema import (RUN_COUNTS, RUN_STATUSES, catalog_url, create_catalog_engine, failures_table,
                                 items_table, labels_table, runs_table, upgrade_catalog)
 
-ABANDONED_AFTER = timedelta(hours=24)
-"""A run still ``running`` this long after its start was killed; the next run closes it as ``failed``."""
+DEAD_AFTER = timedelta(minutes=5)
+"""A run still ``running`` whose heartbeat is older than this was killed; the next run closes it as ``failed``.
+Ten heartbeats of the tagger's default period (``TagConfig.heartbeat_seconds``): a slow catalog write or a
+paused driver does not make a live run look dead."""
 
 
 def _now() -> datetime:
@@ -82,26 +90,40 @@ class CatalogWriter:
             return sqlite.insert(table)
         raise NotImplementedError(f"catalog upserts support SQLite and PostgreSQL, not {dialect}")
 
-    def start_run(self, model_version: str, *, abandoned_after: timedelta = ABANDONED_AFTER) -> int:
-        """Record a new run (status ``running``) and return its id.
+    def start_run(self, model_version: str, *, dead_after: timedelta = DEAD_AFTER) -> int:
+        """Record a new run (status ``running``, heartbeat now) and return its id.
 
-        Runs still ``running`` that started more than ``abandoned_after`` ago were killed (a nightly run takes
-        hours, not a day): they are closed as ``failed`` here, so the ``runs`` table does not show them running
-        forever. Their ``finished_at`` stays NULL: when they stopped is not known.
+        Runs still ``running`` whose last heartbeat (:meth:`heartbeat`) is more than ``dead_after`` old were killed
+        (SIGKILL, out of memory, a lost node): they are closed as ``failed`` here, so the ``runs`` table does not
+        show them running. Their ``finished_at`` stays NULL (when they stopped is not known; ``heartbeat_at`` says
+        when they were last alive).
         """
         if not model_version:
             raise ValueError("start_run needs a model version")
         now = _now()
+        last_alive = sa.func.coalesce(runs_table.c.heartbeat_at, runs_table.c.started_at)
         with self.engine.begin() as conn:
             conn.execute(
                 runs_table.update()
-                .where(runs_table.c.status == "running", runs_table.c.started_at < now - abandoned_after)
+                .where(runs_table.c.status == "running", last_alive < now - dead_after)
                 .values(status="failed")
             )
             result = conn.execute(
-                runs_table.insert().values(model_version=model_version, started_at=now, status="running")
+                runs_table.insert().values(model_version=model_version, started_at=now, heartbeat_at=now,
+                                           status="running")
             )
             return int(result.inserted_primary_key[0])
+
+    def heartbeat(self, run_id: int) -> bool:
+        """Stamp the run's ``heartbeat_at`` with now. False when the run is no longer ``running`` (another run
+        found its heartbeat too old and closed it)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                runs_table.update()
+                .where(runs_table.c.id == run_id, runs_table.c.status == "running")
+                .values(heartbeat_at=_now())
+            )
+            return result.rowcount == 1
 
     def finish_run(self, run_id: int, *, status: str = "succeeded", counts: Mapping[str, int] | None = None) -> None:
         """Close a run: ``status`` is ``succeeded`` or ``failed``; ``counts`` any of listed/tagged/skipped/failed."""
@@ -111,22 +133,78 @@ class CatalogWriter:
         unknown = sorted(set(counts) - set(RUN_COUNTS))
         if unknown:
             raise ValueError(f"unknown run counts {unknown}; expected some of {RUN_COUNTS}")
+        now = _now()
         with self.engine.begin() as conn:
             result = conn.execute(
                 runs_table.update()
                 .where(runs_table.c.id == run_id)
-                .values(finished_at=_now(), status=status, **{k: int(v) for k, v in counts.items()})
+                .values(finished_at=now, heartbeat_at=now, status=status, **{k: int(v) for k, v in counts.items()})
             )
             if result.rowcount != 1:
                 raise ValueError(f"no run with id {run_id}")
 
     def tagged_versions(self, model_version: str, *, keys: Sequence[str] | None = None) -> dict[str, str]:
-        """``{item key: object version}`` of every item labelled by ``model_version`` — the tagger skips an item
-        whose current ``Item.version`` equals the stored one. ``keys``: only these items (one page of a listing;
-        looked up through the primary key, 500 at a time), so a run never loads the whole table."""
+        """``{item key: object version}`` of every item fully labelled by ``model_version`` — the tagger skips an
+        item whose current ``Item.version`` equals the stored one. Partial labels are left out: their items are
+        tagged again. ``keys``: only these items (one page of a listing; looked up through the primary key, 500 at
+        a time), so a run never loads the whole table."""
         query = sa.select(labels_table.c.item_key, labels_table.c.object_version).where(
-            labels_table.c.model_version == model_version)
+            labels_table.c.model_version == model_version, sa.not_(labels_table.c.partial))
         return self._by_key(query, labels_table.c.item_key, keys)
+
+    def open_rejects(self) -> dict[str, str | None]:
+        """``{object key: object version}`` of the open listing rejects (``list`` failures not superseded), from runs
+        of any model version: a reject is the object's fault, so a run records it only when it is new or changed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(failures_table.c.item_key, failures_table.c.object_version)
+                .where(failures_table.c.stage == "list", failures_table.c.superseded_by_run.is_(None))
+                .order_by(failures_table.c.run_id)
+            )
+            return {key: version for key, version in rows}
+
+    def see_items(self, items: Sequence[ListedItem], *, seen_at: datetime) -> None:
+        """A listing found ``items``: each gets an ``items`` row (a new one: first seen now, duration unknown) with
+        the listed object version and modalities, ``last_seen = seen_at`` and ``deleted_at`` cleared. The duration
+        is kept only if the objects did not change. One transaction; call it per page of a long listing."""
+        rows = [{"key": i.key, "object_version": i.object_version, "duration_s": None, "modalities": i.modalities,
+                 "first_seen": seen_at, "last_seen": seen_at} for i in {i.key: i for i in items}.values()]
+        if rows:
+            with self.engine.begin() as conn:
+                self._upsert_items(conn, rows, keep_duration=True)
+
+    def mark_missing(self, run_id: int, *, listed_at: datetime, prefix: str = "",
+                     reject_keys: Collection[str] = ()) -> int:
+        """After a *complete* listing of ``prefix`` that started at ``listed_at`` (every item it found passed to
+        :meth:`see_items` with ``seen_at = listed_at``): items under ``prefix`` it did not find get
+        ``deleted_at = listed_at`` (those already deleted keep theirs), and the open listing rejects under
+        ``prefix`` that are not among ``reject_keys`` (this listing's rejects) are superseded by run ``run_id``.
+        Returns how many items were newly marked deleted. Never call it after a listing that failed or stopped
+        early: every item it did not reach would look deleted."""
+        under_prefix = sa.func.substr(items_table.c.key, 1, len(prefix)) == prefix if prefix else sa.true()
+        still_rejected = set(reject_keys)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                items_table.update()
+                .where(items_table.c.deleted_at.is_(None), items_table.c.last_seen < listed_at, under_prefix)
+                .values(deleted_at=listed_at)
+            )
+            gone = sorted(
+                key for (key,) in conn.execute(
+                    sa.select(failures_table.c.item_key)
+                    .where(failures_table.c.stage == "list", failures_table.c.superseded_by_run.is_(None),
+                           failures_table.c.run_id < run_id)
+                )
+                if key.startswith(prefix) and key not in still_rejected
+            )
+            for chunk in _chunks(gone):
+                conn.execute(
+                    failures_table.update()
+                    .where(failures_table.c.item_key.in_(chunk), failures_table.c.stage == "list",
+                           failures_table.c.superseded_by_run.is_(None), failures_table.c.run_id < run_id)
+                    .values(superseded_by_run=run_id)
+                )
+            return int(result.rowcount)
 
     def failed_versions(self, model_version: str, *, keys: Sequence[str] | None = None) -> dict[str, str | None]:
         """``{key: object version}`` of open failures (not superseded) under ``model_version``: lets a nightly run
@@ -176,7 +254,8 @@ class CatalogWriter:
                  "modalities": r.modalities, "first_seen": now, "last_seen": now}
                 for r in labels
             ]
-            # A failed item's duration is unknown; keep the stored one only if the objects did not change.
+            # A failed item's duration is unknown; keep the stored one only if the objects did not change. A failure
+            # without a version (retried next run) leaves the listed version in place.
             failed_item_rows = {
                 r.key: {"key": r.key, "object_version": r.object_version or "", "duration_s": None,
                         "modalities": r.modalities, "first_seen": now, "last_seen": now}
@@ -198,6 +277,10 @@ class CatalogWriter:
                       "reason": r.reason, "at": now} for r in failures],
                 )
                 self._supersede(conn, run_id, model_version, sorted({r.key for r in failures}), same_run=False)
+                # A listing reject is the object's fault, not the model's: its new record closes the older ones
+                # of any model version, so open_failures holds one row per rejected object.
+                self._supersede(conn, run_id, None, sorted({r.key for r in failures if r.stage == "list"}),
+                                same_run=False, stage="list")
 
             if labels:
                 stmt = self._insert(labels_table)
@@ -215,30 +298,36 @@ class CatalogWriter:
         if not rows:
             return
         stmt = self._insert(items_table)
+        # "" = not known (a failure recorded without a version): the stored version stays.
+        version = sa.case((stmt.excluded.object_version == "", items_table.c.object_version),
+                          else_=stmt.excluded.object_version)
         duration = (
-            sa.case((items_table.c.object_version == stmt.excluded.object_version, items_table.c.duration_s), else_=None)
+            sa.case((items_table.c.object_version == version, items_table.c.duration_s), else_=None)
             if keep_duration
             else stmt.excluded.duration_s
         )
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["key"],
-                set_={"object_version": stmt.excluded.object_version, "duration_s": duration,
-                      "modalities": stmt.excluded.modalities, "last_seen": stmt.excluded.last_seen},
+                set_={"object_version": version, "duration_s": duration,
+                      "modalities": stmt.excluded.modalities, "last_seen": stmt.excluded.last_seen,
+                      "deleted_at": None},
             ),
             rows,
         )
 
     @staticmethod
-    def _supersede(conn: Connection, run_id: int, model_version: str, keys: Sequence[str], *, same_run: bool) -> None:
-        """Mark the open failures of ``keys`` under ``model_version`` as superseded by ``run_id``: from earlier
-        runs only (a new failure), or from this run too (a label)."""
+    def _supersede(conn: Connection, run_id: int, model_version: str | None, keys: Sequence[str], *, same_run: bool,
+                   stage: str | None = None) -> None:
+        """Mark the open failures of ``keys`` under ``model_version`` (None: any) at ``stage`` (None: any) as
+        superseded by ``run_id``: from earlier runs only (a new failure), or from this run too (a label)."""
         same_version_runs = sa.select(runs_table.c.id).where(runs_table.c.model_version == model_version)
         for chunk in _chunks(keys):
             condition = sa.and_(
                 failures_table.c.item_key.in_(chunk),
                 failures_table.c.superseded_by_run.is_(None),
-                failures_table.c.run_id.in_(same_version_runs),
+                failures_table.c.run_id.in_(same_version_runs) if model_version is not None else sa.true(),
+                failures_table.c.stage == stage if stage is not None else sa.true(),
                 failures_table.c.run_id <= run_id,
             )
             if not same_run:

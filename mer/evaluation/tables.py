@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +26,8 @@ from mer.evaluation.results import EvalResult, TablesReport
 from mer.features import FeatureCache, piano_notes, read_midi
 from mer.model import MODELS_DIR, filesystem, join, load_artifact
 from mer.train import (MIN_SUBSET_VAL_CLIPS, Clip, ClipFeatures, Extraction, data_fingerprint, emopia_root,
-                       ensure_ray, extract_clips, load_split, run_identity, select_clips, subset_count, train_model)
+                       ensure_ray, extract_clips, load_split, progress_bar, progress_line, run_identity, select_clips,
+                       subset_count, train_model)
 
 
 def split_clips(root: Path, *, subset: int | None) -> dict[str, list[Clip]]:
@@ -66,17 +66,6 @@ def find_artifact(storage: str, config: MerConfig, fingerprint: str) -> str | No
     return None
 
 
-class _Log:
-    """Progress lines ``[tables] ...`` with the elapsed time, flushed at once (visible in ``ray job logs``)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.start = enabled, time.monotonic()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[tables {time.monotonic() - self.start:6.0f}s] {message}", file=sys.stdout, flush=True)
-
-
 def run_tables(
     *,
     emopia: str | os.PathLike | None,
@@ -110,21 +99,24 @@ def run_tables(
         epochs / workers: override ``base_config.training.epochs`` / ``num_workers``.
         subset: train on this many train clips (and proportional val/test clips): quick runs and tests.
         base_config: the full model's configuration (default :class:`MerConfig`).
-        methods: keys of :data:`METHODS` to run (default all).
+        methods: keys of :data:`METHODS` to run (default: every row of the paper's tables, not ``default``).
         device: evaluation device (default CUDA when present).
         progress: print progress lines.
 
     Returns:
         The :class:`TablesReport` (also written to ``out``).
     """
-    log = _Log(progress)
+    def log(message: str) -> None:
+        progress_line(f"[tables] {message}", enabled=progress)
+
     base = base_config or MerConfig()
     base = dataclasses.replace(base, training=dataclasses.replace(
         base.training,
         epochs=base.training.epochs if epochs is None else epochs,
         num_workers=base.training.num_workers if workers is None else workers,
     ))
-    chosen = [m for m in METHODS if methods is None or m.key in methods]
+    # Without a choice, the paper's rows (Tables I and III); a preset's row (the default configuration) on request.
+    chosen = [m for m in METHODS if (m.key in methods if methods is not None else m.preset is None)]
     if methods is not None and len(chosen) != len(set(methods)):
         raise ValueError(f"unknown method(s) {sorted(set(methods) - {m.key for m in METHODS})}; "
                          f"choose from {[m.key for m in METHODS]}")
@@ -149,6 +141,7 @@ def run_tables(
     results: dict[str, list[EvalResult]] = {}
     deep = [m for m in chosen if m.deep]
     total, done = len(deep) * len(seeds), 0
+    bar = progress_bar(total=total, desc="[tables] models", unit="model", enabled=progress)
     for method in deep:
         results[method.key] = []
         for seed in seeds:
@@ -173,6 +166,8 @@ def run_tables(
             log(f"{tag}: test 4Q {m['4q']:.3f}  arousal {m['arousal']:.3f}  valence {m['valence']:.3f}  "
                 f"(val 4Q {(result.extra.get('val_metrics') or {}).get('4q', float('nan')):.3f}, "
                 f"model {artifact.version})")
+            bar.update()
+    bar.close()
 
     for method in (m for m in chosen if not m.deep):
         log(f"{method.label}: features, C chosen on val, {len(seeds)} seed(s)")

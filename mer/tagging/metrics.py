@@ -8,6 +8,8 @@ contract:
 - ``mer_items_per_second`` (gauge: tagged items per wall-clock second of the run)
 - ``mer_run_last_success_timestamp_seconds``, ``mer_run_last_finish_timestamp_seconds`` (gauges, Unix seconds)
 - ``mer_run_failed`` (gauge, 1 if the last run failed)
+- ``mer_run_heartbeat_timestamp_seconds`` (gauge, Unix seconds: the running job's last heartbeat; pushed alone with
+  push-add every heartbeat, so a killed run leaves it behind, newer than the last finish, and ageing)
 - ``mer_labels_total{quadrant}`` (counter)
 
 Stages are :data:`STAGES`. Every job gets its own ``CollectorRegistry`` (never the process-global one) so two jobs
@@ -51,9 +53,9 @@ class JobMetrics:
     """The metrics of one tagging job, in a registry of their own.
 
     Counters and gauges are attributes (``items_listed``, ``items_tagged``, ``items_skipped``, ``items_failed``,
-    ``stage_seconds``, ``items_per_second``, ``run_last_finish``, ``run_failed``, ``labels``) for direct use;
-    the methods below cover the usual updates. Every ``stage`` and ``quadrant`` series exists from the start (at 0),
-    so rates and alerts work before the first failure.
+    ``stage_seconds``, ``items_per_second``, ``run_last_finish``, ``run_failed``, ``run_heartbeat``, ``labels``) for
+    direct use; the methods below cover the usual updates. Every ``stage`` and ``quadrant`` series exists from the
+    start (at 0), so rates and alerts work before the first failure.
     """
 
     def __init__(self) -> None:
@@ -77,6 +79,15 @@ class JobMetrics:
         )
         self.run_failed = Gauge("mer_run_failed", "1 if the last run failed, else 0.", registry=r)
         self.labels = Counter("mer_labels_total", "Labels written, by quadrant.", ["quadrant"], registry=r)
+        # The heartbeat twice: in the job's registry (served, and in the final push) and alone in a registry of its
+        # own, pushed every heartbeat. Push-add replaces only the metrics it names, so those pushes leave the last
+        # run's totals in the Pushgateway alone.
+        heartbeat_help = "Unix time of the running job's last heartbeat (its final push: the finish time)."
+        self.run_heartbeat = Gauge("mer_run_heartbeat_timestamp_seconds", heartbeat_help, registry=r)
+        self._heartbeat_registry = CollectorRegistry()
+        self._pushed_heartbeat = Gauge("mer_run_heartbeat_timestamp_seconds", heartbeat_help,
+                                       registry=self._heartbeat_registry)
+        self._heartbeat_push_failed = False
         # Registered only on success (see finish): a Pushgateway push replaces every pushed metric of the group, and
         # pushing this gauge from a failed run would overwrite the last success time with 0.
         self.run_last_success: Gauge | None = None
@@ -124,9 +135,17 @@ class JobMetrics:
         finally:
             histogram.observe(time.perf_counter() - start)
 
-    def finish(self, *, success: bool, now: float | None = None) -> None:
-        """Mark the run's end: finish time, ``mer_run_failed``, and on success the last-success time."""
+    def heartbeat(self, now: float | None = None) -> None:
+        """The run is alive at ``now`` (Unix seconds; default: now)."""
         now = time.time() if now is None else now
+        self.run_heartbeat.set(now)
+        self._pushed_heartbeat.set(now)
+
+    def finish(self, *, success: bool, now: float | None = None) -> None:
+        """Mark the run's end: finish time (the last heartbeat too), ``mer_run_failed``, and on success the
+        last-success time."""
+        now = time.time() if now is None else now
+        self.heartbeat(now)
         self.run_last_finish.set(now)
         self.run_failed.set(0 if success else 1)
         if success:
@@ -153,6 +172,18 @@ class JobMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def push_heartbeat(self, gateway_url: str, job: str = "mer_tag", *, timeout: float = 10.0) -> bool:
+        """Push-add the heartbeat alone (see :meth:`heartbeat`). Returns whether it worked; only the first failure
+        of a run is logged as a warning (a Pushgateway down for the night would otherwise warn every beat)."""
+        try:
+            pushadd_to_gateway(gateway_url, job=job, registry=self._heartbeat_registry, timeout=timeout)
+        except Exception as error:  # noqa: BLE001 — any network/HTTP error: a lost heartbeat must not stop the run
+            level = logging.DEBUG if self._heartbeat_push_failed else logging.WARNING
+            log.log(level, "could not push the heartbeat to %s: %s", _without_credentials(gateway_url), error)
+            self._heartbeat_push_failed = True
+            return False
+        return True
 
     def push(self, gateway_url: str, job: str = "mer_tag", *, timeout: float = 10.0) -> bool:
         """Push-add the metrics to a Pushgateway (the batch-job way). Returns whether it worked.

@@ -28,8 +28,10 @@ tagged from the other and the problem is recorded in ``labels.problems``; an ite
 Incremental: an item is skipped when this model version already labelled it at the same object version, or
 failed it there because of its content (a bad file stays bad until it changes). Failures that are not the
 content's fault (store or network errors, unexpected errors) are recorded without an object version, so the next
-run retries them. ``force`` re-tags everything. Listing rejects are recorded again by every run (they cost
-nothing to find).
+run retries them. ``force`` re-tags everything. A re-run over an unchanged store starts no Ray work at all: it
+loads the model, lists, reads the catalog's versions and closes the run. A listing reject is recorded once per
+object version. Every read is pinned to the version the listing saw; an object that changed in between fails its
+item for this run (transient), so no label pairs one version with another's bytes.
 
 Counts: ``listed`` (items + listing rejects) = ``tagged`` + ``skipped`` + ``failed`` (+ ``deferred``: items left
 for a later run by ``limit``).
@@ -226,8 +228,8 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
         for done in windows.add_batch(batch):
             plan.recorder.finish_item(done)
     if windows.open:  # every window of an item comes back before the dataset ends; if not, do not lose the item
-        for key, rows_ in windows.open.items():
-            first = rows_[0]
+        for key, rows_ in windows.open.items():  # {window index: row}, distinct windows only
+            first = next(iter(rows_.values()))
             plan.recorder.fail(FailureRecord(
                 key=key, object_version=None, stage="inference",
                 reason=f"only {len(rows_)} of {int(first['n_windows'])} windows came back from inference",

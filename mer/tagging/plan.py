@@ -2,23 +2,28 @@
 is new), end (flush, close the run with its status and counts, metrics).
 
 :func:`begin_run` reads the model artifact's config and meta.json (its version and feature config; never the
-weights) and starts a catalog run. :func:`passes` then lists the store page by page
-(:func:`~mer.tagging.storage.list_pages`), looks each page's keys up in the catalog, leaves out the items this
-model already tagged (or failed for their content) at the same object version, and yields the rest in passes
-of at most ``TagConfig.page_size`` items, which the caller processes (one Ray Data pass each) before the listing
-goes on. The driver never holds the whole listing: a page of the listing, its catalog lookups and one pass. A
-night over an unchanged store yields no pass at all. :func:`end_run` closes the run whether the work succeeded
-or not, and returns the :class:`TagSummary`.
+weights), starts a catalog run (closing runs whose heartbeat stopped) and its :class:`Heartbeat`. :func:`passes`
+then lists the store page by page (:func:`~mer.tagging.storage.list_pages`): every item of a page is refreshed in
+the catalog (``see_items``), the page's keys are looked up in the catalog, the items this model already tagged
+(or failed for their content) at the same object version are left out, and so are the listing rejects already
+recorded at the same object version; the rest are yielded in passes of at most ``TagConfig.page_size`` items,
+which the caller processes (one Ray Data pass each) before the listing goes on. Once the listing is complete,
+items it did not find are marked deleted (``mark_missing``; never after a listing that stopped early). The driver
+never holds the whole listing: a page of the listing, its catalog lookups and one pass. A night over an
+unchanged store yields no pass at all. :func:`end_run` closes the run whether the work succeeded or not, and
+returns the :class:`TagSummary`.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from mer.catalog import CatalogWriter, FailureRecord
+from mer.catalog import CatalogWriter, FailureRecord, ListedItem
 from mer.config import MerConfig, TagConfig
 from mer.features import FeatureCache, soundfont_path
 from mer.tagging.metrics import JobMetrics
@@ -27,6 +32,54 @@ from mer.tagging.recorder import Recorder
 from mer.tagging.storage import Item, ObjectStore, list_pages, open_store
 
 log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Proves the run alive: every ``seconds`` a daemon thread stamps the catalog run's ``heartbeat_at`` and the
+    metrics' heartbeat, and pushes the heartbeat to the Pushgateway when there is one. A killed job stops beating:
+    the next run closes it as failed (``CatalogWriter.start_run``) and the alert ``MerRunStoppedHeartbeating``
+    fires. Never raises: a missed beat is logged, and the run goes on."""
+
+    def __init__(self, *, writer: CatalogWriter, run_id: int, metrics: JobMetrics, seconds: float,
+                 pushgateway: str | None) -> None:
+        self.writer, self.run_id, self.metrics = writer, run_id, metrics
+        self.seconds = max(0.05, float(seconds))
+        self.pushgateway = pushgateway
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat_until_stopped, name=f"mer-heartbeat-{run_id}", daemon=True)
+        self._warned = False
+
+    def start(self) -> None:
+        """Beat now (the catalog stamped the start already) and then every ``seconds``."""
+        self.metrics.heartbeat()
+        if self.pushgateway:
+            self.metrics.push_heartbeat(self.pushgateway)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat_until_stopped(self) -> None:
+        while not self._stop.wait(self.seconds):
+            self.beat()
+
+    def beat(self) -> None:
+        self.metrics.heartbeat()
+        if self.pushgateway:
+            self.metrics.push_heartbeat(self.pushgateway)
+        try:
+            alive = self.writer.heartbeat(self.run_id)
+        except Exception as error:  # noqa: BLE001 — the catalog may be briefly unreachable; the next beat retries
+            alive = True
+            log.warning("run %d: could not stamp its heartbeat in the catalog: %s", self.run_id,
+                        describe_error(error))
+        if not alive and not self._warned:
+            self._warned = True
+            log.warning("run %d: the catalog no longer shows it running (another run found its heartbeat too old "
+                        "and closed it as failed); its labels are still written", self.run_id)
+
 
 @dataclass(frozen=True)
 class TagSummary:
@@ -85,6 +138,7 @@ class Plan:
     metrics_port: int | None
     recorder: Recorder
     cache: FeatureCache | None = None
+    heartbeat: Heartbeat | None = None
     listed: int = 0
     skipped: int = 0
     deferred: int = 0
@@ -118,7 +172,7 @@ def begin_run(
         if cache is not None and not isinstance(cache, FeatureCache):
             cache = FeatureCache(cache, endpoint_url=endpoint_url)
         writer = CatalogWriter(catalog)
-        run_id = writer.start_run(artifact.version)
+        run_id = writer.start_run(artifact.version, dead_after=timedelta(seconds=tagging.dead_after_seconds))
     except BaseException:
         # No run to record (no model or no catalog), but the failure still reaches the dashboards and alerts.
         metrics.finish(success=False)
@@ -128,24 +182,38 @@ def begin_run(
         raise
     recorder = Recorder(writer=writer, run_id=run_id, metrics=metrics, batch_size=tagging.batch_size,
                         use_attention=artifact.config.model.use_attention, expected={})
-    log.info("run %d: model %s, store %r, feature cache %r", run_id, artifact.version, store, cache)
-    return Plan(store=store, artifact_url=artifact.url, config=artifact.config, model_version=artifact.version,
+    plan = Plan(store=store, artifact_url=artifact.url, config=artifact.config, model_version=artifact.version,
                 writer=writer, run_id=run_id, metrics=metrics, started=started, metrics_port=port,
-                recorder=recorder, cache=cache)
+                recorder=recorder, cache=cache,
+                heartbeat=Heartbeat(writer=writer, run_id=run_id, metrics=metrics, seconds=tagging.heartbeat_seconds,
+                                    pushgateway=pushgateway))
+    log.info("run %d: model %s, store %r, feature cache %r", run_id, artifact.version, store, cache)
+    try:
+        plan.heartbeat.start()
+    except BaseException:
+        end_run(plan, success=False, pushgateway=pushgateway)
+        raise
+    return plan
 
 
 def passes(plan: Plan, *, prefix: str, force: bool, limit: int | None, page_size: int) -> Iterator[list[Item]]:
     """The items to tag, in passes of at most ``page_size``, from a listing read and compared page by page.
 
-    Each page's rejects are recorded as ``list`` failures and its counts added to the plan; an item is left out
-    when this model labelled it at this object version, or failed it there because of its content (failures
-    that were not the content's fault carry no version and are retried). Before each pass the recorder is told
-    which items to expect (:meth:`Recorder.start_pass`). ``limit``: at most this many items in all; the rest are
-    counted as ``deferred``.
+    Every item of a page is refreshed in the catalog (:meth:`CatalogWriter.see_items`: seen now, not deleted).
+    Each page's new rejects are recorded as ``list`` failures (a reject already recorded at the same object
+    version is not recorded again) and its counts added to the plan; an item is left out when this model
+    labelled it at this object version, or failed it there because of its content (failures that were not the
+    content's fault carry no version and are retried). Once the whole listing has gone by — and only then —
+    the items under ``prefix`` it did not find are marked deleted (:meth:`CatalogWriter.mark_missing`). Before
+    each pass the recorder is told which items to expect (:meth:`Recorder.start_pass`). ``limit``: at most this
+    many items in all; the rest are counted as ``deferred``.
     """
     recorder, metrics, writer = plan.recorder, plan.metrics, plan.writer
     todo: list[Item] = []
     room = limit
+    reject_keys: list[str] = []
+    listed_at = datetime.now(timezone.utc)
+    known_rejects = {} if force else writer.open_rejects()
     pages = list_pages(plan.store, prefix, page_size=page_size)
     while True:
         list_start = time.perf_counter()
@@ -153,14 +221,22 @@ def passes(plan: Plan, *, prefix: str, force: bool, limit: int | None, page_size
             page = next(pages, None)
             if page is not None:
                 items, rejects = page
+                writer.see_items([ListedItem(item.stem, item.version, item.modalities) for item in items],
+                                 seen_at=listed_at)
                 keys = [item.stem for item in items]
                 tagged = {} if force else writer.tagged_versions(plan.model_version, keys=keys)
                 known_bad = {} if force else writer.failed_versions(plan.model_version, keys=keys)
+            else:
+                # The listing is complete: what is true of the store now is that the items it did not find are
+                # gone. (A listing that failed or stopped early never gets here.)
+                gone = writer.mark_missing(plan.run_id, listed_at=listed_at, prefix=prefix, reject_keys=reject_keys)
         recorder.stage_seconds["list"] += time.perf_counter() - list_start
         if page is None:
             break
         fresh = [item for item in items if item.version not in (tagged.get(item.stem), known_bad.get(item.stem))]
-        skipped = len(items) - len(fresh)
+        new_rejects = [reject for reject in rejects if known_rejects.get(reject.key) != reject.version]
+        reject_keys.extend(reject.key for reject in rejects)
+        skipped = len(items) - len(fresh) + len(rejects) - len(new_rejects)
         if room is not None:
             plan.deferred += max(0, len(fresh) - room)
             fresh = fresh[:room]
@@ -169,22 +245,24 @@ def passes(plan: Plan, *, prefix: str, force: bool, limit: int | None, page_size
         plan.skipped += skipped
         metrics.record_listed(len(items) + len(rejects))
         metrics.record_skipped(skipped)
-        for key, reason in rejects:
-            recorder.fail(FailureRecord(key=key, object_version=None, stage="list", reason=reason))
+        for reject in new_rejects:
+            recorder.fail(FailureRecord(key=reject.key, object_version=reject.version, stage="list",
+                                        reason=reject.reason))
         todo.extend(fresh)
         while len(todo) >= page_size:
             yield _start_pass(plan, todo[:page_size])
             todo = todo[page_size:]
+    log.info("run %d: listed %d items and unusable objects; %d already done; %d items gone from the store%s",
+             plan.run_id, plan.listed, plan.skipped, gone,
+             f", {plan.deferred} left for later (limit {limit})" if plan.deferred else "")
     if todo:
         yield _start_pass(plan, todo)
-    log.info("run %d: listed %d items and unusable objects; %d already tagged%s", plan.run_id, plan.listed,
-             plan.skipped, f", {plan.deferred} left for later (limit {limit})" if plan.deferred else "")
 
 
 def _start_pass(plan: Plan, todo: list[Item]) -> list[Item]:
     plan.passes += 1
     plan.recorder.start_pass(todo)
-    log.info("run %d: pass %d, %d items to tag (%d listed so far, %d already tagged)", plan.run_id, plan.passes,
+    log.info("run %d: pass %d, %d items to tag (%d listed so far, %d already done)", plan.run_id, plan.passes,
              len(todo), plan.listed, plan.skipped)
     return todo
 
@@ -193,6 +271,8 @@ def end_run(plan: Plan, *, success: bool, pushgateway: str | None) -> TagSummary
     """Flush, close the run (status and counts), finish and push the metrics."""
     recorder = plan.recorder
     status = "succeeded" if success else "failed"
+    if plan.heartbeat is not None:
+        plan.heartbeat.stop()  # before the writer closes; finish_run stamps the last heartbeat
     try:
         if success:
             recorder.end_pass()

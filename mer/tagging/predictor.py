@@ -144,4 +144,6 @@ class WindowPredictor:
         out["quadrant_probs"], out["arousal_prob"], out["valence_prob"], out["attention"] = (
             quadrant_probs, arousal, valence, attention)
         out["inference_seconds"] = seconds
+        if "pitch_classes" in batch:  # the piece's pitch classes go on to the recorder (the label's key and mode)
+            out["pitch_classes"] = np.asarray(batch["pitch_classes"])
         return out

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from mer.config import BRANCHES, FeatureConfig, MerConfig
-from mer.errors import BadInputError
+from mer.errors import BadInputError, ItemError, ObjectChangedError
 from mer.features import (SUMMARY_SIZE, FeatureCache, ItemFeatures, extract_features, open_audio, read_midi,
                           render_audio, token_dtype)
 from mer.tagging.storage import Item, ObjectStore
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_COLUMNS: tuple[str, ...] = (
     "name", "window_index", "window_start", "duration", "tokens", "token_length", "chroma", "mfcc", "present",
-    "summary",
+    "summary", "pitch_classes",
 )
 """Columns of a window row: what the model reads, and where the window sits in its piece (:func:`window_row`)."""
 
@@ -40,14 +40,27 @@ ITEM_COLUMNS: tuple[str, ...] = (
 
 
 def item_row(item: Item) -> dict[str, str]:
-    """The plain-string row that stands for an item in the Ray dataset ("" where a modality is absent)."""
-    return {
-        "key": item.stem,
-        "object_version": item.version,
-        "modalities": ",".join(item.modalities),
-        "midi_key": item.midi.key if item.midi is not None else "",
-        "audio_key": item.audio.key if item.audio is not None else "",
-    }
+    """The plain-string row that stands for an item in the Ray dataset ("" where a modality is absent): its key,
+    version and modalities, and per object the key and the version the listing saw (reads are pinned to it)."""
+    row = {"key": item.stem, "object_version": item.version, "modalities": ",".join(item.modalities)}
+    for kind, obj in (("midi", item.midi), ("audio", item.audio)):
+        row[f"{kind}_key"] = obj.key if obj is not None else ""
+        row[f"{kind}_version"] = obj.version if obj is not None else ""
+        row[f"{kind}_version_id"] = obj.version_id if obj is not None else ""
+    return row
+
+
+def read_listed(store: ObjectStore, row: Mapping[str, Any], kind: str) -> bytes:
+    """The bytes of the item's ``kind`` ("midi" or "audio") object, exactly as listed: ObjectChangedError if it
+    changed since (a row without versions reads whatever is there)."""
+    return store.read(str(row[f"{kind}_key"]), version=str(row.get(f"{kind}_version") or "") or None,
+                      version_id=str(row.get(f"{kind}_version_id") or ""))
+
+
+def open_listed(store: ObjectStore, row: Mapping[str, Any], kind: str) -> BinaryIO:
+    """The item's ``kind`` object as a file (:meth:`ObjectStore.open`), pinned as :func:`read_listed`."""
+    return store.open(str(row[f"{kind}_key"]), version=str(row.get(f"{kind}_version") or "") or None,
+                      version_id=str(row.get(f"{kind}_version_id") or ""))
 
 
 def window_row(features: ItemFeatures, index: int, *, config: FeatureConfig) -> dict[str, Any]:
@@ -57,7 +70,8 @@ def window_row(features: ItemFeatures, index: int, *, config: FeatureConfig) -> 
     :func:`token_dtype` (the model pads a batch to its own longest window), and ``chroma`` (12, F) / ``mfcc``
     (n_mfcc, F) float32 are (12, 0) / (n_mfcc, 0) when the item has no audio. Ray Data stores such columns as
     variable-shaped tensors. Other columns: ``name``, ``window_index`` (int64), ``window_start`` and ``duration``
-    (float64 s), ``token_length`` (int64), ``present`` (3,) bool, ``summary`` (SUMMARY_SIZE,) float32.
+    (float64 s), ``token_length`` (int64), ``present`` (3,) bool, ``summary`` (SUMMARY_SIZE,) float32,
+    ``pitch_classes`` (12,) float64 (the piece's, on every row: what its key is estimated from).
     """
     length = int(features.token_lengths[index])
     audio = bool(features.present[1] or features.present[2])
@@ -73,6 +87,7 @@ def window_row(features: ItemFeatures, index: int, *, config: FeatureConfig) -> 
         "mfcc": features.mfcc[index, :, :frames],  # (n_mfcc, F) or (n_mfcc, 0)
         "present": features.present.copy(),
         "summary": features.summary[index],
+        "pitch_classes": features.pitch_classes.copy(),
     }
 
 
@@ -89,6 +104,7 @@ def empty_window(name: str, config: FeatureConfig) -> dict[str, Any]:
         "mfcc": np.zeros((config.n_mfcc, 0), dtype=np.float32),
         "present": np.zeros(len(BRANCHES), dtype=bool),
         "summary": np.zeros(SUMMARY_SIZE, dtype=np.float32),
+        "pitch_classes": np.zeros(12, dtype=np.float64),
     }
 
 
@@ -152,7 +168,7 @@ class PreparedItem:
 
 def describe_error(error: BaseException) -> str:
     """A one-line reason for an exception: our own errors' reason, else the type and message."""
-    if isinstance(error, BadInputError):
+    if isinstance(error, ItemError):
         return error.reason
     if isinstance(error, FileNotFoundError):
         return "the object disappeared from the store after it was listed"
@@ -187,6 +203,11 @@ def prepare_item(
         with ExitStack() as files:
             _prepare(store, row, prepared, config=config, render_missing_audio=render_missing_audio, cache=cache,
                      files=files)
+    except ObjectChangedError as error:
+        # An object changed since the listing: the item fails for this run (transient); the next run lists the
+        # new version anyway.
+        prepared.features, prepared.problems = None, []
+        prepared.failure, prepared.transient = ("read", f"{error.item}: {error.reason}"), True
     except Exception as error:  # noqa: BLE001 — a bug or a library surprise on one item must not stop the run
         log.warning("%s: unexpected error while preparing: %s", prepared.key, describe_error(error), exc_info=True)
         prepared.features = None
@@ -221,6 +242,8 @@ def _fetch(prepared: PreparedItem, what: str, key: str, read: Any) -> Any:
     """``read()``, or None with the problem recorded (a store error is not the content's fault: transient)."""
     try:
         return read()
+    except ObjectChangedError:
+        raise  # fails the whole item (prepare_item)
     except Exception as error:  # noqa: BLE001 — see prepare_item
         prepared.problems.append(f"{what} {key}: {describe_error(error)}")
         prepared.transient |= not isinstance(error, BadInputError)
@@ -237,16 +260,18 @@ def _prepare(
     midi_key, audio_key = str(row["midi_key"]), str(row["audio_key"])
     problems = prepared.problems
 
-    # Read each modality the model can use as the store holds it: MIDI bytes, the audio as a file.
+    # Read each modality the model can use as the store holds it: MIDI bytes, the audio as a file. Every read is
+    # pinned to the version the listing saw: an object that changed since fails the whole item (transient, see
+    # prepare_item), so no label pairs the listed version with other bytes.
     start = time.perf_counter()
     audio_file = None
     if audio_key and wants_audio:
-        audio_file = _fetch(prepared, "audio", audio_key, lambda: files.enter_context(store.open(audio_key)))
+        audio_file = _fetch(prepared, "audio", audio_key, lambda: files.enter_context(open_listed(store, row, "audio")))
     render = render_missing_audio and wants_audio and not audio_key  # no recording: render the MIDI
     midi_data = None
     midi_fetched = bool(midi_key and (wants_midi or render))
     if midi_fetched:
-        midi_data = _fetch(prepared, "MIDI", midi_key, lambda: store.read(midi_key))
+        midi_data = _fetch(prepared, "MIDI", midi_key, lambda: read_listed(store, row, "midi"))
 
     # Features read back from the cache, when everything the model reads was fetched: no decoding at all.
     key = None
@@ -277,7 +302,7 @@ def _prepare(
                        lambda: open_audio(audio_file, name=audio_key, config=features_config))
     renders = render_missing_audio and wants_audio and audio is None
     if midi_key and not midi_fetched and renders:  # the recording is unusable: render the MIDI instead
-        midi_data = _fetch(prepared, "MIDI", midi_key, lambda: store.read(midi_key))
+        midi_data = _fetch(prepared, "MIDI", midi_key, lambda: read_listed(store, row, "midi"))
     midi = None
     if midi_data is not None and (wants_midi or renders):
         midi = _fetch(prepared, "MIDI", midi_key, lambda: read_midi(midi_data, name=midi_key))

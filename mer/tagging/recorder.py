@@ -108,28 +108,30 @@ class Recorder:
                    for k in ("window_index", "window_start", "quadrant_probs", "arousal_prob", "valence_prob",
                              "attention")},
             })[0]
-            # Tagged from one modality because reading the other failed for a reason that is not the content's
-            # (store or network error): the label is kept, but without an object version, so the next run
-            # retries the item instead of skipping it as done.
-            partial = bool(first["failed_transient"])
+            # The catalog derives arousal/valence from the quadrant probabilities; the binary V/A head's own
+            # outputs are kept under their explicit names. A label tagged from one modality because reading the
+            # other failed for a reason that is not the content's (store or network error) is partial: it keeps
+            # the object version it was read at, and the next run tags the item again.
             label = LabelRecord(
                 key=done.key,
-                object_version="" if partial else str(first["object_version"]),
+                object_version=str(first["object_version"]),
                 modalities=str(first["modalities"]),
                 duration_s=float(first["duration"]),
                 quadrant=piece.label,
                 quadrant_probs=piece.quadrant_probs,
-                arousal_prob=piece.arousal_prob,
-                valence_prob=piece.valence_prob,
+                va_head_arousal_prob=piece.arousal_prob,
+                va_head_valence_prob=piece.valence_prob,
                 branches_used=str(first["branches_used"]),
                 attention=piece.attention if self.use_attention else None,
                 timeline=[
                     {"start_s": start, "quadrant": QUADRANTS[int(np.argmax(probs))], "p_q1": probs[0],
-                     "p_q2": probs[1], "p_q3": probs[2], "p_q4": probs[3], "arousal_prob": a, "valence_prob": v}
+                     "p_q2": probs[1], "p_q3": probs[2], "p_q4": probs[3], "va_head_arousal_prob": a,
+                     "va_head_valence_prob": v}
                     for start, probs, a, v in zip(piece.window_starts, piece.window_quadrant_probs,
                                                   piece.window_arousal_probs, piece.window_valence_probs)
                 ],
                 problems=str(first["problems"]) or None,
+                partial=bool(first["failed_transient"]),
             )
         except Exception as error:  # noqa: BLE001 — e.g. NaN probabilities: this item fails, the run goes on
             self.fail(FailureRecord(key=done.key, object_version=str(first["object_version"]), stage="inference",
@@ -198,18 +200,26 @@ class Recorder:
 
 
 class WindowGrouper:
-    """Groups window rows (arriving in any order, split over any batches) back into items."""
+    """Groups window rows (arriving in any order, split over any batches) back into items.
+
+    Rows are told apart by (item, ``window_index``): a feature task that Ray retries after it had already emitted
+    rows emits them again, and a row seen before — or a row of an item already finished — is dropped, so a retry
+    neither double counts a window nor turns a good item into "only k of n windows came back".
+    """
 
     def __init__(self) -> None:
-        self.open: dict[str, list[dict[str, Any]]] = {}
+        self.open: dict[str, dict[int, dict[str, Any]]] = {}  # item key -> window index -> row
+        self.finished: set[str] = set()
 
     def add_batch(self, batch: Mapping[str, np.ndarray]) -> Iterator[FinishedItem]:
         columns = list(batch)
         for i in range(len(batch["name"])):
-            row = {k: batch[k][i] for k in columns}
-            key = str(row["name"])
-            rows = self.open.setdefault(key, [])
-            rows.append(row)
-            if len(rows) >= int(row["n_windows"]):
+            key = str(batch["name"][i])
+            if key in self.finished:
+                continue
+            rows = self.open.setdefault(key, {})
+            rows.setdefault(int(batch["window_index"][i]), {k: batch[k][i] for k in columns})
+            if len(rows) >= int(batch["n_windows"][i]):
                 del self.open[key]
-                yield FinishedItem(key=key, rows=rows)
+                self.finished.add(key)
+                yield FinishedItem(key=key, rows=[rows[index] for index in sorted(rows)])

@@ -6,6 +6,11 @@ root and uses ``/`` as separator, so the same key names the same piece in both k
 An *item* is a key stem with up to two objects: ``<stem>.mid|.midi`` (the score) and ``<stem>.wav|.flac|.mp3|.ogg``
 (a recording). :func:`list_items` pairs them and says, for every object it could not use, why.
 
+Reads can be pinned to the version a listing saw (``read(key, version=..., version_id=...)``): an S3 object by its
+``VersionId`` when the bucket is versioned, else by ``If-Match`` on its ETag; a local file by its size and mtime,
+checked on the open file before and after reading. An object that changed since it was listed raises
+:class:`~mer.errors.ObjectChangedError` instead of returning bytes of another version.
+
 Stores are picklable so Ray tasks can carry them: the boto3 client is created lazily in each process and never
 pickled. Credentials come from boto3's standard chain (environment, shared config, instance role) and are never
 stored, logged or shown in a repr.
@@ -21,10 +26,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from mer.errors import BadInputError, MerError
+from mer.errors import BadInputError, MerError, ObjectChangedError
 
 MIDI_EXTENSIONS: tuple[str, ...] = (".mid", ".midi")
 # Order = preference when one stem has several recordings: lossless first, then the lossy formats.
@@ -46,11 +51,22 @@ class StoredObject:
     """One object in a store.
 
     ``key`` is relative to the store root (``/``-separated); ``size`` is in bytes; ``version`` changes whenever the
-    content may have changed: the ETag for S3, ``f"{size}-{mtime_ns}"`` for a local file.
+    content may have changed: the ETag for S3, ``f"{size}-{mtime_ns}"`` for a local file. ``version_id``: the S3
+    ``VersionId`` in a versioned bucket (a read can fetch exactly that version even after an overwrite), else "".
     """
 
     key: str
     size: int
+    version: str
+    version_id: str = ""
+
+
+class Reject(NamedTuple):
+    """An object :func:`list_items` cannot use: its :func:`printable_key`, why, and its version (so a nightly run
+    records it once per version, not every night)."""
+
+    key: str
+    reason: str
     version: str
 
 
@@ -138,13 +154,19 @@ class ObjectStore(ABC):
         """
 
     @abstractmethod
-    def read(self, key: str) -> bytes:
-        """The object's bytes. FileNotFoundError if absent; BadInputError for an unsafe key (see key_problem)."""
+    def read(self, key: str, *, version: str | None = None, version_id: str = "") -> bytes:
+        """The object's bytes. FileNotFoundError if absent; BadInputError for an unsafe key (see key_problem).
 
-    def open(self, key: str) -> BinaryIO:
+        ``version`` (and, on S3, ``version_id``) as a listing gave them in :class:`StoredObject`: the bytes of
+        exactly that version, or ObjectChangedError when the object changed since (never bytes of another version
+        under the listed one's name).
+        """
+
+    def open(self, key: str, *, version: str | None = None, version_id: str = "") -> BinaryIO:
         """The object as a seekable binary file, to be closed by the caller: how big objects (an hour of audio)
-        are read without holding their bytes. This default reads the bytes; stores override it to stream."""
-        return io.BytesIO(self.read(key))
+        are read without holding their bytes. ``version``/``version_id`` pin it as in :meth:`read`. This default
+        reads the bytes; stores override it to stream."""
+        return io.BytesIO(self.read(key, version=version, version_id=version_id))
 
     @abstractmethod
     def write(self, key: str, data: bytes) -> StoredObject:
@@ -234,19 +256,38 @@ class LocalStore(ObjectStore):
                 continue  # vanished while listing, or a dangling symlink: not an object
             yield self._object(key, st)
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, *, version: str | None = None, version_id: str = "") -> bytes:
         path = self._path(key)
         try:
-            return path.read_bytes()
+            with path.open("rb") as handle:
+                # The open file is one inode: a file replaced (os.replace) after the open still reads as the
+                # version checked here; one rewritten in place shows a new size or mtime afterwards.
+                self._check_version(key, os.fstat(handle.fileno()), version)
+                data = handle.read()
+                self._check_version(key, os.fstat(handle.fileno()), version)
+                return data
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str, *, version: str | None = None, version_id: str = "") -> BinaryIO:
         path = self._path(key)
         try:
-            return open(path, "rb")
+            handle = open(path, "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
+        try:
+            # The open file is one inode: a file replaced (os.replace) after the open still reads as the version
+            # checked here.
+            self._check_version(key, os.fstat(handle.fileno()), version)
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+
+    def _check_version(self, key: str, st: os.stat_result, version: str | None) -> None:
+        if version is not None and (now := self._object(key, st).version) != version:
+            raise ObjectChangedError(key, f"the file changed after it was listed (size-mtime {version} listed, "
+                                          f"{now} read); retried by the next run")
 
     def stat(self, key: str) -> StoredObject:
         path = self._path(key)
@@ -298,6 +339,7 @@ class S3Store(ObjectStore):
         self.region_name = region_name
         self.url = f"s3://{bucket}/{self.prefix}"
         self._client: Any = None
+        self._versioned: bool | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -336,53 +378,97 @@ class S3Store(ObjectStore):
         return self._client
 
     @staticmethod
-    def _missing(error: Exception) -> bool:
-        code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
-        return code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
+    def _code(error: Exception) -> str:
+        return getattr(error, "response", {}).get("Error", {}).get("Code", "")
+
+    @classmethod
+    def _missing(cls, error: Exception) -> bool:
+        return cls._code(error) in ("NoSuchKey", "404", "NotFound", "NoSuchBucket", "NoSuchVersion")
+
+    @property
+    def versioned(self) -> bool:
+        """Whether the bucket keeps versions (versioning ``Enabled``): then listings carry each object's VersionId
+        and reads fetch exactly that version. Asked once per process; a caller that may not ask
+        (``s3:GetBucketVersioning`` denied) is treated as unversioned, and reads are pinned by ETag instead."""
+        if self._versioned is None:
+            from botocore.exceptions import ClientError
+
+            try:
+                status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+            except ClientError as error:
+                if self._missing(error):
+                    raise FileNotFoundError(f"{self.url}: bucket does not exist") from None
+                status = None
+            self._versioned = status == "Enabled"
+        return self._versioned
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         # Keys are listed as S3 holds them, unsafe ones included: list_items reports them rather than hiding them.
         _check_prefix(prefix)
         from botocore.exceptions import ClientError
 
-        paginator = self.client.get_paginator("list_objects_v2")
+        versioned = self.versioned
+        # A versioned bucket is listed by version: the current version of each key (IsLatest), with its VersionId.
+        # Keys whose newest entry is a delete marker have no current version and are not listed.
+        operation, entries = ("list_object_versions", "Versions") if versioned else ("list_objects_v2", "Contents")
+        paginator = self.client.get_paginator(operation)
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-                for entry in page.get("Contents", []):
+                for entry in page.get(entries, []):
                     key = entry["Key"][len(self.prefix):]
-                    if not key or key.endswith("/"):
-                        continue  # "folder" marker objects made by consoles
-                    yield StoredObject(key=key, size=int(entry["Size"]), version=entry["ETag"].strip('"'))
+                    if not key or key.endswith("/") or (versioned and not entry["IsLatest"]):
+                        continue  # "folder" marker objects made by consoles; older versions
+                    yield StoredObject(key=key, size=int(entry["Size"]), version=entry["ETag"].strip('"'),
+                                       version_id=entry.get("VersionId", "") if versioned else "")
         except ClientError as error:
             if self._missing(error):
                 raise FileNotFoundError(f"{self.url}: bucket does not exist") from None
             raise
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, *, version: str | None = None, version_id: str = "") -> bytes:
         _check_key(key)
         from botocore.exceptions import ClientError
 
+        pin: dict[str, str] = {}
+        if version_id:
+            pin["VersionId"] = version_id  # that version's bytes, even if the key was overwritten since
+        elif version is not None:
+            pin["IfMatch"] = f'"{version}"'  # refused (412) once the object is no longer that version
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **pin)
             return response["Body"].read()
         except ClientError as error:
             if self._missing(error):
                 raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
+            if self._code(error) in ("PreconditionFailed", "412"):
+                raise ObjectChangedError(key, f"the object changed after it was listed (ETag {version} listed); "
+                                              "retried by the next run") from None
             raise
 
-    def open(self, key: str) -> BinaryIO:
-        """The object downloaded (in parallel ranged GETs) into a temporary file: in memory up to
-        :data:`SPOOL_BYTES`, on local disk beyond, so a big object never sits in memory whole."""
+    def open(self, key: str, *, version: str | None = None, version_id: str = "") -> BinaryIO:
+        """The object downloaded into a temporary file: in memory up to :data:`SPOOL_BYTES`, on local disk beyond,
+        so a big object never sits in memory whole. Pinned as :meth:`read`: by ``VersionId`` (parallel ranged
+        GETs), else by ``If-Match`` on the ETag (one streamed GET)."""
         _check_key(key)
+        import shutil
+
         from botocore.exceptions import ClientError
 
         handle = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         try:
-            self.client.download_fileobj(self.bucket, self.prefix + key, handle)
+            if version_id or version is None:
+                extra = {"VersionId": version_id} if version_id else None
+                self.client.download_fileobj(self.bucket, self.prefix + key, handle, ExtraArgs=extra)
+            else:
+                response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, IfMatch=f'"{version}"')
+                shutil.copyfileobj(response["Body"], handle, 1024 * 1024)
         except ClientError as error:
             handle.close()
             if self._missing(error):
                 raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
+            if self._code(error) in ("PreconditionFailed", "412"):
+                raise ObjectChangedError(key, f"the object changed after it was listed (ETag {version} listed); "
+                                              "retried by the next run") from None
             raise
         except BaseException:
             handle.close()
@@ -400,12 +486,17 @@ class S3Store(ObjectStore):
             if self._missing(error):
                 raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
             raise
-        return StoredObject(key=key, size=int(head["ContentLength"]), version=head["ETag"].strip('"'))
+        return self._stored(key, int(head["ContentLength"]), head)
 
     def write(self, key: str, data: bytes) -> StoredObject:
         _check_key(key)
         response = self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
-        return StoredObject(key=key, size=len(data), version=response["ETag"].strip('"'))
+        return self._stored(key, len(data), response)
+
+    def _stored(self, key: str, size: int, response: dict[str, Any]) -> StoredObject:
+        """The StoredObject of a HEAD or PUT response (with its VersionId in a versioned bucket, as a listing has)."""
+        version_id = response.get("VersionId", "") if self.versioned else ""
+        return StoredObject(key=key, size=size, version=response["ETag"].strip('"'), version_id=version_id)
 
 
 def open_store(url: str | os.PathLike[str], *, endpoint_url: str | None = None) -> ObjectStore:
@@ -431,10 +522,6 @@ def _split_extension(key: str) -> tuple[str, str]:
     if dot <= 0:  # no dot, or a dot-file like ".mid" with no stem
         return key, ""
     return key[: len(key) - len(name) + dot], name[dot:].lower()
-
-
-Reject = tuple[str, str]
-"""``(key, reason)``: an object with a MIDI or audio extension that cannot be used."""
 
 
 def iter_items(store: ObjectStore, prefix: str = "", *, max_bytes: int = MAX_OBJECT_BYTES) -> Iterator[Item | Reject]:
@@ -468,7 +555,7 @@ def iter_items(store: ObjectStore, prefix: str = "", *, max_bytes: int = MAX_OBJ
         if problem is None and obj.size > max_bytes:
             problem = f"object is {obj.size:,} bytes, more than the {max_bytes:,}-byte limit"
         if problem is not None:
-            yield (printable_key(obj.key), problem)
+            yield Reject(printable_key(obj.key), problem, obj.version)
             continue
         open_stems.setdefault(stem, ([], []))[kind].append((rank, obj))
     for stem in list(open_stems):
@@ -485,8 +572,8 @@ def _pair(stem: str, midis: list[tuple[int, StoredObject]], audios: list[tuple[i
         objs.sort(key=lambda ranked: (ranked[0], ranked[1].key))
         if objs:
             chosen[kind] = objs[0][1]
-            extra.extend((other.key, f"another {kind} file for the same item is used: {objs[0][1].key}")
-                         for _, other in objs[1:])
+            extra.extend(Reject(other.key, f"another {kind} file for the same item is used: {objs[0][1].key}",
+                                other.version) for _, other in objs[1:])
     yield Item(stem=stem, midi=chosen.get("MIDI"), audio=chosen.get("audio"))
     yield from extra
 
@@ -515,7 +602,7 @@ def list_items(
     """Pair the objects under ``prefix`` into items (all of them: for a store that fits in memory; a run lists
     in pages, :func:`list_pages`).
 
-    Returns ``(items, rejects)``: items sorted by stem; rejects as ``(key, reason)`` sorted by key, for objects with
+    Returns ``(items, rejects)``: items sorted by stem; rejects (:class:`Reject`) sorted by key, for objects with
     a MIDI or audio extension that cannot be used (unsafe key, larger than ``max_bytes``, or a second file of the
     same kind for one stem — the preferred one by extension order, then key order, is kept); a reject's key is
     :func:`printable_key` of the object's. Objects with other extensions are ignored.

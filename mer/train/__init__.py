@@ -8,17 +8,19 @@ from mer.train.dataset import (ClipFeatures, Extraction, collate, data_fingerpri
 from mer.train.emopia import SPLITS, Clip, emopia_root, load_split
 from mer.train.loop import (CHECKPOINT_FILE, MIN_SUBSET_VAL_CLIPS, TrainResult, evaluate_split, run_identity,
                             select_clips, subset_count, summary_table, train_loop_per_worker, train_model)
+from mer.train.progress import progress_bar, progress_line
 from mer.train.scores import (METRICS, attention_by_quadrant, clip_quadrants, confusion_matrix, quadrant_metrics,
                               split_metrics, summarise)
-from mer.train.steps import (batches, emotion_loss, eval_step, learning_rate, length_bucketed_batches, rank_batches,
-                             train_step)
+from mer.train.steps import (Schedule, batches, emotion_loss, eval_step, length_bucketed_batches, lr_schedule,
+                             rank_batches, train_step)
 
 __all__ = [
     "build_artifact", "calibration_on_val", "window_log_probs",
     "CHECKPOINT_FILE", "Clip", "ClipFeatures", "Extraction", "METRICS", "MIN_SUBSET_VAL_CLIPS", "SPLITS",
-    "TrainResult", "attention_by_quadrant", "batches", "clip_quadrants", "collate", "confusion_matrix",
+    "Schedule", "TrainResult", "attention_by_quadrant", "batches", "clip_quadrants", "collate", "confusion_matrix",
     "data_fingerprint", "emopia_root", "emotion_loss", "ensure_ray", "eval_step", "evaluate_split", "extract_clips",
-    "labelled_rows", "learning_rate", "length_bucketed_batches", "load_split", "quadrant_metrics", "rank_batches",
+    "labelled_rows", "length_bucketed_batches", "load_split", "lr_schedule", "progress_bar",
+    "progress_line", "quadrant_metrics", "rank_batches",
     "run_identity", "select_clips", "split_metrics", "stack_rows", "subset_count", "summarise", "summary_table",
     "take", "train_loop_per_worker", "train_model", "train_step", "window_dataset", "window_table",
 ]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from mer.errors import MerError
 from mer.features import FeatureCache, ItemFeatures, extract_features, read_midi, render_audio
 from mer.model import ROW_KEYS_TO_BATCH, to_tensors
 from mer.train.emopia import Clip
+from mer.train.progress import progress_bar, progress_line
 
 @dataclass(frozen=True)
 class ClipFeatures:
@@ -93,36 +93,6 @@ def ensure_ray() -> None:
         ray.init()
 
 
-class Progress:
-    """A one-line progress log for long loops: ``label  done/total  rate  ETA``, printed every ``every``
-    items or ``seconds``, whichever comes first, and once at the end. Plain lines (not ``\\r``) so that
-    ``ray job logs`` and CI logs show them too."""
-
-    def __init__(self, total: int, *, label: str, enabled: bool = True, seconds: float = 15.0,
-                 every: int | None = None, stream=None) -> None:
-        self.total, self.label, self.enabled, self.seconds = total, label, enabled, seconds
-        self.every = every or max(1, total // 10)
-        self.stream = stream or sys.stdout
-        self.start = self.last = time.monotonic()
-        self.done = 0
-        self.next_mark = self.every
-
-    def update(self, count: int = 1, *, note: str = "") -> None:
-        self.done += count
-        now = time.monotonic()
-        finished = self.done >= self.total
-        if self.enabled and (finished or self.done >= self.next_mark or now - self.last >= self.seconds):
-            self.last = now
-            while self.next_mark <= self.done:
-                self.next_mark += self.every
-            elapsed = now - self.start
-            rate = self.done / elapsed if elapsed > 0 else 0.0
-            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-            tail = f"  {note}" if note else ""
-            print(f"[{self.label}] {self.done}/{self.total}  {rate:.2f}/s  elapsed {elapsed:.0f}s  "
-                  f"ETA {eta:.0f}s{tail}", file=self.stream, flush=True)
-
-
 def extract_clips(
     clips: Sequence[Clip],
     *,
@@ -138,7 +108,7 @@ def extract_clips(
         clips: EMOPIA clips (:func:`mer.train.emopia.load_split`).
         config: the feature configuration (part of every cache key).
         cache: the feature cache; must be reachable at the same path from every node that runs a task.
-        progress: print a progress line every ~10% or 15 s, and the failures at the end.
+        progress: a progress bar (:func:`mer.train.progress.progress_bar`), and the failures at the end.
 
     Returns:
         An :class:`Extraction`; its ``clips`` keep the input order.
@@ -152,7 +122,7 @@ def extract_clips(
         refs.append(_extract_remote.remote(clip.name, data, key, cache, config))
     index_of = {ref: i for i, ref in enumerate(refs)}
     results: list[tuple[str, Any] | None] = [None] * len(refs)
-    bar = Progress(len(refs), label="features", enabled=progress)
+    bar = progress_bar(total=len(refs), desc="[features]", unit="clip", enabled=progress)
     counts = {"cached": 0, "extracted": 0, "failed": 0}
     pending = list(refs)
     while pending:
@@ -162,7 +132,9 @@ def extract_clips(
             results[index_of[ref]] = (status, value)
             counts[status] += 1
         if ready:
-            bar.update(len(ready), note=", ".join(f"{v} {k}" for k, v in counts.items()))
+            bar.set_postfix(counts, refresh=False)
+            bar.update(len(ready))
+    bar.close()
 
     done, failures = [], []
     for clip, key, (status, value) in zip(clips, keys, results, strict=True):  # type: ignore[misc]
@@ -173,10 +145,10 @@ def extract_clips(
         if features.name != clip.name:  # a cache entry shared by two clips with identical bytes
             features = dataclasses.replace(features, name=clip.name)
         done.append(ClipFeatures(clip=clip, key=key, features=features))
-    if progress and failures:
-        print(f"[features] skipped {len(failures)} clip(s) that failed extraction:", flush=True)
+    if failures:
+        progress_line(f"[features] skipped {len(failures)} clip(s) that failed extraction:", enabled=progress)
         for name, reason in failures:
-            print(f"[features]   {name}: {reason}", flush=True)
+            progress_line(f"[features]   {name}: {reason}", enabled=progress)
     return Extraction(clips=done, failures=failures, cached=counts["cached"], seconds=time.monotonic() - start)
 
 

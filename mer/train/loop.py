@@ -14,8 +14,10 @@
    metrics; ``ray.train.report`` sends them with a checkpoint (written by rank 0). ``CheckpointConfig`` keeps the
    best checkpoints by ``val_4q`` and the latest.
 4. A run is a folder ``<storage>/<run name>``. Running again with the same run name resumes from the run's
-   latest checkpoint (Ray Train reloads it; the epoch number and the history live in the checkpoint), so an
-   interrupted run continues, and a finished one can be extended by raising ``epochs``.
+   latest checkpoint (Ray Train reloads it; the weights, the optimizer, the learning-rate schedule, the epoch
+   number and the history live in the checkpoint), so an interrupted run continues where its last epoch ended
+   and reaches the weights of an uninterrupted one; a finished one can be extended by raising ``epochs`` (the
+   rest of the cosine is stretched to the new last epoch, :meth:`mer.train.steps.Schedule.load_state_dict`).
 5. The best checkpoint (highest val 4Q accuracy, ties to the lower val loss) becomes the model artifact
    (:func:`mer.model.artifact.save_artifact`).
 
@@ -26,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -49,7 +50,8 @@ from mer.train.calibrate import calibration_on_val
 from mer.train.dataset import data_fingerprint, ensure_ray, extract_clips, take, window_table
 from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.scores import split_metrics
-from mer.train.steps import eval_step, learning_rate, rank_batches, train_step
+from mer.train.progress import progress_bar, progress_line
+from mer.train.steps import eval_step, lr_schedule, rank_batches, train_step
 
 CHECKPOINT_FILE = "state.pt"
 NUM_CHECKPOINTS_KEPT = 3  # the best by val_4q; Ray Train also always keeps the latest (for resuming)
@@ -82,12 +84,6 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------------------------
 # The loop on each Ray Train worker
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def say(message: str) -> None:
-    """Print a progress line once. Ray Train patches ``print`` on its workers to both echo and log each line
-    (which shows it twice in the driver's output); writing to the process's own stdout bypasses that."""
-    print(message, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
 def _distributed() -> bool:
@@ -164,7 +160,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     _seed_everything(training.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = MerModel(config)
-    start_epoch, history, optimizer_state = 0, [], None
+    start_epoch, history, state = 0, [], None
     identity = run_identity(config, loop_config["data_fingerprint"])
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # resuming: Ray Train hands back the run's latest checkpoint
@@ -175,14 +171,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "resume only with the same settings (epochs may grow), or pass another run name or --no-resume"
             )
         model.load_state_dict(state["model"])
-        optimizer_state = state["optimizer"]
         start_epoch, history = int(state["epoch"]) + 1, list(state["history"])
-        if progress:
-            say(f"[train] resuming after epoch {start_epoch} of {training.epochs}")
+        progress_line(f"[train] resuming after epoch {start_epoch} of {training.epochs}", enabled=progress)
     model = ray.train.torch.prepare_model(model)  # to the worker's device, DDP when world_size > 1
     optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    # Every epoch has the same number of steps (the batches' sizes depend on the window count only).
+    steps_per_epoch = len(rank_batches(train_table["token_lengths"], training.batch_size, seed=training.seed,
+                                       epoch=0, rank=rank, world_size=world_size))
+    schedule = lr_schedule(optimizer, training, steps_per_epoch=steps_per_epoch)
+    if state is not None and "schedule" in state:  # the optimizer first: it holds the rate, the schedule its place
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+    elif state is not None:  # a checkpoint from before the schedule was saved: replay the schedule to its place
+        schedule.advance(start_epoch * steps_per_epoch)
+        rates = [group["lr"] for group in optimizer.param_groups]
+        optimizer.load_state_dict(state["optimizer"])
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate
 
     per_worker_batch = max(1, training.batch_size // world_size)  # batch_size is the global batch
     for epoch in range(start_epoch, training.epochs):
@@ -192,19 +197,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         chunks = rank_batches(train_table["token_lengths"], training.batch_size, seed=training.seed, epoch=epoch,
                               rank=rank, world_size=world_size)
         total, count = 0.0, 0
+        bar = progress_bar(total=len(chunks), desc=f"[train] epoch {epoch + 1}/{training.epochs}", unit="step",
+                           enabled=progress)
         for step, chunk in enumerate(chunks, start=1):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(training, epoch + (step - 1) / len(chunks))
             batch = take(train_table, chunk)
             if training.transpose_semitones:  # a new key per window and step; the draws replay on a resume
                 batch = transpose_batch(batch, limit=training.transpose_semitones,
                                         rng=np.random.default_rng([training.seed, epoch, step, rank]))
             loss = train_step(model, optimizer, batch, device=device, va_loss_weight=training.va_loss_weight)
+            schedule.scheduler.step()
             total, count = total + loss * len(chunk), count + len(chunk)
-            if progress and (step % max(1, len(chunks) // 4) == 0 or step == len(chunks)):
-                rate = (time.monotonic() - started) / step
-                say(f"[train] epoch {epoch + 1}/{training.epochs} step {step}/{len(chunks)} "
-                    f"loss {total / count:.4f} ({rate:.2f} s/step)")
+            bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+            bar.update()
+        bar.close()
         train_loss = _mean_across_ranks(total, count, world_size)
         val = evaluate_split(model, val_table, batch_size=per_worker_batch * 2, device=device, rank=rank,
                              world_size=world_size)
@@ -218,16 +223,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "seconds": time.monotonic() - started,
         }
         history.append(row)
-        if progress:
-            say(f"[train] epoch {epoch + 1}/{training.epochs} train_loss {train_loss:.4f} val_loss "
-                f"{val['loss']:.4f} val 4Q {val['4q']:.3f} A {val['arousal']:.3f} V {val['valence']:.3f} "
-                f"({row['seconds']:.0f} s)")
+        progress_line(f"[train] epoch {epoch + 1}/{training.epochs} train_loss {train_loss:.4f} val_loss "
+                      f"{val['loss']:.4f} val 4Q {val['4q']:.3f} A {val['arousal']:.3f} V {val['valence']:.3f} "
+                      f"({row['seconds']:.0f} s)", enabled=progress)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:  # one copy of the weights is enough; the other ranks hold the same
                 state = {
                     "model": getattr(model, "module", model).state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
                     "epoch": epoch,
                     "history": history,
                     "identity": identity,

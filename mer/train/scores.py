@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from sklearn import metrics as skm
 
 from mer.labels import arousal_valence
 from mer.model import group_rows
@@ -25,17 +26,17 @@ def quadrant_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         raise ValueError(f"true and pred must be equal-length non-empty 1-D arrays, got {true.shape}, {pred.shape}")
     av_true, av_pred = arousal_valence(true), arousal_valence(pred)  # (N, 2) arousal, valence
     return {
-        "4q": float(np.mean(true == pred)),
-        "arousal": float(np.mean(av_true[:, 0] == av_pred[:, 0])),
-        "valence": float(np.mean(av_true[:, 1] == av_pred[:, 1])),
+        "4q": float(skm.accuracy_score(true, pred)),
+        "arousal": float(skm.accuracy_score(av_true[:, 0], av_pred[:, 0])),
+        "valence": float(skm.accuracy_score(av_true[:, 1], av_pred[:, 1])),
     }
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """(4, 4) int64 counts: row = true quadrant, column = predicted quadrant; sums to the number of clips."""
-    matrix = np.zeros((4, 4), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
-    return matrix
+    """(4, 4) int64 counts: row = true quadrant, column = predicted quadrant; sums to the number of clips.
+    Every quadrant has its row and column, even one that neither ``true`` nor ``pred`` holds."""
+    return skm.confusion_matrix(np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64),
+                                labels=np.arange(4)).astype(np.int64)
 
 
 def clip_quadrants(

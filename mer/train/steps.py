@@ -1,23 +1,26 @@
-"""One training step, one evaluation step, an epoch's batches and the learning rate: torch and NumPy, no Ray.
+"""One training step, one evaluation step, an epoch's batches and the learning-rate schedule: torch and NumPy, no Ray.
 
 :mod:`mer.train.loop` runs these on every Ray Train worker.
 
 Loss (per window): ``CE(quadrant) + va_loss_weight * (BCE(arousal) + BCE(valence))``, the binary targets
 derived from the quadrant (:data:`mer.labels.QUADRANT_AROUSAL_VALENCE`). AdamW; the learning rate warms up over
-the first epoch and decays along a cosine (:func:`learning_rate`). Batches hold windows of similar token length
-(:func:`length_bucketed_batches`), and every rank of a step takes its slice of the same global batch
-(:func:`rank_batches`).
+the first epoch and decays along a cosine (:func:`lr_schedule`: torch's ``LinearLR`` then ``CosineAnnealingLR``).
+Batches hold windows of similar token length (:func:`length_bucketed_batches`), and every rank of a step takes its
+slice of the same global batch (:func:`rank_batches`).
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mer.config import TrainConfig
+from mer.errors import ConfigError
 from mer.labels import QUADRANT_AROUSAL_VALENCE
 from mer.model import ModelOutput, model_inputs, to_tensors
 
@@ -114,16 +117,70 @@ def length_bucketed_batches(indices: list[int] | np.ndarray, lengths: np.ndarray
     return chunks
 
 
-def learning_rate(training: TrainConfig, progress: float) -> float:
-    """The learning rate ``progress`` epochs into a run (fractions within an epoch): linear warm-up from 10 % over
-    the first epoch, then a cosine decay to :data:`FINAL_LR_FRACTION` of ``training.learning_rate`` at
-    ``training.epochs``. A function of the position only, so a resumed run continues the same schedule (raising
-    ``epochs`` to extend a run stretches the rest of it)."""
-    peak, epochs = training.learning_rate, max(training.epochs, 1)
-    if progress < 1.0:
-        return peak * (0.1 + 0.9 * progress)
-    fraction = min(1.0, (progress - 1.0) / max(epochs - 1.0, 1e-9))
-    return peak * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * fraction)))
+WARMUP_START_FRACTION = 0.1  # the warm-up starts at 10 % of the peak learning rate
+
+
+@dataclass
+class Schedule:
+    """The learning-rate schedule of a run, stepped once per optimisation step (after ``optimizer.step()``):
+    :class:`~torch.optim.lr_scheduler.LinearLR` from :data:`WARMUP_START_FRACTION` of the peak up to the peak
+    over the first epoch, then :class:`~torch.optim.lr_scheduler.CosineAnnealingLR` down to
+    :data:`FINAL_LR_FRACTION` of the peak at the last step of the last epoch, joined by
+    :class:`~torch.optim.lr_scheduler.SequentialLR`. ``scheduler`` is the one to step and to checkpoint."""
+
+    scheduler: torch.optim.lr_scheduler.SequentialLR
+    cosine: torch.optim.lr_scheduler.CosineAnnealingLR
+    steps_per_epoch: int
+    epochs: int
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the scheduler's ``state_dict`` and the shape it was built for."""
+        return {"scheduler": self.scheduler.state_dict(), "steps_per_epoch": self.steps_per_epoch,
+                "epochs": self.epochs}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue a checkpointed schedule. Load the optimizer's state first (it holds the current rate).
+
+        A run extended to more epochs (or cut to fewer) keeps its position and stretches the rest of the cosine
+        to the new last epoch: the rate jumps to where the longer cosine stands at this step. A schedule built
+        for another number of steps per epoch (another global batch or data set) is refused.
+        """
+        if int(state["steps_per_epoch"]) != self.steps_per_epoch:
+            raise ConfigError(
+                f"this run's learning-rate schedule has {state['steps_per_epoch']} steps per epoch, this "
+                f"configuration {self.steps_per_epoch}; resume with the same batch size and workers, or pass "
+                "another run name or --no-resume")
+        stretched_t_max = self.cosine.T_max
+        self.scheduler.load_state_dict(state["scheduler"])
+        if int(state["epochs"]) != self.epochs:
+            self.cosine.T_max = stretched_t_max
+            if self.scheduler.last_epoch >= self.steps_per_epoch:  # past the warm-up: the cosine sets the rate
+                position = min(self.cosine.last_epoch, stretched_t_max)
+                eta_min = self.cosine.eta_min
+                for group, base in zip(self.cosine.optimizer.param_groups, self.cosine.base_lrs):
+                    group["lr"] = eta_min + (base - eta_min) * 0.5 * (1 + math.cos(math.pi * position / stretched_t_max))
+
+
+    def advance(self, steps: int) -> None:
+        """Move a fresh schedule ``steps`` optimisation steps on without training (the rates it sets are the
+        ones those steps would have used)."""
+        with warnings.catch_warnings():  # stepping a scheduler before the optimizer is what we mean here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(steps):
+                self.scheduler.step()
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, training: TrainConfig, *, steps_per_epoch: int) -> Schedule:
+    """The :class:`Schedule` of a run of ``training.epochs`` epochs of ``steps_per_epoch`` steps, for an
+    ``optimizer`` whose rate is the peak (``training.learning_rate``). Building it sets the first step's rate."""
+    steps_per_epoch, epochs = max(1, steps_per_epoch), max(1, training.epochs)
+    peak = training.learning_rate
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START_FRACTION, end_factor=1.0,
+                                               total_iters=steps_per_epoch)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, (epochs - 1) * steps_per_epoch),
+                                                        eta_min=FINAL_LR_FRACTION * peak)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[steps_per_epoch])
+    return Schedule(scheduler=scheduler, cosine=cosine, steps_per_epoch=steps_per_epoch, epochs=epochs)
 
 
 def rank_batches(lengths: np.ndarray, global_batch: int, *, seed: int, epoch: int, rank: int,

@@ -104,10 +104,10 @@ def catalog() -> Iterator[Catalog]:
 def label(key: str, quadrant: str, probs: tuple[float, float, float, float]) -> LabelRecord:
     return LabelRecord(
         key=key, object_version=f"{key}-v1", modalities=("midi", "audio"), duration_s=42.0, quadrant=quadrant,
-        quadrant_probs=probs, arousal_prob=0.3, valence_prob=0.2, branches_used=("symbolic", "harmony", "tone"),
-        attention=[[[0.2, 0.6, 0.2]] * 3],
+        quadrant_probs=probs, va_head_arousal_prob=0.3, va_head_valence_prob=0.2,
+        branches_used=("symbolic", "harmony", "tone"), attention=[[[0.2, 0.6, 0.2]] * 3],
         timeline=[{"start_s": 0.0, "quadrant": quadrant, "p_q1": probs[0], "p_q2": probs[1], "p_q3": probs[2],
-                   "p_q4": probs[3], "arousal_prob": 0.3, "valence_prob": 0.2}],
+                   "p_q4": probs[3], "va_head_arousal_prob": 0.3, "va_head_valence_prob": 0.2}],
     )
 
 

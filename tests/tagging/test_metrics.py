@@ -1,17 +1,16 @@
-"""Job metrics over real HTTP: the /metrics endpoint and a stand-in Pushgateway."""
+"""Job metrics over real HTTP: the /metrics endpoint and a stand-in Pushgateway (a fresh one per test: the
+``pushgateway`` fixture of tests/fixtures_services.py)."""
 from __future__ import annotations
 
 import logging
 import socket
-import threading
 import urllib.request
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from fixtures_services import FakePushgateway
 from mer.tagging.metrics import STAGES, JobMetrics
 
 CONTRACT_NAMES = {
@@ -97,59 +96,44 @@ def test_timed_observes_even_when_the_block_raises_and_checks_the_stage() -> Non
 # --- Pushgateway ------------------------------------------------------------------------------------------------------
 
 
-class _Gateway(BaseHTTPRequestHandler):
-    """Accepts pushes like a Pushgateway and remembers them."""
-
-    received: list[tuple[str, str, str]] = []
-
-    def _accept(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-        self.received.append((self.command, self.path, body))
-        self.send_response(200)
-        self.end_headers()
-
-    do_POST = do_PUT = _accept
-
-    def log_message(self, *args: object) -> None:  # keep test output clean
-        pass
-
-
-@pytest.fixture
-def gateway() -> Iterator[tuple[str, list]]:
-    _Gateway.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Gateway)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", _Gateway.received
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_push_adds_the_metrics_under_the_job(gateway) -> None:
-    url, received = gateway
+def test_push_adds_the_metrics_under_the_job(pushgateway: FakePushgateway) -> None:
     metrics = JobMetrics()
     run_a_small_job(metrics)
-    assert metrics.push(url) is True
+    assert metrics.push(pushgateway.url) is True
 
-    [(method, path, body)] = received
+    [(method, path, body)] = pushgateway.pushes
     assert (method, path) == ("POST", "/metrics/job/mer_tag")  # POST = push-add: other groups' metrics stay
     got = samples(body)
     assert got[("mer_items_tagged_total", ())] == 3
     assert got[("mer_run_last_success_timestamp_seconds", ())] == 1_700_000_000.0
 
 
-def test_a_failed_run_does_not_overwrite_the_last_success_time(gateway) -> None:
-    url, received = gateway
+def test_a_failed_run_does_not_overwrite_the_last_success_time(pushgateway: FakePushgateway) -> None:
     metrics = JobMetrics()
     run_a_small_job(metrics, success=False)
-    assert metrics.push(url, job="nightly")
-    [(_, path, body)] = received
+    assert metrics.push(pushgateway.address, job="nightly")  # host:port, as --pushgateway takes it
+    [(_, path, body)] = pushgateway.pushes
     assert path == "/metrics/job/nightly"
     names = {name for name, _ in samples(body)}
     assert "mer_run_last_success_timestamp_seconds" not in names
     assert samples(body)[("mer_run_failed", ())] == 1
+
+
+def test_heartbeats_push_alone_and_the_final_push_ends_them(gateway) -> None:
+    url, received = gateway
+    metrics = JobMetrics()
+    metrics.heartbeat(now=1_699_999_900.0)
+    assert metrics.push_heartbeat(url)
+    run_a_small_job(metrics)  # finishes at 1_700_000_000
+    assert metrics.push(url)
+
+    (beat_method, beat_path, beat), (_, _, final) = received
+    # The heartbeat alone, by push-add: the last run's totals in the Pushgateway are left as they are.
+    assert (beat_method, beat_path) == ("POST", "/metrics/job/mer_tag")
+    assert samples(beat) == {("mer_run_heartbeat_timestamp_seconds", ()): 1_699_999_900.0}
+    # The final push: the heartbeat equals the finish time, so a finished run never looks like a silent one.
+    got = samples(final)
+    assert got[("mer_run_heartbeat_timestamp_seconds", ())] == got[("mer_run_last_finish_timestamp_seconds", ())]
 
 
 def test_an_unreachable_gateway_warns_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
@@ -161,3 +145,8 @@ def test_an_unreachable_gateway_warns_and_never_raises(caplog: pytest.LogCapture
         assert metrics.push(f"http://ops:s3cret@127.0.0.1:{port}", timeout=2) is False
     assert "could not push metrics" in caplog.text
     assert "s3cret" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="mer.tagging.metrics"):
+        caplog.clear()
+        assert metrics.push_heartbeat(f"http://127.0.0.1:{port}", timeout=2) is False
+        assert metrics.push_heartbeat(f"http://127.0.0.1:{port}", timeout=2) is False
+    assert caplog.text.count("could not push the heartbeat") == 1  # once a run, not every beat

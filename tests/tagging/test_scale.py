@@ -217,10 +217,10 @@ class _CountingStore(LocalStore):
             self.listed += 1
             yield obj
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, **pin) -> bytes:
         if self.listed_at_first_read is None:
             self.listed_at_first_read = self.listed
-        return super().read(key)
+        return super().read(key, **pin)
 
 
 def test_a_store_of_many_pages_is_tagged_exactly_once_without_holding_its_listing(ray_address, models, clips,

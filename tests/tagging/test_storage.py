@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from mer.errors import BadInputError
+from mer.errors import BadInputError, ObjectChangedError
 from mer.tagging.storage import LocalStore, S3Store, StoredObject, key_problem, list_items, open_store
 
 pytest_plugins = ["fixtures_services"]
@@ -83,8 +83,9 @@ def test_local_list_items_pairs_nasty_names(tmp_path: Path) -> None:
 
     assert summary(items) == EXPECTED_ITEMS
     # The lossless recording wins deterministically; the other one is reported, not silently dropped.
-    assert [key for key, _ in rejects] == ["dup.mp3"]
-    assert "dup.wav" in rejects[0][1]
+    assert [reject.key for reject in rejects] == ["dup.mp3"]
+    assert "dup.wav" in rejects[0].reason
+    assert rejects[0].version == LocalStore(tmp_path).stat("dup.mp3").version  # recorded once per version
     plain = next(item for item in items if item.stem == "plain")
     assert plain.modalities == ("midi", "audio")
     assert next(item for item in items if item.stem == "only audio").modalities == ("audio",)
@@ -100,11 +101,11 @@ def test_undecodable_file_names_and_huge_objects_are_rejects_with_printable_keys
     items, rejects = list_items(LocalStore(tmp_path), max_bytes=1000)
 
     assert [item.stem for item in items] == ["good"]
-    reasons = dict(rejects)
+    reasons = {reject.key: reject.reason for reject in rejects}
     assert "UTF-8" in reasons["caf\\xe9.mid"]
     assert "2,000 bytes" in reasons["huge.wav"]
-    for key, reason in rejects:  # what the catalog and the logs get must encode cleanly
-        (key + reason).encode("utf-8")
+    for key, reason, version in rejects:  # what the catalog and the logs get must encode cleanly
+        (key + reason + version).encode("utf-8")
 
 
 def test_local_prefix_is_a_string_prefix(tmp_path: Path) -> None:
@@ -133,6 +134,20 @@ def test_local_version_is_size_and_mtime_and_changes_on_rewrite(tmp_path: Path) 
     assert second.size == 6
     items, _ = list_items(store)
     assert items[0].version == f"midi:{store.stat('a/b.mid').version}"
+
+
+def test_a_local_read_pinned_to_the_listed_version_refuses_a_file_changed_since(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    listed = store.write("a.mid", b"old bytes")
+    assert store.read("a.mid", version=listed.version) == b"old bytes"
+
+    (tmp_path / "a.mid").write_bytes(b"new bytes, rewritten in place")  # another size (and mtime)
+
+    with pytest.raises(ObjectChangedError, match="changed after it was listed"):
+        store.read("a.mid", version=listed.version)
+    now = store.stat("a.mid")
+    assert store.read("a.mid", version=now.version) == b"new bytes, rewritten in place"
+    assert store.read("a.mid") == b"new bytes, rewritten in place"  # unpinned: whatever is there
 
 
 def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -206,9 +221,11 @@ def test_s3_list_items_pairs_keys_and_uses_etags(s3_endpoint: str, s3_bucket: st
     items, rejects = list_items(store)
 
     assert summary(items) == EXPECTED_ITEMS
-    assert dict(rejects).keys() == {"/abs.mid", "dup.mp3", "evil/../x.mid"}
-    assert "'..'" in dict(rejects)["evil/../x.mid"]
-    assert "absolute" in dict(rejects)["/abs.mid"]
+    reasons = {reject.key: reject.reason for reject in rejects}
+    assert reasons.keys() == {"/abs.mid", "dup.mp3", "evil/../x.mid"}
+    assert "'..'" in reasons["evil/../x.mid"]
+    assert "absolute" in reasons["/abs.mid"]
+    assert {reject.version for reject in rejects if reject.key != "dup.mp3"} == {hashlib.md5(b"x").hexdigest()}
     for item in items:
         for obj in (item.midi, item.audio):
             if obj is not None:
@@ -251,3 +268,36 @@ def test_s3_store_pickles_without_client_or_credentials(s3_endpoint: str, s3_buc
     assert aws_env["AWS_ACCESS_KEY_ID"] not in repr(store)
     clone = pickle.loads(blob)
     assert clone.read("x.mid") == b"data"
+
+
+def test_an_s3_read_pinned_by_etag_refuses_an_object_overwritten_since(s3_endpoint: str, s3_bucket: str) -> None:
+    store = open_store(f"s3://{s3_bucket}/p", endpoint_url=s3_endpoint)
+    store.write("a.mid", b"old bytes")
+    [listed] = store.list()
+    assert not store.versioned and listed.version_id == ""
+
+    store.write("a.mid", b"new bytes")
+
+    with pytest.raises(ObjectChangedError, match="changed after it was listed"):
+        store.read("a.mid", version=listed.version)
+    [relisted] = store.list()
+    assert store.read("a.mid", version=relisted.version) == b"new bytes"
+
+
+def test_a_versioned_bucket_lists_current_versions_and_reads_exactly_the_listed_one(
+        s3_endpoint: str, s3_versioned_bucket: str) -> None:
+    store = open_store(f"s3://{s3_versioned_bucket}/p", endpoint_url=s3_endpoint)
+    written = store.write("a.mid", b"old bytes")
+    store.write("gone.mid", b"deleted later")
+    store.client.delete_object(Bucket=s3_versioned_bucket, Key="p/gone.mid")  # a delete marker: not listed
+    [listed] = store.list()
+    assert store.versioned and listed == written and listed.version_id
+
+    store.write("a.mid", b"new bytes")
+
+    # The listed version's bytes, under the listed version's ETag, though the key now holds other bytes.
+    assert store.read("a.mid", version=listed.version, version_id=listed.version_id) == b"old bytes"
+    [relisted] = store.list()  # one entry per key: its current version
+    assert (relisted.version, relisted.version_id) != (listed.version, listed.version_id)
+    assert store.read("a.mid", version=relisted.version, version_id=relisted.version_id) == b"new bytes"
+    assert pickle.loads(pickle.dumps(store)).read("a.mid", version_id=listed.version_id) == b"old bytes"

@@ -31,7 +31,7 @@ import soundfile
 import sqlalchemy as sa
 import torch
 
-from mer.catalog import create_catalog_engine
+from mer.catalog import CatalogWriter, create_catalog_engine
 from mer.config import QUADRANTS, TagConfig
 from mer.features import window_starts
 from mer.features.midi import read_midi
@@ -47,7 +47,9 @@ from mer.tagging import (
     tag_store_local,
     use_gpus,
 )
+from mer.tagging.metrics import JobMetrics
 from mer.tagging.prepare import batch_of
+from mer.tagging.recorder import Recorder, WindowGrouper
 from mer.tagging.storage import LocalStore, ObjectStore, S3Store, list_items
 from mer.train.emopia import emopia_root, load_split
 from tiny import tiny_config
@@ -123,6 +125,16 @@ def labels_by_key(catalog: str) -> dict[str, dict]:
     return labels
 
 
+def assert_arousal_valence_follow_the_quadrants(labels: dict[str, dict]) -> None:
+    """Every stored label, and every window of its timeline: P(high arousal) = p_q1 + p_q2, P(positive valence) =
+    p_q1 + p_q4 (README, column comments); the binary head's own outputs are kept apart, as probabilities."""
+    for key, label in labels.items():
+        for entry in (label, *label["timeline"]):
+            assert entry["arousal_prob"] == pytest.approx(entry["p_q1"] + entry["p_q2"], abs=1e-9), key
+            assert entry["valence_prob"] == pytest.approx(entry["p_q1"] + entry["p_q4"], abs=1e-9), key
+            assert 0 <= entry["va_head_arousal_prob"] <= 1 and 0 <= entry["va_head_valence_prob"] <= 1
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,6 +169,7 @@ def test_s3_bucket_into_postgresql_incrementally(ray_address, model, pieces, s3_
         assert [w["start_s"] for w in timeline] == pytest.approx([5.0 * i for i in range(len(timeline))])
         assert np.mean([w["p_q1"] for w in timeline]) == pytest.approx(label["p_q1"], abs=1e-5)
         assert sum(label[f"attn_{b}"] for b in ("symbolic", "harmony", "tone")) == pytest.approx(1.0, abs=1e-4)
+    assert_arousal_valence_follow_the_quadrants(labels)
     items = {r["key"]: r for r in rows(catalog, "SELECT * FROM items")}
     assert sorted(items) == keys and all(r["modalities"] == "midi,audio" and r["duration_s"] > 25 for r in items.values())
     run = rows(catalog, "SELECT * FROM runs WHERE id = :id", id=first.run_id)[0]
@@ -209,6 +222,7 @@ def test_folder_into_sqlite_single_modalities_and_the_local_loop_agree(ray_addre
     items = {r["key"]: r["modalities"] for r in rows(catalog, "SELECT * FROM items")}
     assert items == {**dict.fromkeys(keys, "midi,audio"), f"midi only/{names[4]}": "midi",
                      f"audio only/{names[5]}": "audio"}
+    assert_arousal_valence_follow_the_quadrants(labels)
 
     # The same work in a plain loop gives the same labels: batching windows across items changes nothing.
     loop_catalog = f"sqlite:///{tmp_path / 'loop.db'}"
@@ -217,7 +231,8 @@ def test_folder_into_sqlite_single_modalities_and_the_local_loop_agree(ray_addre
     for key, expected in labels_by_key(loop_catalog).items():
         got = labels[key]
         assert got["quadrant"] == expected["quadrant"] and got["branches_used"] == expected["branches_used"]
-        for column in ("p_q1", "p_q2", "p_q3", "p_q4", "arousal_prob", "valence_prob"):
+        for column in ("p_q1", "p_q2", "p_q3", "p_q4", "arousal_prob", "valence_prob", "va_head_arousal_prob",
+                       "va_head_valence_prob"):
             assert got[column] == pytest.approx(expected[column], abs=1e-5), (key, column)
         assert len(got["timeline"]) == len(expected["timeline"])
 
@@ -337,11 +352,19 @@ def test_broken_items_fail_with_reasons_and_good_items_are_all_tagged(ray_addres
     assert "truncated midi" in reason and "audio file is truncated" in reason
     assert "cannot decode" in failures["bad/random"]["reason"].lower()
 
-    # Bad content stays bad: a re-run skips the failed items as well as the tagged ones (only the listing
-    # reject, which is found again by the listing itself, is recorded again) — no Ray work.
+    # Bad content stays bad: a re-run skips the failed items as well as the tagged ones, and the listing reject,
+    # unchanged, is not recorded again (open_failures shows what is new) — no Ray work.
     again = tag_store(f"s3://{s3_bucket}", endpoint_url=s3_endpoint, catalog=catalog, model=model, progress=False)
-    assert (again.tagged, again.failed, again.skipped) == (0, 1, summary.listed - 1)
+    assert (again.tagged, again.failed, again.skipped) == (0, 0, summary.listed)
     assert again.stage_seconds["features"] == 0
+    reject_runs = rows(catalog, "SELECT run_id FROM failures WHERE item_key = 'a/../escape.mid'")
+    assert reject_runs == [{"run_id": summary.run_id}]
+    # The same key with new bytes is a new reject: recorded once more, and the old record closed.
+    store.client.put_object(Bucket=store.bucket, Key="a/../escape.mid", Body=b"other bytes")
+    third = tag_store(f"s3://{s3_bucket}", endpoint_url=s3_endpoint, catalog=catalog, model=model, progress=False)
+    assert (third.failed, third.skipped) == (1, summary.listed - 1)
+    assert rows(catalog, "SELECT run_id FROM open_failures WHERE item_key = 'a/../escape.mid'") == [
+        {"run_id": third.run_id}]
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -355,8 +378,12 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
+HEARTBEAT_SECONDS = 0.2  # the killed job's heartbeat period; the restarted run finds it dead after a few
+DEAD_AFTER_SECONDS = 2.0
+
+
 def test_killed_job_restarted_tags_every_item_exactly_once(ray_address, model, pieces, tmp_path: Path,
-                                                           clean_postgres_url: str) -> None:
+                                                           clean_postgres_url: str, pushgateway) -> None:
     folder = LocalStore(tmp_path / "store")
     keys = put_pieces(folder, pieces) + put_pieces(folder, pieces, prefix="copy/")
     catalog = clean_postgres_url
@@ -364,7 +391,7 @@ def test_killed_job_restarted_tags_every_item_exactly_once(ray_address, model, p
     job = subprocess.Popen(
         [sys.executable, str(REPO / "jobs" / "tag.py"), "--store", str(tmp_path / "store"), "--catalog", catalog,
          "--model", model, "--address", ray_address, "--batch-size", "1", "--metrics-port", str(port),
-         "--no-progress"],
+         "--heartbeat-seconds", str(HEARTBEAT_SECONDS), "--pushgateway", pushgateway.address, "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
     )
     output = []
@@ -399,11 +426,29 @@ def test_killed_job_restarted_tags_every_item_exactly_once(ray_address, model, p
     before = rows(catalog, "SELECT item_key FROM labels")
     killed_run = rows(catalog, "SELECT * FROM runs")[0]
     assert killed_run["status"] == "running" and killed_run["finished_at"] is None  # it never finished
+    assert killed_run["heartbeat_at"] > killed_run["started_at"]  # it was beating while it lived
     assert 2 <= len(before) < len(keys), "the job finished before it could be killed"
+    # What the alert MerRunStoppedHeartbeating reads: heartbeats pushed alone, and no final push with a finish time.
+    heartbeats = [float(line.split()[-1]) for push in pushgateway.pushes for line in push.body.splitlines()
+                  if line.startswith("mer_run_heartbeat_timestamp_seconds ")]
+    assert len(heartbeats) >= 2 and heartbeats == sorted(heartbeats)
+    assert all(push.method == "POST" and "mer_run_last_finish" not in push.body for push in pushgateway.pushes)
 
-    restarted = tag_store(str(tmp_path / "store"), catalog=catalog, model=model, progress=False)
+    # The next run starts a few heartbeat periods after the last beat: the killed run is found dead.
+    engine = create_catalog_engine(catalog)
+    try:
+        with engine.connect() as conn:
+            age = sa.text("SELECT clock_timestamp() - heartbeat_at < make_interval(secs => :s) FROM runs")
+            while conn.execute(age, {"s": DEAD_AFTER_SECONDS}).scalar():
+                time.sleep(HEARTBEAT_SECONDS)
+    finally:
+        engine.dispose()
+    restarted = tag_store(str(tmp_path / "store"), catalog=catalog, model=model, progress=False,
+                          tagging=TagConfig(heartbeat_seconds=HEARTBEAT_SECONDS, dead_after_seconds=DEAD_AFTER_SECONDS))
 
     assert restarted.status == "succeeded"
+    status = {r["id"]: r["status"] for r in rows(catalog, "SELECT id, status FROM runs")}
+    assert status == {killed_run["id"]: "failed", restarted.run_id: "succeeded"}
     assert restarted.skipped == len(before) and restarted.tagged == len(keys) - len(before)
     assert sorted(r["item_key"] for r in rows(catalog, "SELECT item_key FROM labels")) == keys
     assert sorted(r["key"] for r in rows(catalog, "SELECT key FROM items")) == keys
@@ -441,8 +486,12 @@ def test_run_pushes_metrics_at_the_end_and_a_failed_run_is_recorded(model, piece
         server.shutdown()
     assert (limited.tagged, limited.deferred) == (1, 1)
     assert (rest.tagged, rest.skipped, rest.deferred) == (1, 1, 0)
-    pushed = [body.decode() for body in _PushgatewayRecorder.bodies]
-    assert len(pushed) == 3
+    bodies = [body.decode() for body in _PushgatewayRecorder.bodies]
+    # Each run pushes its heartbeat alone when it starts (and every heartbeat period), and everything at the end.
+    pushed = [body for body in bodies if "mer_run_failed" in body]
+    heartbeats = [body for body in bodies if "mer_run_failed" not in body]
+    assert len(pushed) == 3 and len(heartbeats) >= 3
+    assert all("mer_items_" not in body and "mer_run_heartbeat_timestamp_seconds " in body for body in heartbeats)
     assert "mer_items_tagged_total 1.0" in pushed[1] and "mer_items_skipped_total 1.0" in pushed[1]
     assert "mer_run_last_success_timestamp_seconds" in pushed[1] and "mer_run_failed 0.0" in pushed[1]
     assert "mer_run_failed 1.0" in pushed[2] and "mer_run_last_success_timestamp_seconds" not in pushed[2]
@@ -491,15 +540,15 @@ class _FlakyAudioStore(LocalStore):
 
     broken = True
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, **pin) -> bytes:
         if self.broken and key.endswith(".wav"):
             raise ConnectionResetError("connection reset by peer")
-        return super().read(key)
+        return super().read(key, **pin)
 
-    def open(self, key: str):
+    def open(self, key: str, **pin):
         if self.broken and key.endswith(".wav"):
             raise ConnectionResetError("connection reset by peer")
-        return super().open(key)
+        return super().open(key, **pin)
 
 
 def test_a_label_from_one_modality_after_a_transient_read_error_is_retried_next_run(model, pieces,
@@ -512,12 +561,18 @@ def test_a_label_from_one_modality_after_a_transient_read_error_is_retried_next_
     label = labels_by_key(catalog)[key]
     assert first.tagged == 1 and label["branches_used"] == "symbolic"  # tagged from the MIDI it could read
     assert "connection reset" in label["problems"]
+    # Provisional, and says so: the real object version, and the partial flag (in latest_labels too).
+    [item] = rows(catalog, "SELECT object_version FROM items")
+    assert label["object_version"] == item["object_version"] != "" and label["partial"]
+    latest = rows(catalog, "SELECT partial, stale FROM latest_labels")
+    assert [(bool(r["partial"]), bool(r["stale"])) for r in latest] == [(True, False)]
 
     store.broken = False
     second = tag_store_local(store, catalog=catalog, model=model)
     label = labels_by_key(catalog)[key]
     assert (second.tagged, second.skipped) == (1, 0)  # not skipped as done: its audio was never read
     assert label["branches_used"] == "symbolic,harmony,tone" and label["problems"] is None
+    assert not label["partial"]
     third = tag_store_local(store, catalog=catalog, model=model)
     assert (third.tagged, third.skipped) == (0, 1)
 
@@ -541,10 +596,10 @@ def test_an_undecodable_file_name_is_a_failure_and_the_run_goes_on(model, pieces
 def test_items_of_a_feature_task_that_keeps_dying_fail_and_the_others_are_tagged(ray_address, model, pieces,
                                                                                 tmp_path: Path) -> None:
     class CrashingStore(LocalStore):  # defined here so Ray ships the class by value to its workers
-        def read(self, key: str) -> bytes:
+        def read(self, key: str, **pin) -> bytes:
             if key.startswith("crash"):
                 os._exit(1)  # what a native crash in a decoder does to the worker process
-            return super().read(key)
+            return super().read(key, **pin)
 
     store = CrashingStore(tmp_path / "store")
     keys = put_pieces(store, dict(list(pieces.items())[:3]))
@@ -563,6 +618,152 @@ def test_items_of_a_feature_task_that_keeps_dying_fail_and_the_others_are_tagged
     again = tag_store(store, catalog=catalog, model=model, address=ray_address, progress=False)
     assert again.status == "succeeded"
     assert set(labels_by_key(catalog)) == set(keys)
+
+
+# --- catalog truth: deleted and changed objects, re-emitted windows ---------------------------------------------------
+
+
+def test_a_deleted_object_leaves_latest_labels_and_returns_when_restored(model, pieces, s3_endpoint,
+                                                                          s3_versioned_bucket, catalog_url) -> None:
+    store = S3Store(s3_versioned_bucket, "pieces", endpoint_url=s3_endpoint)
+    kept, gone = put_pieces(store, dict(list(pieces.items())[:2]))
+    first = tag_store_local(store, catalog=catalog_url, model=model)
+    assert first.tagged == 2
+
+    for ext in (".mid", ".wav"):  # deleted: a delete marker hides the object, its versions stay
+        store.client.delete_object(Bucket=s3_versioned_bucket, Key=f"pieces/{gone}{ext}")
+    second = tag_store_local(store, catalog=catalog_url, model=model)
+
+    assert (second.listed, second.tagged, second.skipped, second.failed) == (1, 0, 1, 0)
+    assert [r["item_key"] for r in rows(catalog_url, "SELECT item_key FROM latest_labels")] == [kept]
+    deleted = {r["key"]: r["deleted_at"] is not None for r in rows(catalog_url, "SELECT key, deleted_at FROM items")}
+    assert deleted == {kept: False, gone: True}
+    assert sorted(labels_by_key(catalog_url)) == sorted([kept, gone])  # history keeps the deleted item's label
+
+    # Restored (S3's undelete: remove the delete markers): the same versions are back, and so is the label.
+    markers = store.client.list_object_versions(Bucket=s3_versioned_bucket, Prefix=f"pieces/{gone}")["DeleteMarkers"]
+    for marker in markers:
+        store.client.delete_object(Bucket=s3_versioned_bucket, Key=marker["Key"], VersionId=marker["VersionId"])
+    third = tag_store_local(store, catalog=catalog_url, model=model)
+
+    assert (third.listed, third.tagged, third.skipped) == (2, 0, 2)
+    latest = rows(catalog_url, "SELECT item_key FROM latest_labels")
+    assert sorted(r["item_key"] for r in latest) == sorted([kept, gone])
+    assert rows(catalog_url, "SELECT key FROM items WHERE deleted_at IS NOT NULL") == []
+
+
+class _ChangedAfterListing:
+    """The test hook between listing and reading: a store whose first listing is followed, before anything is
+    read, by new bytes for the objects in ``changes``."""
+
+    changes: dict[str, bytes] = {}
+
+    def list(self, prefix: str = ""):
+        listed = list(super().list(prefix))
+        changes, self.changes = self.changes, {}
+        for key, data in changes.items():
+            self.write(key, data)
+        yield from listed
+
+
+class _FolderChangedAfterListing(_ChangedAfterListing, LocalStore):
+    pass
+
+
+class _S3ChangedAfterListing(_ChangedAfterListing, S3Store):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["folder", "s3", "s3-versioned"])
+def test_an_object_overwritten_between_listing_and_reading_is_never_labelled_under_the_wrong_version(
+        kind: str, model, pieces, tmp_path: Path, catalog_url: str, request: pytest.FixtureRequest) -> None:
+    config = tiny_config().features
+    windows = {name: len(window_starts(read_midi(midi, name=name).get_end_time(), config=config))
+               for name, (midi, _) in pieces.items()}
+    old, new = min(windows, key=windows.get), max(windows, key=windows.get)  # told apart by their window counts
+    assert windows[old] != windows[new]
+    if kind == "folder":
+        store = _FolderChangedAfterListing(tmp_path / "store")
+    else:
+        bucket = request.getfixturevalue("s3_versioned_bucket" if kind == "s3-versioned" else "s3_bucket")
+        store = _S3ChangedAfterListing(bucket, "pieces", endpoint_url=request.getfixturevalue("s3_endpoint"))
+    [key] = put_pieces(store, {"piece": pieces[old]})
+    [listed_before] = list_items(store)[0]
+    store.changes = {"piece.mid": pieces[new][0], "piece.wav": pieces[new][1]}
+
+    first = tag_store_local(store, catalog=catalog_url, model=model)
+
+    labels = labels_by_key(catalog_url)
+    if kind == "s3-versioned":
+        # Each read fetched exactly the listed version (by VersionId): the old bytes, under the old version.
+        assert first.tagged == 1
+        assert (labels[key]["object_version"], labels[key]["n_windows"]) == (listed_before.version, windows[old])
+    else:
+        # If-Match on the ETag / size+mtime on the open file: the change is seen, the item fails for this run
+        # without an object version (transient), and no label carries the old version.
+        assert (first.tagged, first.failed) == (0, 1) and labels == {}
+        [failure] = rows(catalog_url, "SELECT stage, reason, object_version FROM failures")
+        assert failure["stage"] == "read" and "changed after it was listed" in failure["reason"]
+        assert failure["object_version"] is None
+        # The item stays as listed: a failure without a version changes nothing the listing found.
+        assert rows(catalog_url, "SELECT object_version FROM items") == [{"object_version": listed_before.version}]
+
+    second = tag_store_local(store, catalog=catalog_url, model=model)
+
+    [listed_now] = list_items(store)[0]
+    label = labels_by_key(catalog_url)[key]
+    assert second.tagged == 1 and listed_now.version != listed_before.version
+    assert (label["object_version"], label["n_windows"]) == (listed_now.version, windows[new])  # the new bytes
+    assert rows(catalog_url, "SELECT item_key FROM open_failures") == []
+
+
+def take(batch: dict[str, np.ndarray], rows_: list[int]) -> dict[str, np.ndarray]:
+    return {k: v[rows_] for k, v in batch.items()}
+
+
+def test_re_emitted_window_rows_change_no_label_and_fail_no_item(model, pieces, tmp_path: Path,
+                                                                 catalog_url: str) -> None:
+    folder = LocalStore(tmp_path / "store")
+    put_pieces(folder, dict(list(pieces.items())[:3]))
+    items, _ = list_items(folder)
+    config = tiny_config()
+    predictor = WindowPredictor(model)
+    per_item = []
+    for item in items:
+        window_rows = prepare_item(folder, item_row(item), config=config).window_rows(config)
+        per_item.append(predictor({k: np.stack([np.asarray(r[k]) for r in window_rows]) for k in window_rows[0]}))
+    a, b, c = per_item
+    n_a = len(a["name"])
+    # What a feature task retried by Ray can deliver: rows again, in another batch, after their item was finished,
+    # in another order.
+    clean = [a, b, c]
+    re_emitted = [take(a, [0, 1]), take(b, list(range(len(b["name"])))[::-1]), a, take(a, [1, n_a - 1]), b,
+                  take(c, [0]), c, c]
+
+    def record(batches: list[dict[str, np.ndarray]], model_version: str) -> tuple[WindowGrouper, Recorder]:
+        with CatalogWriter(catalog_url) as writer:
+            recorder = Recorder(writer=writer, run_id=writer.start_run(model_version), metrics=JobMetrics(),
+                                batch_size=16, use_attention=config.model.use_attention, expected={})
+            grouper = WindowGrouper()
+            for batch in batches:
+                for done in grouper.add_batch(batch):
+                    recorder.finish_item(done)
+            recorder.flush()
+        return grouper, recorder
+
+    record(clean, "m-clean")
+    grouper, recorder = record(re_emitted, "m-retried")
+
+    assert grouper.open == {} and (recorder.tagged, recorder.failed) == (3, 0)
+    assert rows(catalog_url, "SELECT item_key FROM failures") == []
+    labels = rows(catalog_url, "SELECT * FROM labels")
+    by_version = {v: {r["item_key"]: r for r in labels if r["model_version"] == v} for v in ("m-clean", "m-retried")}
+    assert by_version["m-clean"].keys() == by_version["m-retried"].keys() == {item.stem for item in items}
+    for key, clean_label in by_version["m-clean"].items():
+        retried = by_version["m-retried"][key]
+        assert retried["n_windows"] == clean_label["n_windows"] and retried["quadrant"] == clean_label["quadrant"]
+        for column in ("p_q1", "p_q2", "p_q3", "p_q4", "arousal_prob", "valence_prob", "va_head_arousal_prob"):
+            assert retried[column] == pytest.approx(clean_label[column], abs=1e-9), (key, column)
 
 
 def test_feature_tasks_share_a_small_machine_but_take_whole_cpus_on_a_cluster() -> None:

@@ -1,12 +1,14 @@
-"""Training on Ray Train: a 2-worker run on real EMOPIA clips makes checkpoints and an artifact that predicts; an
-interrupted run resumes; the branch flags decide which weights exist and train; bad clips are skipped and named.
+"""Training on Ray Train: a 2-worker run on real EMOPIA clips makes checkpoints and an artifact that predicts; a
+finished run extended by raising epochs resumes; the branch flags decide which weights exist and train; bad clips are skipped and named.
 
-One local Ray (2 CPUs) serves the whole module; the model is tiny and the windows 5 s long, so each Ray Train run
+One local Ray (2 CPUs) serves the whole module; the first run is shared read-only, and a test that continues or
+replaces it works on a copy; the model is tiny and the windows 5 s long, so each Ray Train run
 takes seconds of compute (most of a run's ~25 s is Ray Train starting its workers).
 """
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from mer.model.inference import EmotionPredictor, aggregate_windows, predict_win
 from mer.train.dataset import extract_clips, labelled_rows, window_dataset, window_table
 from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.loop import CHECKPOINT_FILE, TrainResult, select_clips, train_model
-from mer.train.steps import batches, learning_rate, length_bucketed_batches, rank_batches, train_step
+from mer.train.steps import batches, length_bucketed_batches, rank_batches, train_step
 from tiny import tiny_config as tiny
 
 BROKEN = "Q1_brokenclip_0"
@@ -70,9 +72,18 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(ray_cluster, small_emopia: Path, workdir: Path) -> TrainResult:
-    """One epoch on 2 workers, run name "resumable" (the resume test continues it)."""
+    """One epoch on 2 workers, run name "resumable". Read only: a test that continues or replaces the run works on
+    its own copy (:func:`copy_of_first_run`)."""
     return train_model(tiny_config(epochs=1), emopia=small_emopia, storage=str(workdir / "storage"),
                        cache_dir=workdir / "cache", run_name="resumable", progress=False)
+
+
+def copy_of_first_run(first_run: TrainResult, folder: Path) -> str:
+    """A storage of the test's own holding a copy of the first run's folder (same run name): what the test does to
+    the run stays there."""
+    storage = folder / "storage"
+    shutil.copytree(first_run.run, storage / Path(first_run.run).name)
+    return str(storage)
 
 
 def checkpoint_epochs(run: str) -> list[int]:
@@ -137,20 +148,23 @@ def test_extraction_reports_every_bad_file_and_keeps_the_good_ones(ray_cluster, 
     assert {int(r["quadrant"]) for r in rows} == {c.quadrant for c in good}
 
 
-def test_an_interrupted_run_resumes_from_its_latest_checkpoint(first_run: TrainResult, small_emopia: Path,
-                                                               workdir: Path) -> None:
-    storage = str(workdir / "storage")
+def test_raising_epochs_extends_a_finished_run_from_its_latest_checkpoint(first_run: TrainResult,
+                                                                         small_emopia: Path, workdir: Path,
+                                                                         tmp_path: Path) -> None:
+    """A 1-epoch run extended to 2 epochs continues where it ended (a SIGKILLed run: tests/train/test_interrupt.py)."""
+    storage = copy_of_first_run(first_run, tmp_path)
     resumed = train_model(tiny_config(epochs=2), emopia=small_emopia, storage=storage, cache_dir=workdir / "cache",
                           run_name="resumable", progress=False)
 
-    assert resumed.run == first_run.run
+    assert resumed.run == f"{storage}/resumable"
     assert [row["epoch"] for row in resumed.history] == [1, 2]
     # Epoch 1 was not trained again: its record (wall time included) is the first run's, and the run holds
     # exactly one checkpoint per epoch.
     assert resumed.history[0] == first_run.history[0]
     assert checkpoint_epochs(resumed.run) == [0, 1]
 
-    # The same seed without the interruption reaches the same weights: the checkpoint carries everything.
+    # The same seed run straight to 2 epochs reaches the same weights: the checkpoint carries everything, and the
+    # warm-up (the first epoch) does not depend on the number of epochs.
     straight = train_model(tiny_config(epochs=2), emopia=small_emopia, storage=storage, cache_dir=workdir / "cache",
                            run_name="straight", progress=False)
     assert [row["train_loss"] for row in straight.history] == pytest.approx(
@@ -237,13 +251,14 @@ def test_subsets_are_balanced_over_quadrants() -> None:
 
 
 def test_a_run_is_not_resumed_with_other_settings_but_can_start_over(first_run: TrainResult, small_emopia: Path,
-                                                                      workdir: Path) -> None:
+                                                                      workdir: Path, tmp_path: Path) -> None:
+    storage = copy_of_first_run(first_run, tmp_path)
     other = tiny_config(epochs=1, fc_hidden=16)  # another model under the same run name
     with pytest.raises(ConfigError, match="different model"):
-        train_model(other, emopia=small_emopia, storage=str(workdir / "storage"), cache_dir=workdir / "cache",
+        train_model(other, emopia=small_emopia, storage=storage, cache_dir=workdir / "cache",
                     run_name="resumable", progress=False)
 
-    fresh = train_model(other, emopia=small_emopia, storage=str(workdir / "storage"), cache_dir=workdir / "cache",
+    fresh = train_model(other, emopia=small_emopia, storage=storage, cache_dir=workdir / "cache",
                         run_name="resumable", resume=False, progress=False)
     assert [row["epoch"] for row in fresh.history] == [1]
     assert checkpoint_epochs(fresh.run) == [0]  # the old run's checkpoints are gone
@@ -280,14 +295,3 @@ def test_ranks_share_each_global_batch_with_similar_lengths() -> None:
     assert [c.tolist() for c in again] == [c.tolist() for c in ranks[0]]  # a resumed epoch replays exactly
     assert [c.tolist() for c in rank_batches(lengths, 32, seed=5, epoch=3, rank=0, world_size=2)] != \
         [c.tolist() for c in ranks[0]]
-
-
-def test_learning_rate_warms_up_then_decays_along_a_cosine() -> None:
-    training = MerConfig().training
-    peak = training.learning_rate
-    rates = [learning_rate(training, e / 10) for e in range(0, 10 * training.epochs + 1)]
-    assert rates[0] == pytest.approx(0.1 * peak) and rates[10] == pytest.approx(peak)
-    assert max(rates) == pytest.approx(peak)
-    assert all(a <= b for a, b in zip(rates[:10], rates[1:11]))  # warm-up rises
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))  # then only falls
-    assert rates[-1] == pytest.approx(0.05 * peak)

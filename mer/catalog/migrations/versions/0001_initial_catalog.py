@@ -101,6 +101,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_failures_run_id", "failures", ["run_id"])
     op.create_index("ix_failures_item_key", "failures", ["item_key"])
+    create_views()
+
+
+def create_views() -> None:
+    """This revision's views (also what a downgrade from 0002 restores)."""
     # One row per item: its most recently written label (whatever the model version), with the item's facts.
     op.execute(
         f"""
