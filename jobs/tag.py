@@ -14,8 +14,14 @@ audio with FluidSynth first so all three branches run, as the model was trained 
 costs about as much as the rest of the features; off by default). Bad files never stop the run: they land in
 the ``failures`` table with a reason, or the item is tagged from its usable file with the problem recorded.
 
+Features are read from the feature cache (``--cache-dir``, default ``<storage>/feature-cache``) when the same files
+were extracted before with the same feature config, so a new model version over a tagged store pays for
+inference only. The store is listed and compared with the catalog in pages (``--page-size`` keys, one Ray Data
+pass each), so millions of keys never sit in the driver's memory at once.
+
 Flags default to their environment variables (MER_STORE, AWS_ENDPOINT_URL, MER_CATALOG_URL, MER_MODEL,
-MER_STORAGE, MER_METRICS_PORT, MER_PUSHGATEWAY, RAY_ADDRESS). AWS credentials come from the standard AWS chain.
+MER_STORAGE, MER_CACHE_DIR, MER_METRICS_PORT, MER_PUSHGATEWAY, RAY_ADDRESS). AWS credentials come from the
+standard AWS chain.
 Exit status: 0 when the run succeeded (failed items included), 1 when the run failed, 2 for bad flags.
 """
 from __future__ import annotations
@@ -72,9 +78,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stamp the run's heartbeat (catalog, Pushgateway) this often; a run silent for "
                              f"{defaults.dead_after_seconds:g} s is closed as failed by the next one")
     parser.add_argument("--limit", type=int, default=None, help="tag at most N items (the rest wait for next run)")
+    parser.add_argument("--page-size", type=int, default=defaults.page_size,
+                        help="keys listed and compared with the catalog at a time, and items per Ray Data pass")
+    parser.add_argument("--cache-dir", default=env("MER_CACHE_DIR"),
+                        help="feature cache: a folder every worker sees or s3://bucket/prefix (env MER_CACHE_DIR; "
+                             "default <storage>/feature-cache)")
+    parser.add_argument("--no-cache", action="store_true", help="extract every item's features, cache nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars, only log lines")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "feature_concurrency", "inference_concurrency"):
+    for name in ("batch_size", "feature_concurrency", "inference_concurrency", "page_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.heartbeat_seconds < defaults.dead_after_seconds:
@@ -88,13 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     tagging = TagConfig(batch_size=args.batch_size, feature_concurrency=args.feature_concurrency,
                         inference_concurrency=args.inference_concurrency, use_gpu=args.use_gpu,
-                        heartbeat_seconds=args.heartbeat_seconds)
+                        page_size=args.page_size, heartbeat_seconds=args.heartbeat_seconds)
+    cache = None if args.no_cache else args.cache_dir or f"{args.storage.rstrip('/')}/feature-cache"
+    if cache is not None and "://" not in cache:
+        cache = os.path.abspath(cache)  # the same path for every worker
     try:
         summary = tag_store(
             args.store, catalog=args.catalog, model=args.model, storage=args.storage, prefix=args.prefix,
             endpoint_url=args.endpoint_url, force=args.force, tagging=tagging,
             render_missing_audio=args.render_missing_audio, metrics_port=args.metrics_port or None,
             pushgateway=args.pushgateway, address=args.address, limit=args.limit, progress=not args.no_progress,
+            cache=cache,
         )
     except (MerError, FileNotFoundError, ValueError, SQLAlchemyError, BotoCoreError, ClientError) as error:
         # No model, no store, an unsupported store URL, an unreachable catalog or bucket: say so, no traceback.

@@ -123,8 +123,9 @@ class TagConfig:
 
     batch_size: int = 16  # windows per model call (bigger batches amortise the Bi-GRU) and items per transaction
     feature_concurrency: int = 2
-    inference_concurrency: int = 1
+    inference_concurrency: int = 2  # at most; single-threaded actors, so a 2-core machine runs one per core
     use_gpu: bool | None = None  # None: one GPU per inference actor when the cluster has GPUs at the start
+    page_size: int = 50_000  # keys listed and compared with the catalog at a time, and items per Ray Data pass
     heartbeat_seconds: float = 30.0  # a running run stamps runs.heartbeat_at (and pushes its heartbeat) this often
     dead_after_seconds: float = 300.0  # a 'running' run whose heartbeat is older is closed as failed by the next run
 

@@ -143,16 +143,14 @@ class CatalogWriter:
             if result.rowcount != 1:
                 raise ValueError(f"no run with id {run_id}")
 
-    def tagged_versions(self, model_version: str) -> dict[str, str]:
+    def tagged_versions(self, model_version: str, *, keys: Sequence[str] | None = None) -> dict[str, str]:
         """``{item key: object version}`` of every item fully labelled by ``model_version`` — the tagger skips an
         item whose current ``Item.version`` equals the stored one. Partial labels are left out: their items are
-        tagged again."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(labels_table.c.item_key, labels_table.c.object_version)
-                .where(labels_table.c.model_version == model_version, sa.not_(labels_table.c.partial))
-            )
-            return {key: version for key, version in rows}
+        tagged again. ``keys``: only these items (one page of a listing; looked up through the primary key, 500 at
+        a time), so a run never loads the whole table."""
+        query = sa.select(labels_table.c.item_key, labels_table.c.object_version).where(
+            labels_table.c.model_version == model_version, sa.not_(labels_table.c.partial))
+        return self._by_key(query, labels_table.c.item_key, keys)
 
     def open_rejects(self) -> dict[str, str | None]:
         """``{object key: object version}`` of the open listing rejects (``list`` failures not superseded), from runs
@@ -208,17 +206,28 @@ class CatalogWriter:
                 )
             return int(result.rowcount)
 
-    def failed_versions(self, model_version: str) -> dict[str, str | None]:
+    def failed_versions(self, model_version: str, *, keys: Sequence[str] | None = None) -> dict[str, str | None]:
         """``{key: object version}`` of open failures (not superseded) under ``model_version``: lets a nightly run
-        skip items known to be broken at the same version, if the job chooses to."""
+        skip items known to be broken at the same version, if the job chooses to. ``keys`` as in
+        :meth:`tagged_versions`."""
+        query = (
+            sa.select(failures_table.c.item_key, failures_table.c.object_version)
+            .join(runs_table, runs_table.c.id == failures_table.c.run_id)
+            .where(runs_table.c.model_version == model_version, failures_table.c.superseded_by_run.is_(None))
+            .order_by(failures_table.c.run_id)
+        )
+        return self._by_key(query, failures_table.c.item_key, keys)
+
+    def _by_key(self, query: sa.Select, key_column: sa.Column, keys: Sequence[str] | None) -> dict[str, Any]:
+        """``{key: value}`` of a two-column query, for all rows or for ``keys`` only (IN lists of 500: an index
+        lookup whatever the database's collation)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(failures_table.c.item_key, failures_table.c.object_version)
-                .join(runs_table, runs_table.c.id == failures_table.c.run_id)
-                .where(runs_table.c.model_version == model_version, failures_table.c.superseded_by_run.is_(None))
-                .order_by(failures_table.c.run_id)
-            )
-            return {key: version for key, version in rows}
+            if keys is None:
+                return {key: value for key, value in conn.execute(query)}
+            found: dict[str, Any] = {}
+            for chunk in _chunks(list(keys)):
+                found.update((key, value) for key, value in conn.execute(query.where(key_column.in_(chunk))))
+            return found
 
     def write_batch(
         self, run_id: int, labels: Sequence[LabelRecord] = (), failures: Sequence[FailureRecord] = ()

@@ -2,20 +2,22 @@
 Pure NumPy/librosa/FluidSynth functions of their arguments; never imports torch, Ray or the later stages."""
 from __future__ import annotations
 
-from mer.features.audio import check_audio, decode_audio, peak_normalise
+from mer.features.audio import DecodedAudio, check_audio, decode_audio, open_audio, peak_normalise
 from mer.features.cache import FeatureCache
 from mer.features.key import (
     PITCH_CLASS_NAMES, SUMMARY_SIZE, Key, estimate_key, key_correlations, pitch_class_histogram, summary_descriptors,
 )
-from mer.features.extract import ItemFeatures, chromagram, extract_features, mfcc, window_starts
+from mer.features.extract import ItemFeatures, extract_features, window_starts
 from mer.features.midi import piano_notes, read_midi
 from mer.features.render import render_audio, soundfont_path
-from mer.features.tokens import midi_like_tokens, notes_from_tokens, pad_id
+from mer.features.spectral import chromagram, mfcc, spectral_features
+from mer.features.tokens import midi_like_tokens, notes_from_tokens, pad_id, token_dtype
 from mer.features.transpose import transpose_batch
 
 __all__ = [
-    "PITCH_CLASS_NAMES", "SUMMARY_SIZE", "FeatureCache", "ItemFeatures", "Key", "estimate_key", "key_correlations", "pitch_class_histogram",
-    "summary_descriptors", "check_audio", "chromagram", "decode_audio", "extract_features", "mfcc",
-    "midi_like_tokens", "notes_from_tokens", "pad_id", "peak_normalise", "piano_notes", "read_midi", "render_audio",
-    "soundfont_path", "transpose_batch", "window_starts",
+    "PITCH_CLASS_NAMES", "SUMMARY_SIZE", "DecodedAudio", "FeatureCache", "ItemFeatures", "Key", "check_audio", "chromagram",
+    "decode_audio", "estimate_key", "extract_features", "key_correlations", "mfcc", "midi_like_tokens",
+    "notes_from_tokens", "open_audio", "pad_id", "peak_normalise", "piano_notes", "pitch_class_histogram",
+    "read_midi", "render_audio", "soundfont_path", "spectral_features", "summary_descriptors", "token_dtype",
+    "transpose_batch", "window_starts",
 ]

@@ -10,55 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import librosa
 import numpy as np
 import pretty_midi
 
 from mer.config import BRANCHES, FeatureConfig
 from mer.errors import BadInputError
-from mer.features.audio import check_audio
+from mer.features.audio import DecodedAudio, check_audio
 from mer.features.key import SUMMARY_SIZE, chroma_histogram, pitch_class_histogram, summary_descriptors
 from mer.features.midi import piano_notes
+from mer.features.spectral import spectral_features
 from mer.features.tokens import midi_like_tokens, pad_id
 
 TRAILING_FRACTION = 0.25
 """A last window holding less than this fraction of ``window_seconds`` of the piece is dropped (unless it is
 the only window): a few seconds of ringing-out would otherwise be a mostly-padding model input that still
 counts as much as a full window when a piece's windows are averaged."""
-
-
-def chromagram(audio: np.ndarray, *, config: FeatureConfig) -> np.ndarray:
-    """Chromagram of a waveform (paper, Sec. III-B): ``librosa.feature.chroma_stft`` with the config's STFT.
-
-    Args:
-        audio: (samples,) mono waveform at ``config.sample_rate`` Hz.
-        config: ``sample_rate``, ``n_fft``, ``hop_length``.
-
-    Returns:
-        (12, frames) float32, pitch classes C..B, each frame max-normalised to 1 by librosa;
-        ``frames = 1 + samples // hop_length`` (centred frames).
-    """
-    chroma = librosa.feature.chroma_stft(
-        y=audio, sr=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length
-    )
-    return chroma.astype(np.float32)
-
-
-def mfcc(audio: np.ndarray, *, config: FeatureConfig) -> np.ndarray:
-    """MFCCs of a waveform (paper, Sec. III-C: 23 mel bands): ``librosa.feature.mfcc`` with the config's STFT.
-
-    Args:
-        audio: (samples,) mono waveform at ``config.sample_rate`` Hz.
-        config: ``sample_rate``, ``n_mfcc``, ``n_mels``, ``n_fft``, ``hop_length``.
-
-    Returns:
-        (n_mfcc, frames) float32, ``frames = 1 + samples // hop_length``.
-    """
-    coefficients = librosa.feature.mfcc(
-        y=audio, sr=config.sample_rate, n_mfcc=config.n_mfcc, n_mels=config.n_mels,
-        n_fft=config.n_fft, hop_length=config.hop_length,
-    )
-    return coefficients.astype(np.float32)
 
 
 def window_starts(duration_s: float, *, config: FeatureConfig) -> np.ndarray:
@@ -229,7 +195,7 @@ def extract_features(
     *,
     name: str,
     midi: pretty_midi.PrettyMIDI | None,
-    audio: np.ndarray | None,
+    audio: np.ndarray | DecodedAudio | None,
     config: FeatureConfig,
 ) -> ItemFeatures:
     """Cut a piece into windows and compute every branch's input for each.
@@ -238,7 +204,8 @@ def extract_features(
     starts at 0 s, clipped to the window (a note held over the window's start begins at 0, one running past its
     end stops there), tokenised (:func:`mer.features.tokens.midi_like_tokens`), truncated to ``config.max_tokens``
     (the window's beginning is kept) and padded with ``pad_id(config)``.
-    Chroma/MFCC: computed once over the whole piece, then sliced ``F = config.frames_per_window`` frames from
+    Chroma/MFCC: computed once over the whole piece, from one STFT computed block by block
+    (:func:`mer.features.spectral.spectral_features`), then sliced ``F = config.frames_per_window`` frames from
     the frame nearest each window's start, zero-padded past the audio's end.
     Summary (:func:`mer.features.key.summary_descriptors`): each window's key, mode and note statistics from its
     notes (all of them, before the token cap), else from its chromagram; the piece's pitch-class histogram from
@@ -247,7 +214,9 @@ def extract_features(
     Args:
         name: the item, for error messages and the result.
         midi: the parsed MIDI file, or None.
-        audio: (samples,) mono float waveform at ``config.sample_rate`` Hz (decoded or rendered), or None.
+        audio: (samples,) mono float waveform at ``config.sample_rate`` Hz (rendered, or decoded), or a
+            :class:`~mer.features.audio.DecodedAudio` (an audio file decoded block by block and already judged
+            by :func:`check_audio`), or None.
         config: the feature configuration.
 
     Returns:
@@ -266,9 +235,11 @@ def extract_features(
             raise BadInputError(name, "MIDI file has no notes")
         duration = max(duration, float(midi.get_end_time()), float(notes[:, 1].max()))
     if audio is not None:
-        audio = np.asarray(audio, dtype=np.float32)
-        check_audio(audio, name=name, config=config)
-        duration = max(duration, audio.shape[0] / config.sample_rate)
+        if not isinstance(audio, DecodedAudio):
+            audio = np.asarray(audio, dtype=np.float32)
+            check_audio(audio, name=name, config=config)
+            audio = DecodedAudio.from_waveform(audio, sample_rate=config.sample_rate, name=name)
+        duration = max(duration, audio.samples / config.sample_rate)
 
     starts = window_starts(duration, config=config)
     windows, frames = starts.shape[0], config.frames_per_window
@@ -280,8 +251,7 @@ def extract_features(
     pitch_classes = np.zeros(12)
 
     if audio is not None:
-        whole_chroma = chromagram(audio, config=config)  # (12, T)
-        whole_mfcc = mfcc(audio, config=config)  # (n_mfcc, T)
+        whole_chroma, whole_mfcc = spectral_features(audio, config=config)  # (12, T), (n_mfcc, T): one STFT
         pitch_classes = chroma_histogram(whole_chroma)
         for index, start in enumerate(starts):
             chroma[index] = frame_slice(whole_chroma, start, config=config)

@@ -4,6 +4,13 @@ The paper's chromagram and MFCC branches read recordings; EMOPIA's recordings ar
 renders each MIDI file with a General MIDI piano. Rendering drives the FluidSynth C library (pyfluidsynth) event
 by event, writing float samples directly, rather than through ``PrettyMIDI.fluidsynth``: that path goes through
 FluidSynth's 16-bit output, which adds dither noise, and renders a second of silence after the last event.
+
+The SoundFont is loaded once per process (:func:`loaded_soundfont`; parsing TimGM6mb.sf2 took 30 of the 33 ms a
+fresh synthesizer cost per render) and lent to a new synthesizer for each render, which costs 3 ms. The
+synthesizer itself is not reused: FluidSynth's reverb and chorus keep state (their delay lines, the chorus LFO
+phase) that ``fluid_synth_system_reset`` does not clear, so a reused synthesizer renders a piece differently
+depending on what it rendered before (by up to 2e-3 of full scale, measured), and a rendering must be a function
+of the MIDI alone.
 """
 from __future__ import annotations
 
@@ -31,6 +38,16 @@ _write_float = fluidsynth.cfunc(
     ("rbuf", c_void_p, 1), ("roff", c_int, 1), ("rincr", c_int, 1),
 )
 
+# Lending one loaded SoundFont to many synthesizers (the synthesizer does not own it while it is lent).
+_get_sfont = fluidsynth.cfunc("fluid_synth_get_sfont_by_id", c_void_p, ("synth", c_void_p, 1), ("id", c_int, 1))
+_add_sfont = fluidsynth.cfunc("fluid_synth_add_sfont", c_int, ("synth", c_void_p, 1), ("sfont", c_void_p, 1))
+_remove_sfont = fluidsynth.cfunc("fluid_synth_remove_sfont", c_int, ("synth", c_void_p, 1), ("sfont", c_void_p, 1))
+_set_log_function = fluidsynth.cfunc("fluid_set_log_function", c_void_p, ("level", c_int, 1), ("fun", c_void_p, 1),
+                                     ("data", c_void_p, 1))
+_FLUID_WARN = 2
+
+_LOADED: dict[str, tuple[fluidsynth.Synth, int]] = {}  # SoundFont path -> (the synthesizer holding it, the sfont)
+
 # Event order among events at the same sample: releases first (so a re-struck key sounds), then controllers
 # (a pedal pressed with a chord catches it), then new notes.
 _NOTE_OFF, _CONTROL, _NOTE_ON = 0, 1, 2
@@ -49,6 +66,23 @@ def soundfont_path(config: FeatureConfig) -> Path:
     if not path.is_file():
         raise ConfigError(f"SoundFont not found: {path} (set FeatureConfig.soundfont to an existing .sf2 file)")
     return path
+
+
+def loaded_soundfont(sf2: Path) -> int:
+    """The FluidSynth SoundFont object of ``sf2``, loaded on first use in this process and kept for its life.
+
+    Raises:
+        ConfigError: FluidSynth cannot load the file (not a valid .sf2 file?).
+    """
+    key = str(sf2)
+    if key not in _LOADED:
+        holder = fluidsynth.Synth(**{"synth.cpu-cores": 1})
+        sfid = holder.sfload(key)
+        if sfid == -1:
+            holder.delete()
+            raise ConfigError(f"FluidSynth cannot load the SoundFont {sf2} (not a valid .sf2 file?)")
+        _LOADED[key] = (holder, _get_sfont(holder.synth, sfid))
+    return _LOADED[key][1]
 
 
 def render_audio(midi: pretty_midi.PrettyMIDI, *, config: FeatureConfig, name: str) -> np.ndarray:
@@ -87,11 +121,10 @@ def render_audio(midi: pretty_midi.PrettyMIDI, *, config: FeatureConfig, name: s
     total = int(math.ceil(midi.get_end_time() * rate))
     events = _events(instruments, rate=rate)
 
+    sfont = loaded_soundfont(sf2)
     synth = fluidsynth.Synth(samplerate=float(rate), **{"synth.cpu-cores": 1})
+    sfid = _add_sfont(synth.synth, sfont)
     try:
-        sfid = synth.sfload(str(sf2))
-        if sfid == -1:
-            raise ConfigError(f"FluidSynth cannot load the SoundFont {sf2} (not a valid .sf2 file?)")
         for index in range(len(instruments)):
             synth.program_select(_CHANNELS[index % len(_CHANNELS)], sfid, 0, PIANO_PROGRAM)
         audio = np.zeros(total, dtype=np.float32)  # (samples,) mono
@@ -111,6 +144,11 @@ def render_audio(midi: pretty_midi.PrettyMIDI, *, config: FeatureConfig, name: s
                 synth.pitch_bend(channel, a)
         _synthesize(synth, audio, position, total)
     finally:
+        # Take the SoundFont back before the synthesizer is deleted (which would free it). Its channels then
+        # have no preset left, which FluidSynth reports once per channel: expected here, so not shown.
+        previous = _set_log_function(_FLUID_WARN, None, None)
+        _remove_sfont(synth.synth, sfont)
+        _set_log_function(_FLUID_WARN, previous, None)
         synth.delete()
 
     check_audio(audio, name=name, config=config)  # on the synthesizer's level, before normalising

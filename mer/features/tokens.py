@@ -47,6 +47,11 @@ def pad_id(config: FeatureConfig) -> int:
     return config.vocab_size - 1
 
 
+def token_dtype(config: FeatureConfig) -> np.dtype:
+    """The smallest unsigned integer type holding every token id of ``config`` (uint16 for the 389 ids)."""
+    return np.min_scalar_type(config.vocab_size - 1)
+
+
 def velocity_bin(velocity: float | np.ndarray, *, config: FeatureConfig) -> int | np.ndarray:
     """The bin of a MIDI velocity: ``floor(velocity * B / 128)``, B = ``config.velocity_bins`` equal bins over
     0..127 (with 32 bins: 0-3, 4-7, ..., 124-127).

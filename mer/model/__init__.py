@@ -1,21 +1,43 @@
 """Model: the network of Zhao & Yoshii (torch), its saved artifact, and windows in → emotions out.
-Imports torch and the configuration, never Ray, the training loop, the catalog or the tagger."""
+Imports torch and the configuration, never Ray, the training loop, the catalog or the tagger.
+
+Names are imported from their module on first use, so what needs no torch (reading an artifact's config.json and
+meta.json, :func:`read_artifact`: what a tagging driver plans a run with) does not pay for importing it.
+"""
 from __future__ import annotations
 
-from mer.model.artifact import (LATEST, MODELS_DIR, Artifact, filesystem, is_url, join, latest_version, load_artifact,
-                                save_artifact)
-from mer.model.calibration import (clip_probabilities, expected_calibration_error, fit_temperature, nll,
-                                   reliability)
-from mer.model.ensemble import MerEnsemble
-from mer.model.inference import (EmotionPredictor, PiecePrediction, aggregate_windows, group_rows,
-                                 predict_windows)
-from mer.model.network import MerModel, ModelOutput
-from mer.model.tensors import MODEL_INPUTS, ROW_KEYS_TO_BATCH, model_inputs, pick_device, to_tensors
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "Artifact", "EmotionPredictor", "MerEnsemble", "clip_probabilities", "expected_calibration_error",
-    "fit_temperature", "nll", "reliability", "LATEST", "MODELS_DIR", "MODEL_INPUTS", "MerModel", "ModelOutput",
-    "PiecePrediction", "ROW_KEYS_TO_BATCH", "aggregate_windows", "filesystem", "group_rows", "is_url", "join",
-    "latest_version", "load_artifact", "model_inputs", "pick_device", "predict_windows", "save_artifact",
-    "to_tensors",
-]
+_HOMES = {
+    "artifact": ("LATEST", "MODELS_DIR", "Artifact", "ArtifactInfo", "filesystem", "is_url", "join", "latest_version",
+                 "load_artifact", "read_artifact", "save_artifact"),
+    "calibration": ("clip_probabilities", "expected_calibration_error", "fit_temperature", "nll", "reliability"),
+    "ensemble": ("MerEnsemble",),
+    "inference": ("EmotionPredictor", "PiecePrediction", "aggregate_windows", "group_rows", "predict_windows"),
+    "network": ("MerModel", "ModelOutput"),
+    "tensors": ("MODEL_INPUTS", "ROW_KEYS_TO_BATCH", "model_inputs", "pick_device", "to_tensors"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+__all__ = sorted(_HOME_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mer.model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"mer.model.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # what the names are, for readers and type checkers (and the layering test)
+    from mer.model.artifact import (LATEST, MODELS_DIR, Artifact, ArtifactInfo, filesystem, is_url, join,
+                                    latest_version, load_artifact, read_artifact, save_artifact)
+    from mer.model.calibration import (clip_probabilities, expected_calibration_error, fit_temperature, nll,
+                                       reliability)
+    from mer.model.ensemble import MerEnsemble
+    from mer.model.inference import EmotionPredictor, PiecePrediction, aggregate_windows, group_rows, predict_windows
+    from mer.model.network import MerModel, ModelOutput
+    from mer.model.tensors import MODEL_INPUTS, ROW_KEYS_TO_BATCH, model_inputs, pick_device, to_tensors

@@ -20,17 +20,18 @@ import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
-import torch
 
 from mer.config import MerConfig
 from mer.errors import ConfigError
-from mer.model.ensemble import MerEnsemble
-from mer.model.network import MerModel
-from mer.model.tensors import pick_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from mer.model.network import MerModel
 
 MODELS_DIR = "models"
 LATEST = "LATEST"
@@ -135,6 +136,8 @@ def save_artifact(
     Returns:
         The artifact folder's path or URL.
     """
+    import torch
+
     state = {k.removeprefix("module."): v.detach().cpu() for k, v in state_dict.items()}
     version = version or new_version(state)
     url = join(storage, MODELS_DIR, version)
@@ -186,6 +189,39 @@ def resolve_artifact(path_or_url_or_version: str | None, *, storage: str | None 
     return join(storage, MODELS_DIR, ref)
 
 
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What a model artifact says about itself, without its weights: ``url`` (the folder), ``config`` (the whole
+    :class:`MerConfig`: feature extraction and the network's sizes) and ``meta`` (the parsed meta.json)."""
+
+    url: str
+    config: MerConfig
+    meta: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.meta["version"])
+
+
+def read_artifact(
+    path_or_url_or_version: str | None = None, *, storage: str | None = None, endpoint_url: str | None = None
+) -> ArtifactInfo:
+    """Read an artifact's config.json and meta.json, not its weights: what a driver needs to plan a run (the
+    version, the feature config) while the workers load the model themselves. Arguments as :func:`load_artifact`.
+
+    Raises:
+        ConfigError: nothing there, or config.json or meta.json missing.
+    """
+    url = resolve_artifact(path_or_url_or_version, storage=storage, endpoint_url=endpoint_url)
+    fs, root = filesystem(url, endpoint_url=endpoint_url)
+    root = root.rstrip("/")
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        raise ConfigError(f"model artifact not found: {url}")
+    config = MerConfig.from_json(_read(fs, f"{root}/config.json", what="config.json").decode())
+    meta = json.loads(_read(fs, f"{root}/meta.json", what="meta.json").decode())
+    return ArtifactInfo(url=url, config=config, meta=meta)
+
+
 def load_artifact(
     path_or_url_or_version: str | None = None,
     *,
@@ -205,23 +241,25 @@ def load_artifact(
     Raises:
         ConfigError: nothing there, a file missing, or weights that do not fit the config.
     """
-    url = resolve_artifact(path_or_url_or_version, storage=storage, endpoint_url=endpoint_url)
-    fs, root = filesystem(url, endpoint_url=endpoint_url)
+    import torch  # here, not at the top: reading config.json and meta.json (read_artifact) needs no torch
+
+    from mer.model.ensemble import MerEnsemble
+    from mer.model.network import MerModel
+    from mer.model.tensors import pick_device
+
+    info = read_artifact(path_or_url_or_version, storage=storage, endpoint_url=endpoint_url)
+    fs, root = filesystem(info.url, endpoint_url=endpoint_url)
     root = root.rstrip("/")
-    if fs.get_file_info(root).type == pafs.FileType.NotFound:
-        raise ConfigError(f"model artifact not found: {url}")
-    config = MerConfig.from_json(_read(fs, f"{root}/config.json", what="config.json").decode())
-    meta = json.loads(_read(fs, f"{root}/meta.json", what="meta.json").decode())
     device = pick_device(device)
     state = torch.load(io.BytesIO(_read(fs, f"{root}/model.pt", what="model.pt")), map_location=device,
                        weights_only=True)
-    members = meta.get("members")
-    model = MerEnsemble(config, len(members)) if members else MerModel(config)
+    members = info.meta.get("members")
+    model = MerEnsemble(info.config, len(members)) if members else MerModel(info.config)
     try:
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as error:
-        raise ConfigError(f"model artifact {url}: weights do not match its config.json: {error}") from error
+        raise ConfigError(f"model artifact {info.url}: weights do not match its config.json: {error}") from error
     # Temperature scaling fitted on val (mer.model.calibration), applied to the quadrant logits at prediction.
-    model.quadrant_temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
+    model.quadrant_temperature = float((info.meta.get("calibration") or {}).get("temperature", 1.0))
     model.to(device).eval()
-    return Artifact(model=model, config=config, meta=meta, url=url)
+    return Artifact(model=model, config=info.config, meta=info.meta, url=info.url)

@@ -5,12 +5,11 @@ check that the Ray pipeline (:mod:`mer.tagging.pipeline`) changes nothing but th
 """
 from __future__ import annotations
 
-import numpy as np
-
 from mer.config import TagConfig
-from mer.tagging.plan import TagSummary, begin_run, end_run
+from mer.features import FeatureCache
+from mer.tagging.plan import TagSummary, begin_run, end_run, passes
 from mer.tagging.predictor import WindowPredictor
-from mer.tagging.prepare import extract_window_rows, item_row
+from mer.tagging.prepare import batch_of, extract_window_rows, item_row
 from mer.tagging.recorder import WindowGrouper
 from mer.tagging.storage import ObjectStore
 
@@ -28,6 +27,7 @@ def tag_store_local(
     metrics_port: int | None = None,
     pushgateway: str | None = None,
     limit: int | None = None,
+    cache: str | FeatureCache | None = None,
 ) -> TagSummary:
     """:func:`~mer.tagging.pipeline.tag_store` without Ray: the same functions, item after item, in this process.
 
@@ -36,19 +36,20 @@ def tag_store_local(
     benchmark's baseline.
     """
     tagging = tagging or TagConfig()
-    plan = begin_run(store, catalog=catalog, model=model, storage=storage, prefix=prefix, endpoint_url=endpoint_url,
-                     force=force, tagging=tagging, render_missing_audio=render_missing_audio,
-                     metrics_port=metrics_port, pushgateway=pushgateway, limit=limit)
+    plan = begin_run(store, catalog=catalog, model=model, storage=storage, endpoint_url=endpoint_url,
+                     tagging=tagging, render_missing_audio=render_missing_audio, metrics_port=metrics_port,
+                     pushgateway=pushgateway, cache=cache)
+    predictor = None
     try:
-        if plan.todo:
-            predictor = WindowPredictor(plan.artifact_url, storage=storage)
+        for todo in passes(plan, prefix=prefix, force=force, limit=limit, page_size=tagging.page_size):
+            predictor = predictor or WindowPredictor(plan.artifact_url, storage=storage, batch_size=tagging.batch_size)
             windows = WindowGrouper()
-            for item in plan.todo:
+            for item in todo:
                 rows = extract_window_rows(item_row(item), store=plan.store, config=plan.config,
-                                           render_missing_audio=render_missing_audio)
-                batch = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
-                for done in windows.add_batch(predictor(batch)):
+                                           render_missing_audio=render_missing_audio, cache=plan.cache)
+                for done in windows.add_batch(predictor(batch_of(rows))):
                     plan.recorder.finish_item(done)
+            plan.recorder.end_pass()
     except BaseException:
         end_run(plan, success=False, pushgateway=pushgateway)
         raise

@@ -1,17 +1,26 @@
-"""Nightly tagging on Ray Data: object store → features → batch inference → SQL catalog (issue 4).
+"""Nightly tagging on Ray Data: object store → features → batch inference → SQL catalog (issues 4 and 11).
 
 One run, :func:`tag_store`::
 
-    driver:  load the model artifact ─ start a run ─ list_items ─ skip what this model already tagged at the
-             same object version (unless ``force``)
+    driver:  read the model's config.json and meta.json (not its weights) ─ start a run
+             then, page by page (TagConfig.page_size keys): list ─ look the page's keys up in the catalog ─ skip
+             what this model already tagged at the same object version (unless ``force``) ─ once a pass's worth
+             of items is due, one Ray Data pass over them:
     Ray:     from_items ─ flat_map(extract_window_rows)        parallel CPU tasks, one item at a time:
-                              read bytes → read_midi / decode_audio → [render] → extract_features → window rows
-                        ─ map_batches(WindowPredictor)          actor pool, one GPU per actor when GPUs exist
+                              read → feature cache? → decode in blocks / [render] → extract_features → window rows
+                        ─ map_batches(WindowPredictor)          actor pool, one GPU per actor when GPUs exist;
+                                                                windows bucketed by token length
     driver:  iter_batches ─ group windows per item ─ aggregate_windows ─ CatalogWriter.write_batch (one
-             transaction per batch of items; idempotent upserts) ─ finish the run
+             transaction per batch of items; idempotent upserts) ─ everything written before the next page
+
+Rows between the stages are compact (:func:`~mer.tagging.prepare.window_row`): tokens unpadded in the smallest
+integer type, no frames for absent audio, a failure row with no arrays at all. The driver holds one page of the
+listing, its catalog lookups and one pass, never the whole listing; a night over an unchanged store runs no pass
+and starts no Ray at all. A job killed between (or during) passes and started again re-lists, skips what was
+written and tags the rest: every item exactly once.
 
 Bad input never stops a run. Everything an item can raise inside a Ray task is caught per item and travels on
-as data (a *failure row*: one placeholder window with ``failed_stage``/``failed_reason`` set, which the
+as data (a *failure row*: one empty window with ``failed_stage``/``failed_reason`` set, which the
 predictor passes through untouched), so one item never kills a batch. An item with one unusable modality is
 tagged from the other and the problem is recorded in ``labels.problems``; an item with nothing usable becomes a
 ``failures`` row with its stage and reason. Listing rejects (unsafe keys, duplicates) are ``list`` failures.
@@ -40,11 +49,12 @@ from typing import Any
 
 from mer.catalog import FailureRecord
 from mer.config import TagConfig
-from mer.tagging.plan import Plan, TagSummary, begin_run, end_run
-from mer.tagging.predictor import WindowPredictor
+from mer.features import FeatureCache
+from mer.tagging.plan import Plan, TagSummary, begin_run, end_run, passes
+from mer.tagging.predictor import BUCKET_POOL, WindowPredictor
 from mer.tagging.prepare import extract_window_rows, item_row
 from mer.tagging.recorder import WindowGrouper
-from mer.tagging.storage import ObjectStore
+from mer.tagging.storage import Item, ObjectStore
 
 FEATURE_TASK_CPUS = 1.0
 """CPUs a feature task reserves on a cluster with room for it: feature extraction is single-threaded
@@ -52,9 +62,10 @@ NumPy/librosa/FluidSynth. On a small machine the share shrinks so that all ``fea
 inference actors fit at once (see :func:`feature_task_cpus`)."""
 
 INFERENCE_ACTOR_CPUS = 0.5
-"""CPUs an inference actor reserves on a CPU-only cluster. Inference of a batch of windows is a small share of an
-item's cost (feature extraction dominates), so on a 2-core machine the actor may share a core with the feature
-tasks instead of taking one away from them (whole-CPU actors would leave one feature task running)."""
+"""CPUs an inference actor reserves on a CPU-only cluster. An actor runs torch on one thread (more threads on
+small GRU batches gain little and, on a busy machine, spin). On a 2-core machine the two actors and the two
+feature tasks share the cores: while items need features the tasks get most of them, and when the features come
+from the cache, inference gets both."""
 
 FEATURE_TASK_RETRIES = 2
 """Retries of a feature task whose worker died. Ray Data's default retries forever, so one file that crashes a
@@ -71,8 +82,8 @@ def use_gpus(tagging: TagConfig, resources: Mapping[str, float]) -> bool:
 
 def feature_task_cpus(cluster_cpus: float, *, tagging: TagConfig, actor_cpus: float, nodes: int = 1) -> float:
     """CPUs each feature task reserves: :data:`FEATURE_TASK_CPUS`, or less on a single machine that cannot hold
-    ``feature_concurrency`` such tasks beside the inference actors — on 2 cores with one 0.5-CPU actor, two
-    0.75-CPU tasks. Ray would otherwise run fewer tasks than asked and leave a core idle; the actor's share of a
+    ``feature_concurrency`` such tasks beside the inference actors — on 2 cores with two 0.5-CPU actors, two
+    0.5-CPU tasks. Ray would otherwise run fewer tasks than asked and leave a core idle; the actor's share of a
     core is small because inference costs far less than feature extraction. On a multi-node cluster, or one whose
     workers have not started yet (no CPUs), tasks take a whole CPU: there the autoscaler adds nodes for them."""
     if nodes != 1 or cluster_cpus <= 0:
@@ -81,10 +92,14 @@ def feature_task_cpus(cluster_cpus: float, *, tagging: TagConfig, actor_cpus: fl
     return max(0.25, min(FEATURE_TASK_CPUS, spare / max(1, tagging.feature_concurrency)))
 
 
-def _ray_compute(size: int, actor: bool) -> Any:
+def _ray_compute(size: int, actor: bool, *, start: int | None = None) -> Any:
+    """Tasks: ``size`` at a time. Actors: ``start`` of them at first (default ``size``), at least one, at most
+    ``size`` (Ray Data adds actors while work queues up and the resources allow; one GPU is enough to run)."""
     import ray.data
 
-    return ray.data.ActorPoolStrategy(size=size) if actor else ray.data.TaskPoolStrategy(size=size)
+    if actor:
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=max(1, min(size, start or size)))
+    return ray.data.TaskPoolStrategy(size=size)
 
 
 def _blocks_for(items: int, concurrency: int) -> int:
@@ -109,6 +124,7 @@ def tag_store(
     address: str | None = None,
     limit: int | None = None,
     progress: bool = True,
+    cache: str | FeatureCache | None = None,
 ) -> TagSummary:
     """Tag every new or changed item of an object store into the catalog, on Ray Data.
 
@@ -120,8 +136,9 @@ def tag_store(
         prefix: only keys starting with it (relative to the store root).
         endpoint_url: S3-compatible endpoint of the store (the artifact's comes from ``AWS_ENDPOINT_URL``).
         force: re-tag items this model already tagged at the same object version.
-        tagging: batch size (windows per model call and items per catalog transaction) and concurrency
-            (feature tasks, inference actors); None: :class:`TagConfig`'s defaults.
+        tagging: batch size (windows per model call and items per catalog transaction), concurrency
+            (feature tasks, inference actors) and page size (keys listed and compared at a time, items per Ray
+            Data pass); None: :class:`TagConfig`'s defaults.
         render_missing_audio: render audio with FluidSynth for items without usable audio.
         metrics_port: serve ``/metrics`` on this port while the run lasts (None or 0: off).
         pushgateway: push the metrics there at the end (``host:port`` or URL).
@@ -129,29 +146,33 @@ def tag_store(
             the end).
         limit: tag at most this many items (the rest stay for a later run: ``deferred``).
         progress: Ray Data's progress bars.
+        cache: the feature cache (a folder or ``s3://`` prefix every worker reaches, or a
+            :class:`~mer.features.FeatureCache`): features are read from it instead of extracted when the same
+            files were extracted before with the same feature config (by an earlier model version, or by
+            training), and stored in it after extraction. None: no cache.
 
     Returns:
         The :class:`TagSummary`. Raises (after marking the run ``failed``) only when the run as a whole cannot
         go on: no model, an unreachable store or catalog.
     """
     tagging = tagging or TagConfig()
-    plan = begin_run(store, catalog=catalog, model=model, storage=storage, prefix=prefix, endpoint_url=endpoint_url,
-                     force=force, tagging=tagging, render_missing_audio=render_missing_audio,
-                     metrics_port=metrics_port, pushgateway=pushgateway, limit=limit)
-    if not plan.todo:  # an unchanged store: no Ray at all, the run costs the listing
-        return end_run(plan, success=True, pushgateway=pushgateway)
+    plan = begin_run(store, catalog=catalog, model=model, storage=storage, endpoint_url=endpoint_url,
+                     tagging=tagging, render_missing_audio=render_missing_audio, metrics_port=metrics_port,
+                     pushgateway=pushgateway, cache=cache)
     started_ray = False
     try:
-        import ray
+        for todo in passes(plan, prefix=prefix, force=force, limit=limit, page_size=tagging.page_size):
+            import ray
 
-        if not ray.is_initialized():
-            # "local": a new single-node Ray, even when a `ray start` cluster runs on this machine (a bare
-            # ray.init() would join that one).
-            ray.init(address=address or "local", include_dashboard=False if address is None else None,
-                     logging_level=logging.WARNING)
-            started_ray = True
-        _run_pipeline(plan, tagging=tagging, render_missing_audio=render_missing_audio, storage=storage,
-                      progress=progress)
+            if not ray.is_initialized():  # only once there is work: an unchanged store starts no Ray at all
+                # "local": a new single-node Ray, even when a `ray start` cluster runs on this machine (a bare
+                # ray.init() would join that one).
+                ray.init(address=address or "local", include_dashboard=False if address is None else None,
+                         logging_level=logging.WARNING)
+                started_ray = True
+            _run_pipeline(plan, todo, tagging=tagging, render_missing_audio=render_missing_audio, storage=storage,
+                          progress=progress)
+            plan.recorder.end_pass()
     except BaseException:
         end_run(plan, success=False, pushgateway=pushgateway)
         raise
@@ -163,8 +184,9 @@ def tag_store(
     return end_run(plan, success=True, pushgateway=pushgateway)
 
 
-def _run_pipeline(plan: Plan, *, tagging: TagConfig, render_missing_audio: bool, storage: str | None,
-                  progress: bool) -> None:
+def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_missing_audio: bool,
+                  storage: str | None, progress: bool) -> None:
+    """One Ray Data pass over ``todo``: features in parallel tasks, inference in actors, labels into the catalog."""
     import ray
     import ray.data
 
@@ -175,13 +197,14 @@ def _run_pipeline(plan: Plan, *, tagging: TagConfig, render_missing_audio: bool,
     resources = ray.cluster_resources()
     gpus = use_gpus(tagging, resources)
     actor_cpus = 1 if gpus else INFERENCE_ACTOR_CPUS
-    rows = [item_row(item) for item in plan.todo]
+    rows = [item_row(item) for item in todo]
     blocks = _blocks_for(len(rows), tagging.feature_concurrency)
     dataset = (
         ray.data.from_items(rows, override_num_blocks=blocks)
         .flat_map(
             extract_window_rows,
-            fn_kwargs={"store": plan.store, "config": plan.config, "render_missing_audio": render_missing_audio},
+            fn_kwargs={"store": plan.store, "config": plan.config, "render_missing_audio": render_missing_audio,
+                       "cache": plan.cache},
             compute=_ray_compute(min(tagging.feature_concurrency, blocks), actor=False),
             # Passed through to Ray as a remote arg (Ray 2.60 has no named parameter for it and warns that the
             # pass-through goes away in 2.64; pyproject pins 2.60).
@@ -191,10 +214,11 @@ def _run_pipeline(plan: Plan, *, tagging: TagConfig, render_missing_audio: bool,
         )
         .map_batches(
             WindowPredictor,
-            fn_constructor_kwargs={"model": plan.artifact_url, "storage": storage,
+            fn_constructor_kwargs={"model": plan.artifact_url, "storage": storage, "batch_size": tagging.batch_size,
                                    "num_threads": None if gpus else max(1, int(INFERENCE_ACTOR_CPUS))},
-            batch_size=tagging.batch_size,
-            compute=_ray_compute(tagging.inference_concurrency, actor=True),
+            batch_size=tagging.batch_size * BUCKET_POOL,  # the actor sorts these by token length (bucketing)
+            compute=_ray_compute(tagging.inference_concurrency, actor=True,
+                                 start=int(resources.get("GPU", 0)) if gpus else None),
             num_gpus=1 if gpus else 0,
             num_cpus=actor_cpus,
         )

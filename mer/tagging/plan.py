@@ -1,30 +1,35 @@
-"""A run's lifecycle, around whatever processes the items: begin (model, catalog run, listing, what is new) and
-end (flush, close the run with its status and counts, metrics).
+"""A run's lifecycle, around whatever processes the items: begin (model, catalog run), the passes (listing, what
+is new), end (flush, close the run with its status and counts, metrics).
 
-:func:`begin_run` decides everything in the driver before any item is processed: it loads the model artifact
-(for its version and feature config), starts a catalog run (closing runs whose heartbeat stopped) and its
-:class:`Heartbeat`, lists the store — every item found is refreshed in the catalog and, the listing being complete,
-items it did not find are marked deleted — and leaves out the items this model already tagged (or failed for their
-content) at the same object version, and the listing rejects already recorded at the same object version.
-:func:`end_run` closes the run whether the work succeeded or not, and returns the :class:`TagSummary`.
+:func:`begin_run` reads the model artifact's config and meta.json (its version and feature config; never the
+weights), starts a catalog run (closing runs whose heartbeat stopped) and its :class:`Heartbeat`. :func:`passes`
+then lists the store page by page (:func:`~mer.tagging.storage.list_pages`): every item of a page is refreshed in
+the catalog (``see_items``), the page's keys are looked up in the catalog, the items this model already tagged
+(or failed for their content) at the same object version are left out, and so are the listing rejects already
+recorded at the same object version; the rest are yielded in passes of at most ``TagConfig.page_size`` items,
+which the caller processes (one Ray Data pass each) before the listing goes on. Once the listing is complete,
+items it did not find are marked deleted (``mark_missing``; never after a listing that stopped early). The driver
+never holds the whole listing: a page of the listing, its catalog lookups and one pass. A night over an
+unchanged store yields no pass at all. :func:`end_run` closes the run whether the work succeeded or not, and
+returns the :class:`TagSummary`.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mer.catalog import CatalogWriter, FailureRecord, ListedItem
 from mer.config import MerConfig, TagConfig
-from mer.errors import MerError
-from mer.features import soundfont_path
+from mer.features import FeatureCache, soundfont_path
 from mer.tagging.metrics import JobMetrics
 from mer.tagging.prepare import describe_error
 from mer.tagging.recorder import Recorder
-from mer.tagging.storage import Item, ObjectStore, Reject, list_items, open_store
+from mer.tagging.storage import Item, ObjectStore, list_pages, open_store
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +85,9 @@ class Heartbeat:
 class TagSummary:
     """What a run did. ``seconds`` is the run's wall time; ``stage_seconds`` sums the per-item seconds of each
     stage (``list``, ``read``, ``features``, ``inference``, ``write``; work in parallel tasks adds up, so the sum
-    can exceed the wall time). ``deferred`` items were left for a later run by ``limit``."""
+    can exceed the wall time). ``deferred`` items were left for a later run by ``limit``. Of the items that got
+    features, ``features_cached`` read them from the feature cache and ``features_extracted`` computed them;
+    ``passes`` is the number of pipeline passes (0 for an unchanged store)."""
 
     run_id: int
     model_version: str
@@ -93,6 +100,9 @@ class TagSummary:
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
     metrics_port: int | None = None
+    features_cached: int = 0
+    features_extracted: int = 0
+    passes: int = 0
 
     @property
     def items_per_second(self) -> float:
@@ -106,7 +116,8 @@ class TagSummary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "model_version": self.model_version, "status": self.status, **self.counts(),
-            "deferred": self.deferred, "seconds": round(self.seconds, 3),
+            "deferred": self.deferred, "features_cached": self.features_cached,
+            "features_extracted": self.features_extracted, "passes": self.passes, "seconds": round(self.seconds, 3),
             "items_per_second": round(self.items_per_second, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
         }
@@ -114,7 +125,7 @@ class TagSummary:
 
 @dataclass
 class Plan:
-    """Everything decided in the driver before any item is processed."""
+    """A run in the driver: what it tags with, where it writes, and its counts so far."""
 
     store: ObjectStore
     artifact_url: str
@@ -123,23 +134,24 @@ class Plan:
     writer: CatalogWriter
     run_id: int
     metrics: JobMetrics
-    todo: list[Item]
-    rejects: list[Reject]
-    listed: int
-    skipped: int
-    deferred: int
     started: float
     metrics_port: int | None
     recorder: Recorder
+    cache: FeatureCache | None = None
     heartbeat: Heartbeat | None = None
+    listed: int = 0
+    skipped: int = 0
+    deferred: int = 0
+    passes: int = 0
 
 
 def begin_run(
-    store: str | ObjectStore, *, catalog: str, model: str | None, storage: str | None, prefix: str,
-    endpoint_url: str | None, force: bool, tagging: TagConfig, render_missing_audio: bool, metrics_port: int | None,
-    pushgateway: str | None, limit: int | None,
+    store: str | ObjectStore, *, catalog: str, model: str | None, storage: str | None, endpoint_url: str | None,
+    tagging: TagConfig, render_missing_audio: bool, metrics_port: int | None, pushgateway: str | None,
+    cache: str | FeatureCache | None = None,
 ) -> Plan:
-    from mer.model import load_artifact
+    """Read the model's config and version, open the store, the catalog and the feature cache, start a run."""
+    from mer.model import read_artifact
 
     started = time.monotonic()
     metrics = JobMetrics()
@@ -151,11 +163,14 @@ def begin_run(
         except OSError as error:  # e.g. the port is taken: the night's tagging matters more than its metrics
             log.warning("cannot serve metrics on port %d (%s); running without a metrics endpoint", metrics_port, error)
     try:
-        # The model only decides the version and the feature config here; actors load it again themselves.
-        artifact = load_artifact(model, storage=storage, device="cpu")
+        # The driver needs the version and the feature config: config.json and meta.json, never the weights
+        # (the inference actors load those, once each).
+        artifact = read_artifact(model, storage=storage)
         if render_missing_audio:
             soundfont_path(artifact.config.features)  # a missing SoundFont is a config error, not 1000 bad items
         store = store if isinstance(store, ObjectStore) else open_store(store, endpoint_url=endpoint_url)
+        if cache is not None and not isinstance(cache, FeatureCache):
+            cache = FeatureCache(cache, endpoint_url=endpoint_url)
         writer = CatalogWriter(catalog)
         run_id = writer.start_run(artifact.version, dead_after=timedelta(seconds=tagging.dead_after_seconds))
     except BaseException:
@@ -168,50 +183,88 @@ def begin_run(
     recorder = Recorder(writer=writer, run_id=run_id, metrics=metrics, batch_size=tagging.batch_size,
                         use_attention=artifact.config.model.use_attention, expected={})
     plan = Plan(store=store, artifact_url=artifact.url, config=artifact.config, model_version=artifact.version,
-                writer=writer, run_id=run_id, metrics=metrics, todo=[], rejects=[], listed=0, skipped=0, deferred=0,
-                started=started, metrics_port=port, recorder=recorder,
+                writer=writer, run_id=run_id, metrics=metrics, started=started, metrics_port=port,
+                recorder=recorder, cache=cache,
                 heartbeat=Heartbeat(writer=writer, run_id=run_id, metrics=metrics, seconds=tagging.heartbeat_seconds,
                                     pushgateway=pushgateway))
-    log.info("run %d: model %s, store %r, prefix %r", run_id, artifact.version, store, prefix)
+    log.info("run %d: model %s, store %r, feature cache %r", run_id, artifact.version, store, cache)
     try:
         plan.heartbeat.start()
-        list_start = time.perf_counter()
-        with metrics.timed("list"):
-            listed_at = datetime.now(timezone.utc)
-            items, rejects = list_items(store, prefix)
-            # What is true of the store now: every item found is refreshed, and since list_items returned, the
-            # listing of the prefix is complete: the items it did not find are deleted.
-            writer.see_items([ListedItem(item.stem, item.version, item.modalities) for item in items],
-                             seen_at=listed_at)
-            gone = writer.mark_missing(run_id, listed_at=listed_at, prefix=prefix,
-                                       reject_keys=[reject.key for reject in rejects])
-            # Up to date: labelled by this model at this object version, or known to fail there (bad content;
-            # failures that were not the content's fault carry no version and are retried). A listing reject
-            # already recorded at the same object version is not recorded again.
-            tagged = {} if force else writer.tagged_versions(artifact.version)
-            known_bad = {} if force else writer.failed_versions(artifact.version)
-            known_rejects = {} if force else writer.open_rejects()
-        recorder.stage_seconds["list"] += time.perf_counter() - list_start
-        todo = [item for item in items if item.version not in (tagged.get(item.stem), known_bad.get(item.stem))]
-        new_rejects = [reject for reject in rejects if known_rejects.get(reject.key) != reject.version]
-        plan.skipped = len(items) - len(todo) + len(rejects) - len(new_rejects)
-        if limit is not None and len(todo) > limit:
-            plan.deferred = len(todo) - limit
-            todo = todo[:limit]
-        plan.todo, plan.rejects, plan.listed = todo, new_rejects, len(items) + len(rejects)
-        metrics.record_listed(plan.listed)
-        metrics.record_skipped(plan.skipped)
-        recorder.expected = {item.stem: ",".join(item.modalities) for item in todo}
-        log.info("run %d: listed %d items and %d unusable objects; %d to tag, %d already done; %d items gone "
-                 "from the store%s", run_id, len(items), len(rejects), len(todo), plan.skipped, gone,
-                 f", {plan.deferred} left for later (limit {limit})" if plan.deferred else "")
-        for reject in new_rejects:
-            recorder.fail(FailureRecord(key=reject.key, object_version=reject.version, stage="list",
-                                        reason=reject.reason))
     except BaseException:
         end_run(plan, success=False, pushgateway=pushgateway)
         raise
     return plan
+
+
+def passes(plan: Plan, *, prefix: str, force: bool, limit: int | None, page_size: int) -> Iterator[list[Item]]:
+    """The items to tag, in passes of at most ``page_size``, from a listing read and compared page by page.
+
+    Every item of a page is refreshed in the catalog (:meth:`CatalogWriter.see_items`: seen now, not deleted).
+    Each page's new rejects are recorded as ``list`` failures (a reject already recorded at the same object
+    version is not recorded again) and its counts added to the plan; an item is left out when this model
+    labelled it at this object version, or failed it there because of its content (failures that were not the
+    content's fault carry no version and are retried). Once the whole listing has gone by — and only then —
+    the items under ``prefix`` it did not find are marked deleted (:meth:`CatalogWriter.mark_missing`). Before
+    each pass the recorder is told which items to expect (:meth:`Recorder.start_pass`). ``limit``: at most this
+    many items in all; the rest are counted as ``deferred``.
+    """
+    recorder, metrics, writer = plan.recorder, plan.metrics, plan.writer
+    todo: list[Item] = []
+    room = limit
+    reject_keys: list[str] = []
+    listed_at = datetime.now(timezone.utc)
+    known_rejects = {} if force else writer.open_rejects()
+    pages = list_pages(plan.store, prefix, page_size=page_size)
+    while True:
+        list_start = time.perf_counter()
+        with metrics.timed("list"):
+            page = next(pages, None)
+            if page is not None:
+                items, rejects = page
+                writer.see_items([ListedItem(item.stem, item.version, item.modalities) for item in items],
+                                 seen_at=listed_at)
+                keys = [item.stem for item in items]
+                tagged = {} if force else writer.tagged_versions(plan.model_version, keys=keys)
+                known_bad = {} if force else writer.failed_versions(plan.model_version, keys=keys)
+            else:
+                # The listing is complete: what is true of the store now is that the items it did not find are
+                # gone. (A listing that failed or stopped early never gets here.)
+                gone = writer.mark_missing(plan.run_id, listed_at=listed_at, prefix=prefix, reject_keys=reject_keys)
+        recorder.stage_seconds["list"] += time.perf_counter() - list_start
+        if page is None:
+            break
+        fresh = [item for item in items if item.version not in (tagged.get(item.stem), known_bad.get(item.stem))]
+        new_rejects = [reject for reject in rejects if known_rejects.get(reject.key) != reject.version]
+        reject_keys.extend(reject.key for reject in rejects)
+        skipped = len(items) - len(fresh) + len(rejects) - len(new_rejects)
+        if room is not None:
+            plan.deferred += max(0, len(fresh) - room)
+            fresh = fresh[:room]
+            room -= len(fresh)
+        plan.listed += len(items) + len(rejects)
+        plan.skipped += skipped
+        metrics.record_listed(len(items) + len(rejects))
+        metrics.record_skipped(skipped)
+        for reject in new_rejects:
+            recorder.fail(FailureRecord(key=reject.key, object_version=reject.version, stage="list",
+                                        reason=reject.reason))
+        todo.extend(fresh)
+        while len(todo) >= page_size:
+            yield _start_pass(plan, todo[:page_size])
+            todo = todo[page_size:]
+    log.info("run %d: listed %d items and unusable objects; %d already done; %d items gone from the store%s",
+             plan.run_id, plan.listed, plan.skipped, gone,
+             f", {plan.deferred} left for later (limit {limit})" if plan.deferred else "")
+    if todo:
+        yield _start_pass(plan, todo)
+
+
+def _start_pass(plan: Plan, todo: list[Item]) -> list[Item]:
+    plan.passes += 1
+    plan.recorder.start_pass(todo)
+    log.info("run %d: pass %d, %d items to tag (%d listed so far, %d already done)", plan.run_id, plan.passes,
+             len(todo), plan.listed, plan.skipped)
+    return todo
 
 
 def end_run(plan: Plan, *, success: bool, pushgateway: str | None) -> TagSummary:
@@ -222,10 +275,7 @@ def end_run(plan: Plan, *, success: bool, pushgateway: str | None) -> TagSummary
         plan.heartbeat.stop()  # before the writer closes; finish_run stamps the last heartbeat
     try:
         if success:
-            recorder.flush()
-            missing = sorted(set(recorder.expected) - recorder.seen)
-            if missing:  # never expected: each item yields rows; if it happens, say so rather than lose them
-                raise MerError(f"{len(missing)} items never came back from the pipeline, e.g. {missing[:3]}")
+            recorder.end_pass()
     except BaseException:
         status, success = "failed", False
         raise
@@ -235,6 +285,8 @@ def end_run(plan: Plan, *, success: bool, pushgateway: str | None) -> TagSummary
             run_id=plan.run_id, model_version=plan.model_version, status=status, listed=plan.listed,
             tagged=recorder.tagged, skipped=plan.skipped, failed=recorder.failed, deferred=plan.deferred,
             seconds=seconds, stage_seconds=dict(recorder.stage_seconds), metrics_port=plan.metrics_port,
+            features_cached=recorder.features_from["cache"], features_extracted=recorder.features_from["extraction"],
+            passes=plan.passes,
         )
         try:
             plan.writer.finish_run(plan.run_id, status=status, counts=summary.counts())

@@ -2,22 +2,25 @@
 
 Runs inside the Ray Data feature tasks (:func:`extract_window_rows` is the ``flat_map`` step) and in the local
 loop. A modality that cannot be used is a *problem* and the item is tagged from the other; an item with nothing
-usable becomes a *failure row*: one placeholder window with ``failed_stage``/``failed_reason`` set, which travels
-through inference untouched. Every row of every item has the same columns and shapes, as Ray Data's blocks need.
+usable becomes a *failure row*: one empty window with ``failed_stage``/``failed_reason`` set, which travels
+through inference untouched. Every row has the same columns; the rows are compact (:func:`window_row`): tokens
+unpadded in a small integer type, no frames for absent audio, nothing but the reason on a failure row.
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from mer.config import BRANCHES, MerConfig
+from mer.config import BRANCHES, FeatureConfig, MerConfig
 from mer.errors import BadInputError, ItemError, ObjectChangedError
-from mer.features import SUMMARY_SIZE, ItemFeatures, decode_audio, extract_features, pad_id, read_midi, render_audio
+from mer.features import (SUMMARY_SIZE, FeatureCache, ItemFeatures, extract_features, open_audio, read_midi,
+                          render_audio, token_dtype)
 from mer.tagging.storage import Item, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -26,13 +29,14 @@ WINDOW_COLUMNS: tuple[str, ...] = (
     "name", "window_index", "window_start", "duration", "tokens", "token_length", "chroma", "mfcc", "present",
     "summary", "pitch_classes",
 )
-"""Columns of :meth:`ItemFeatures.window_rows`: what the model reads, and where each window sits in its piece."""
+"""Columns of a window row: what the model reads, and where the window sits in its piece (:func:`window_row`)."""
 
 ITEM_COLUMNS: tuple[str, ...] = (
     "object_version", "modalities", "branches_used", "problems", "n_windows", "failed_stage", "failed_reason",
-    "failed_transient", "read_seconds", "features_seconds",
+    "failed_transient", "read_seconds", "features_seconds", "features_from",
 )
-"""Per-item columns repeated on each of the item's window rows (``n_windows`` = rows the driver waits for)."""
+"""Per-item columns repeated on each of the item's window rows (``n_windows`` = rows the driver waits for;
+``features_from`` = ``"cache"`` or ``"extraction"``, or ``""`` when the item has no features)."""
 
 
 def item_row(item: Item) -> dict[str, str]:
@@ -53,13 +57,79 @@ def read_listed(store: ObjectStore, row: Mapping[str, Any], kind: str) -> bytes:
                       version_id=str(row.get(f"{kind}_version_id") or ""))
 
 
+def open_listed(store: ObjectStore, row: Mapping[str, Any], kind: str) -> BinaryIO:
+    """The item's ``kind`` object as a file (:meth:`ObjectStore.open`), pinned as :func:`read_listed`."""
+    return store.open(str(row[f"{kind}_key"]), version=str(row.get(f"{kind}_version") or "") or None,
+                      version_id=str(row.get(f"{kind}_version_id") or ""))
+
+
+def window_row(features: ItemFeatures, index: int, *, config: FeatureConfig) -> dict[str, Any]:
+    """Window ``index`` of an item as a compact row: what travels from the feature tasks to inference.
+
+    Nothing is padded and nothing absent is sent: ``tokens`` are the window's ``token_length`` ids in
+    :func:`token_dtype` (the model pads a batch to its own longest window), and ``chroma`` (12, F) / ``mfcc``
+    (n_mfcc, F) float32 are (12, 0) / (n_mfcc, 0) when the item has no audio. Ray Data stores such columns as
+    variable-shaped tensors. Other columns: ``name``, ``window_index`` (int64), ``window_start`` and ``duration``
+    (float64 s), ``token_length`` (int64), ``present`` (3,) bool, ``summary`` (SUMMARY_SIZE,) float32,
+    ``pitch_classes`` (12,) float64 (the piece's, on every row: what its key is estimated from).
+    """
+    length = int(features.token_lengths[index])
+    audio = bool(features.present[1] or features.present[2])
+    frames = features.chroma.shape[2] if audio else 0
+    return {
+        "name": features.name,
+        "window_index": np.int64(index),
+        "window_start": np.float64(features.window_starts[index]),
+        "duration": np.float64(features.duration),
+        "tokens": features.tokens[index, :length].astype(token_dtype(config)),  # (length,)
+        "token_length": np.int64(length),
+        "chroma": features.chroma[index, :, :frames],  # (12, F) or (12, 0)
+        "mfcc": features.mfcc[index, :, :frames],  # (n_mfcc, F) or (n_mfcc, 0)
+        "present": features.present.copy(),
+        "summary": features.summary[index],
+        "pitch_classes": features.pitch_classes.copy(),
+    }
+
+
+def empty_window(name: str, config: FeatureConfig) -> dict[str, Any]:
+    """The window a failure row travels as: no tokens, no frames, no branch present (a few bytes, not 0.2 MB)."""
+    return {
+        "name": name,
+        "window_index": np.int64(0),
+        "window_start": np.float64(0.0),
+        "duration": np.float64(0.0),
+        "tokens": np.zeros(0, dtype=token_dtype(config)),
+        "token_length": np.int64(0),
+        "chroma": np.zeros((12, 0), dtype=np.float32),
+        "mfcc": np.zeros((config.n_mfcc, 0), dtype=np.float32),
+        "present": np.zeros(len(BRANCHES), dtype=bool),
+        "summary": np.zeros(SUMMARY_SIZE, dtype=np.float32),
+        "pitch_classes": np.zeros(12, dtype=np.float64),
+    }
+
+
+def batch_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Window rows as a numpy batch, as Ray Data hands them to a predictor: a column whose values share one shape
+    is stacked, one whose shapes differ (compact tokens, absent frames) is an object array of arrays."""
+    batch = {}
+    for key in rows[0]:
+        values = [np.asarray(row[key]) for row in rows]
+        if len({value.shape for value in values}) == 1:
+            batch[key] = np.stack(values)
+        else:
+            batch[key] = np.empty(len(values), dtype=object)
+            batch[key][:] = values
+    return batch
+
+
 @dataclass
 class PreparedItem:
     """One item after reading and feature extraction: its windows for the model, or why it has none.
 
     ``features`` holds only the windows the model can use (``window_index`` keeps their place in the piece);
     ``failure`` is ``(stage, reason)`` when nothing usable is left; ``problems`` are what was wrong but did not
-    stop tagging. Seconds are wall time in this process.
+    stop tagging; ``features_from`` says whether the features were read from the cache or extracted. Seconds are
+    wall time in this process.
     """
 
     key: str
@@ -71,15 +141,13 @@ class PreparedItem:
     problems: list[str] = field(default_factory=list)
     failure: tuple[str, str] | None = None
     transient: bool = False  # a problem that is not the content's fault (store error, unexpected error)
+    features_from: str = ""
     read_seconds: float = 0.0
     features_seconds: float = 0.0
 
     def window_rows(self, config: MerConfig) -> list[dict[str, Any]]:
-        """The item's rows for the dataset: one per kept window, or a single placeholder row for a failure.
-
-        Every row has :data:`WINDOW_COLUMNS` and :data:`ITEM_COLUMNS`, with the same shapes for all items
-        (tokens (max_tokens,), chroma (12, F), mfcc (n_mfcc, F), present (3,)), as Ray Data's blocks need.
-        """
+        """The item's rows for the dataset: one :func:`window_row` per kept window, or a single
+        :func:`empty_window` for a failure; each with :data:`WINDOW_COLUMNS` and :data:`ITEM_COLUMNS`."""
         meta = {
             "object_version": self.object_version,
             "modalities": self.modalities,
@@ -90,31 +158,12 @@ class PreparedItem:
             "failed_transient": bool(self.transient),
             "read_seconds": np.float64(self.read_seconds),
             "features_seconds": np.float64(self.features_seconds),
+            "features_from": self.features_from if self.failure is None else "",
         }
         if self.failure is not None or self.features is None:
-            return [{**placeholder_window(self.key, config), **meta, "n_windows": np.int64(1)}]
-        rows = self.features.window_rows()
-        kept = [rows[i] for i in self.window_index]
+            return [{**empty_window(self.key, config.features), **meta, "n_windows": np.int64(1)}]
+        kept = [window_row(self.features, int(i), config=config.features) for i in self.window_index]
         return [{**row, **meta, "n_windows": np.int64(len(kept))} for row in kept]
-
-
-def placeholder_window(name: str, config: MerConfig) -> dict[str, Any]:
-    """An all-padding window row (no branch present): the shape a failure row travels in."""
-    features = config.features
-    frames = features.frames_per_window
-    return {
-        "name": name,
-        "window_index": np.int64(0),
-        "window_start": np.float64(0.0),
-        "duration": np.float64(0.0),
-        "tokens": np.full(features.max_tokens, pad_id(features), dtype=np.int64),
-        "token_length": np.int64(0),
-        "chroma": np.zeros((12, frames), dtype=np.float32),
-        "mfcc": np.zeros((features.n_mfcc, frames), dtype=np.float32),
-        "present": np.zeros(len(BRANCHES), dtype=bool),
-        "summary": np.zeros(SUMMARY_SIZE, dtype=np.float32),
-        "pitch_classes": np.zeros(12, dtype=np.float64),
-    }
 
 
 def describe_error(error: BaseException) -> str:
@@ -128,7 +177,8 @@ def describe_error(error: BaseException) -> str:
 
 
 def prepare_item(
-    store: ObjectStore, row: Mapping[str, Any], *, config: MerConfig, render_missing_audio: bool = False
+    store: ObjectStore, row: Mapping[str, Any], *, config: MerConfig, render_missing_audio: bool = False,
+    cache: FeatureCache | None = None,
 ) -> PreparedItem:
     """Read an item's objects and extract the windows the model can use. Never raises for a bad item.
 
@@ -139,6 +189,8 @@ def prepare_item(
             modalities are worth reading (MIDI for ``symbolic``; audio for ``harmony``/``tone``).
         render_missing_audio: an item without usable audio gets audio rendered from its MIDI with FluidSynth,
             so the acoustic branches run too (the way the model was trained on EMOPIA).
+        cache: where features are looked up before any decoding, and stored after a clean extraction (see
+            :func:`cache_key`); None: always extract.
 
     Returns:
         A :class:`PreparedItem`. Each modality that cannot be used adds a problem (e.g.
@@ -148,7 +200,14 @@ def prepare_item(
     prepared = PreparedItem(key=str(row["key"]), object_version=str(row["object_version"]),
                             modalities=str(row["modalities"]))
     try:
-        _prepare(store, row, prepared, config=config, render_missing_audio=render_missing_audio)
+        with ExitStack() as files:
+            _prepare(store, row, prepared, config=config, render_missing_audio=render_missing_audio, cache=cache,
+                     files=files)
+    except ObjectChangedError as error:
+        # An object changed since the listing: the item fails for this run (transient); the next run lists the
+        # new version anyway.
+        prepared.features, prepared.problems = None, []
+        prepared.failure, prepared.transient = ("read", f"{error.item}: {error.reason}"), True
     except Exception as error:  # noqa: BLE001 — a bug or a library surprise on one item must not stop the run
         log.warning("%s: unexpected error while preparing: %s", prepared.key, describe_error(error), exc_info=True)
         prepared.features = None
@@ -157,9 +216,43 @@ def prepare_item(
     return prepared
 
 
+RENDERED = "no usable audio: harmony and tone branches read audio rendered from the MIDI"
+"""The problem recorded on an item whose acoustic branches read its MIDI rendered with FluidSynth."""
+
+
+def cache_key(*, midi: bytes | None, audio: BinaryIO | bytes | None, rendered: bytes | None,
+              config: FeatureConfig) -> str:
+    """The feature-cache key of what an item's features are extracted from (content hashes + feature config).
+
+    ``midi``: the MIDI bytes the symbolic branch reads; ``audio``: the audio file the acoustic branches read, or
+    ``rendered``: the MIDI bytes their audio is rendered from. The contents' order and count tell the cases
+    apart: ``(midi, audio)``; ``(midi,)`` for MIDI with its rendering — training's key for an EMOPIA clip
+    (:mod:`mer.train.dataset`), so tagging EMOPIA reuses what training extracted; ``(midi, b"")`` for MIDI
+    alone; ``(b"", audio)`` for audio alone; ``(b"", b"", rendered)`` for a rendering without the symbolic
+    branch.
+    """
+    if rendered is not None:
+        if midi is not None:
+            return FeatureCache.key(midi, config=config)
+        return FeatureCache.key(b"", b"", rendered, config=config)
+    return FeatureCache.key(b"" if midi is None else midi, b"" if audio is None else audio, config=config)
+
+
+def _fetch(prepared: PreparedItem, what: str, key: str, read: Any) -> Any:
+    """``read()``, or None with the problem recorded (a store error is not the content's fault: transient)."""
+    try:
+        return read()
+    except ObjectChangedError:
+        raise  # fails the whole item (prepare_item)
+    except Exception as error:  # noqa: BLE001 — see prepare_item
+        prepared.problems.append(f"{what} {key}: {describe_error(error)}")
+        prepared.transient |= not isinstance(error, BadInputError)
+        return None
+
+
 def _prepare(
     store: ObjectStore, row: Mapping[str, Any], prepared: PreparedItem, *, config: MerConfig,
-    render_missing_audio: bool,
+    render_missing_audio: bool, cache: FeatureCache | None, files: ExitStack,
 ) -> None:
     features_config, built = config.features, config.model.branches
     wants_midi = "symbolic" in built
@@ -167,40 +260,60 @@ def _prepare(
     midi_key, audio_key = str(row["midi_key"]), str(row["audio_key"])
     problems = prepared.problems
 
-    # Read: fetch and decode each modality the model can use. A bad one is a problem, not yet a failure. An
-    # object that changed since the listing fails the whole item (transient): no label may pair the listed
-    # version with other bytes, and the next run lists the new version anyway.
+    # Read each modality the model can use as the store holds it: MIDI bytes, the audio as a file. Every read is
+    # pinned to the version the listing saw: an object that changed since fails the whole item (transient, see
+    # prepare_item), so no label pairs the listed version with other bytes.
     start = time.perf_counter()
-    audio = midi = None
-    try:
-        if audio_key and wants_audio:
-            try:
-                audio = decode_audio(read_listed(store, row, "audio"), name=audio_key, config=features_config)
-            except ObjectChangedError:
-                raise
-            except Exception as error:  # noqa: BLE001 — see prepare_item
-                problems.append(f"audio {audio_key}: {describe_error(error)}")
-                prepared.transient |= not isinstance(error, BadInputError)
-        if midi_key and (wants_midi or (render_missing_audio and wants_audio and audio is None)):
-            try:
-                midi = read_midi(read_listed(store, row, "midi"), name=midi_key)
-            except ObjectChangedError:
-                raise
-            except Exception as error:  # noqa: BLE001
-                problems.append(f"MIDI {midi_key}: {describe_error(error)}")
-                prepared.transient |= not isinstance(error, BadInputError)
-    except ObjectChangedError as error:
-        prepared.failure, prepared.transient = ("read", f"{error.item}: {error.reason}"), True
-        return
-    finally:
+    audio_file = None
+    if audio_key and wants_audio:
+        audio_file = _fetch(prepared, "audio", audio_key, lambda: files.enter_context(open_listed(store, row, "audio")))
+    render = render_missing_audio and wants_audio and not audio_key  # no recording: render the MIDI
+    midi_data = None
+    midi_fetched = bool(midi_key and (wants_midi or render))
+    if midi_fetched:
+        midi_data = _fetch(prepared, "MIDI", midi_key, lambda: read_listed(store, row, "midi"))
+
+    # Features read back from the cache, when everything the model reads was fetched: no decoding at all.
+    key = None
+    if cache is not None and not problems and (midi_data is not None or audio_file is not None):
+        key = cache_key(midi=midi_data if wants_midi else None, audio=audio_file,
+                        rendered=midi_data if render else None, config=features_config)
         prepared.read_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        try:
+            cached = cache.get(key, name=prepared.key)
+        except Exception as error:  # noqa: BLE001 — an unreachable cache costs an extraction, not the item
+            log.warning("%s: feature cache unreadable (%s); extracting", prepared.key, describe_error(error))
+            cached = None
+        if cached is not None:
+            if render:
+                problems.append(RENDERED)
+            prepared.features_from = "cache"
+            _keep_usable_windows(prepared, cached, built)
+            prepared.features_seconds = time.perf_counter() - start
+            return
+        prepared.features_seconds = time.perf_counter() - start  # the miss
+        start = time.perf_counter()
+
+    # Decode: a bad modality is a problem, not yet a failure.
+    audio = None
+    if audio_file is not None:
+        audio = _fetch(prepared, "audio", audio_key,
+                       lambda: open_audio(audio_file, name=audio_key, config=features_config))
+    renders = render_missing_audio and wants_audio and audio is None
+    if midi_key and not midi_fetched and renders:  # the recording is unusable: render the MIDI instead
+        midi_data = _fetch(prepared, "MIDI", midi_key, lambda: read_listed(store, row, "midi"))
+    midi = None
+    if midi_data is not None and (wants_midi or renders):
+        midi = _fetch(prepared, "MIDI", midi_key, lambda: read_midi(midi_data, name=midi_key))
+    prepared.read_seconds += time.perf_counter() - start
 
     start = time.perf_counter()
     try:
-        if render_missing_audio and wants_audio and audio is None and midi is not None:
+        if renders and midi is not None:
             try:
                 audio = render_audio(midi, config=features_config, name=midi_key)
-                problems.append("no usable audio: harmony and tone branches read audio rendered from the MIDI")
+                problems.append(RENDERED)
             except BadInputError as error:
                 problems.append(f"rendering {midi_key} to audio: {error.reason}")
         model_midi = midi if wants_midi else None
@@ -217,12 +330,18 @@ def _prepare(
         features = _extract(prepared, midi=model_midi, audio=audio, config=features_config)
         if features is None:
             return
+        prepared.features_from = "extraction"
+        if key is not None and problems == ([RENDERED] if render else []):  # extracted as the key says
+            try:
+                cache.put(key, features)
+            except Exception as error:  # noqa: BLE001 — a full disk costs the next run an extraction, not this item
+                log.warning("%s: could not store features in %r (%s)", prepared.key, cache, describe_error(error))
         _keep_usable_windows(prepared, features, built)
     finally:
-        prepared.features_seconds = time.perf_counter() - start
+        prepared.features_seconds += time.perf_counter() - start
 
 
-def _extract(prepared: PreparedItem, *, midi: Any, audio: np.ndarray | None, config: Any) -> ItemFeatures | None:
+def _extract(prepared: PreparedItem, *, midi: Any, audio: Any, config: Any) -> ItemFeatures | None:
     """extract_features on both modalities; if that fails with both, on each alone (recording the problem)."""
     try:
         return extract_features(name=prepared.key, midi=midi, audio=audio, config=config)
@@ -263,7 +382,9 @@ def _keep_usable_windows(prepared: PreparedItem, features: ItemFeatures, built: 
 
 
 def extract_window_rows(
-    row: dict[str, Any], *, store: ObjectStore, config: MerConfig, render_missing_audio: bool
+    row: dict[str, Any], *, store: ObjectStore, config: MerConfig, render_missing_audio: bool,
+    cache: FeatureCache | None = None,
 ) -> list[dict[str, Any]]:
     """The Ray Data ``flat_map`` step: one item row → its window rows (or one failure row). Never raises."""
-    return prepare_item(store, row, config=config, render_missing_audio=render_missing_audio).window_rows(config)
+    return prepare_item(store, row, config=config, render_missing_audio=render_missing_audio,
+                        cache=cache).window_rows(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +18,11 @@ import numpy as np
 
 from mer.catalog import CatalogWriter, FailureRecord, LabelRecord
 from mer.config import QUADRANTS
+from mer.errors import MerError
 from mer.features import PITCH_CLASS_NAMES, estimate_key
 from mer.tagging.metrics import STAGES, JobMetrics
 from mer.tagging.prepare import describe_error
-from mer.tagging.storage import printable_key
+from mer.tagging.storage import Item, printable_key
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,28 @@ class Recorder:
         self.tagged = self.failed = 0
         self.stage_seconds = {stage: 0.0 for stage in STAGES}
         self.last_flush = time.monotonic()
-        self.seen: set[str] = set()
+        self.seen: set[str] = set()  # of the items of the current pass that came back
+        self.features_from = {"cache": 0, "extraction": 0}
+
+    # Passes -------------------------------------------------------------------------------------------------------
+
+    def start_pass(self, items: Sequence[Item]) -> None:
+        """The items about to be sent through the pipeline: each must come back (as a label or a failure)."""
+        self.expected = {item.stem: ",".join(item.modalities) for item in items}
+        self.seen = set()
+
+    def end_pass(self) -> None:
+        """Write what is pending, so that a run killed between passes loses nothing of the passes before.
+
+        Raises:
+            MerError: an item of the pass never came back (the pipeline records those as failures first, so
+                this means a bug; better a failed run than a lost item).
+        """
+        self.flush()
+        missing = sorted(set(self.expected) - self.seen)
+        if missing:
+            raise MerError(f"{len(missing)} items never came back from the pipeline, e.g. {missing[:3]}")
+        self.expected, self.seen = {}, set()
 
     # Items --------------------------------------------------------------------------------------------------------
 
@@ -67,6 +89,9 @@ class Recorder:
         first = done.rows[0]
         for stage, column in (("read", "read_seconds"), ("features", "features_seconds")):
             self._observe(stage, float(first[column]))
+        source = str(first.get("features_from", ""))
+        if source in self.features_from:
+            self.features_from[source] += 1
         self._observe("inference", float(sum(float(r.get("inference_seconds", 0.0)) for r in done.rows)))
         failed = next((r for r in done.rows if r["failed_stage"]), None)
         if failed is not None:

@@ -17,17 +17,19 @@ stored, logged or shown in a repr.
 """
 from __future__ import annotations
 
+import io
 import os
+import re
 import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from mer.errors import BadInputError, ObjectChangedError
+from mer.errors import BadInputError, MerError, ObjectChangedError
 
 MIDI_EXTENSIONS: tuple[str, ...] = (".mid", ".midi")
 # Order = preference when one stem has several recordings: lossless first, then the lossy formats.
@@ -36,6 +38,9 @@ AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg")
 MAX_OBJECT_BYTES = 2 * 1024**3
 """Objects larger than this (2 GiB: hours of uncompressed audio) are listing rejects: a worker reads an object whole,
 and one giant file must not take a feature task (and the night's run) down with it."""
+
+SPOOL_BYTES = 64 * 1024**2
+"""An S3 object opened as a file (:meth:`S3Store.open`) is held in memory up to this size, beyond on local disk."""
 
 # LocalStore.write's temporary files; listing skips them so a half-written object is never seen.
 _TEMP_MARKER = ".mer-tmp-"
@@ -92,6 +97,9 @@ class Item:
         return tuple(name for name, obj in (("midi", self.midi), ("audio", self.audio)) if obj is not None)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # checked on every listed key: a regex, not a loop over characters
+
+
 def key_problem(key: str) -> str | None:
     """Why ``key`` is unsafe to use as a store key, or None when it is fine.
 
@@ -105,7 +113,7 @@ def key_problem(key: str) -> str | None:
         key.encode("utf-8")
     except UnicodeEncodeError:  # a local file name with bytes that are not UTF-8 (os.walk keeps them as surrogates)
         return "key is not valid UTF-8 (the file name holds undecodable bytes)"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+    if _CONTROL.search(key):
         return "key contains a control character"
     if key.startswith(("/", "\\")) or (len(key) > 1 and key[1] == ":" and key[0].isalpha()):
         return "key is an absolute path"
@@ -153,6 +161,12 @@ class ObjectStore(ABC):
         exactly that version, or ObjectChangedError when the object changed since (never bytes of another version
         under the listed one's name).
         """
+
+    def open(self, key: str, *, version: str | None = None, version_id: str = "") -> BinaryIO:
+        """The object as a seekable binary file, to be closed by the caller: how big objects (an hour of audio)
+        are read without holding their bytes. ``version``/``version_id`` pin it as in :meth:`read`. This default
+        reads the bytes; stores override it to stream."""
+        return io.BytesIO(self.read(key, version=version, version_id=version_id))
 
     @abstractmethod
     def write(self, key: str, data: bytes) -> StoredObject:
@@ -205,27 +219,42 @@ class LocalStore(ObjectStore):
             raise FileNotFoundError(f"store root {self.root} is not a folder")
         # Walk only the deepest folder the prefix names, then filter by string prefix (S3 semantics:
         # prefix "a/b" matches "a/bc.mid" and "a/b/c.mid").
-        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = self.root.joinpath(*folder.split("/")) if folder else self.root
-        if not start.is_dir():
+        folder = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        yield from self._walk(self.root.joinpath(*folder.split("/")), folder, prefix)
+
+    def _walk(self, folder: Path, relative: str, prefix: str) -> Iterator[StoredObject]:
+        """The files under ``folder`` (whose keys start with ``relative``) in key order, streamed: one folder's
+        names are held at a time. A subfolder sorts as its name plus ``/``, which is where its keys sort."""
+        try:
+            scan = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
             return
-        found: list[StoredObject] = []
-        for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
-            dirnames.sort()
-            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
-            for name in filenames:
-                if _TEMP_MARKER in name:
-                    continue
-                key = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if not key.startswith(prefix):
-                    continue
+        entries = []
+        with scan:
+            for entry in scan:
                 try:
-                    st = os.stat(os.path.join(dirpath, name))  # follows a file symlink: size of the target
+                    is_folder = entry.is_dir()
                 except OSError:
-                    continue  # vanished while listing, or a dangling symlink: not an object
-                found.append(self._object(key, st))
-        found.sort(key=lambda obj: obj.key)
-        yield from found
+                    continue
+                if is_folder:
+                    if not entry.is_symlink():  # a linked folder is not walked (as os.walk(followlinks=False))
+                        entries.append((entry.name + "/", entry.path))
+                elif _TEMP_MARKER not in entry.name:
+                    entries.append((entry.name, entry.path))
+        entries.sort()
+        for name, path in entries:
+            key = relative + name
+            if name.endswith("/"):
+                if key.startswith(prefix) or prefix.startswith(key):
+                    yield from self._walk(Path(path), key, prefix)
+                continue
+            if not key.startswith(prefix):
+                continue
+            try:
+                st = os.stat(path)  # follows a file symlink: size of the target
+            except OSError:
+                continue  # vanished while listing, or a dangling symlink: not an object
+            yield self._object(key, st)
 
     def read(self, key: str, *, version: str | None = None, version_id: str = "") -> bytes:
         path = self._path(key)
@@ -239,6 +268,21 @@ class LocalStore(ObjectStore):
                 return data
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
+
+    def open(self, key: str, *, version: str | None = None, version_id: str = "") -> BinaryIO:
+        path = self._path(key)
+        try:
+            handle = open(path, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
+        try:
+            # The open file is one inode: a file replaced (os.replace) after the open still reads as the version
+            # checked here.
+            self._check_version(key, os.fstat(handle.fileno()), version)
+        except BaseException:
+            handle.close()
+            raise
+        return handle
 
     def _check_version(self, key: str, st: os.stat_result, version: str | None) -> None:
         if version is not None and (now := self._object(key, st).version) != version:
@@ -401,6 +445,37 @@ class S3Store(ObjectStore):
                                               "retried by the next run") from None
             raise
 
+    def open(self, key: str, *, version: str | None = None, version_id: str = "") -> BinaryIO:
+        """The object downloaded into a temporary file: in memory up to :data:`SPOOL_BYTES`, on local disk beyond,
+        so a big object never sits in memory whole. Pinned as :meth:`read`: by ``VersionId`` (parallel ranged
+        GETs), else by ``If-Match`` on the ETag (one streamed GET)."""
+        _check_key(key)
+        import shutil
+
+        from botocore.exceptions import ClientError
+
+        handle = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        try:
+            if version_id or version is None:
+                extra = {"VersionId": version_id} if version_id else None
+                self.client.download_fileobj(self.bucket, self.prefix + key, handle, ExtraArgs=extra)
+            else:
+                response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, IfMatch=f'"{version}"')
+                shutil.copyfileobj(response["Body"], handle, 1024 * 1024)
+        except ClientError as error:
+            handle.close()
+            if self._missing(error):
+                raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
+            if self._code(error) in ("PreconditionFailed", "412"):
+                raise ObjectChangedError(key, f"the object changed after it was listed (ETag {version} listed); "
+                                              "retried by the next run") from None
+            raise
+        except BaseException:
+            handle.close()
+            raise
+        handle.seek(0)
+        return handle
+
     def stat(self, key: str) -> StoredObject:
         _check_key(key)
         from botocore.exceptions import ClientError
@@ -449,10 +524,83 @@ def _split_extension(key: str) -> tuple[str, str]:
     return key[: len(key) - len(name) + dot], name[dot:].lower()
 
 
+def iter_items(store: ObjectStore, prefix: str = "", *, max_bytes: int = MAX_OBJECT_BYTES) -> Iterator[Item | Reject]:
+    """Pair the objects under ``prefix`` into items as the listing streams by: what :func:`list_items` returns,
+    one :class:`Item` or reject at a time, holding only the few stems still open.
+
+    The listing is sorted by key, and every key of a stem ``s`` starts with ``s + "."``; those keys are
+    contiguous in key order, so once a key sorts past ``s + "."`` without starting with it, ``s`` can get no more
+    objects and is paired and yielded. Items come out nearly in stem order (a stem that is a prefix of another,
+    like ``a/b`` and ``a/b.x``, may close after it).
+
+    Raises:
+        MerError: the store listed a key before the previous one (pairing relies on the order).
+    """
+    open_stems: dict[str, tuple[list[tuple[int, StoredObject]], list[tuple[int, StoredObject]]]] = {}
+    previous = None
+    for obj in store.list(prefix):
+        if previous is not None and obj.key < previous:
+            raise MerError(f"{store!r} listed {obj.key!r} after {previous!r}: a listing must be sorted by key")
+        previous = obj.key
+        for stem in [s for s in open_stems if obj.key > s + "." and not obj.key.startswith(s + ".")]:
+            yield from _pair(stem, *open_stems.pop(stem))
+        stem, ext = _split_extension(obj.key)
+        if ext in MIDI_EXTENSIONS:
+            kind, rank = 0, MIDI_EXTENSIONS.index(ext)
+        elif ext in AUDIO_EXTENSIONS:
+            kind, rank = 1, AUDIO_EXTENSIONS.index(ext)
+        else:
+            continue
+        problem = key_problem(obj.key)
+        if problem is None and obj.size > max_bytes:
+            problem = f"object is {obj.size:,} bytes, more than the {max_bytes:,}-byte limit"
+        if problem is not None:
+            yield Reject(printable_key(obj.key), problem, obj.version)
+            continue
+        open_stems.setdefault(stem, ([], []))[kind].append((rank, obj))
+    for stem in list(open_stems):
+        yield from _pair(stem, *open_stems.pop(stem))
+
+
+def _pair(stem: str, midis: list[tuple[int, StoredObject]], audios: list[tuple[int, StoredObject]]
+          ) -> Iterator[Item | Reject]:
+    """A stem's item (the preferred file of each kind: extension order, then key order) and its other files as
+    rejects."""
+    chosen: dict[str, StoredObject] = {}
+    extra: list[Reject] = []
+    for kind, objs in (("MIDI", midis), ("audio", audios)):
+        objs.sort(key=lambda ranked: (ranked[0], ranked[1].key))
+        if objs:
+            chosen[kind] = objs[0][1]
+            extra.extend(Reject(other.key, f"another {kind} file for the same item is used: {objs[0][1].key}",
+                                other.version) for _, other in objs[1:])
+    yield Item(stem=stem, midi=chosen.get("MIDI"), audio=chosen.get("audio"))
+    yield from extra
+
+
+def list_pages(store: ObjectStore, prefix: str = "", *, page_size: int,
+               max_bytes: int = MAX_OBJECT_BYTES) -> Iterator[tuple[list[Item], list[Reject]]]:
+    """:func:`iter_items` in pages of ``page_size`` items (and the rejects met meanwhile): a listing of millions
+    of keys is never held whole."""
+    items: list[Item] = []
+    rejects: list[Reject] = []
+    for entry in iter_items(store, prefix, max_bytes=max_bytes):
+        if isinstance(entry, Item):
+            items.append(entry)
+            if len(items) >= page_size:
+                yield items, rejects
+                items, rejects = [], []
+        else:
+            rejects.append(entry)
+    if items or rejects:
+        yield items, rejects
+
+
 def list_items(
     store: ObjectStore, prefix: str = "", *, max_bytes: int = MAX_OBJECT_BYTES
 ) -> tuple[list[Item], list[Reject]]:
-    """Pair the objects under ``prefix`` into items.
+    """Pair the objects under ``prefix`` into items (all of them: for a store that fits in memory; a run lists
+    in pages, :func:`list_pages`).
 
     Returns ``(items, rejects)``: items sorted by stem; rejects (:class:`Reject`) sorted by key, for objects with
     a MIDI or audio extension that cannot be used (unsafe key, larger than ``max_bytes``, or a second file of the
@@ -460,36 +608,8 @@ def list_items(
     :func:`printable_key` of the object's. Objects with other extensions are ignored.
     Extensions match case-insensitively.
     """
-    midi: dict[str, list[tuple[int, StoredObject]]] = {}
-    audio: dict[str, list[tuple[int, StoredObject]]] = {}
+    items: list[Item] = []
     rejects: list[Reject] = []
-    for obj in store.list(prefix):
-        stem, ext = _split_extension(obj.key)
-        if ext in MIDI_EXTENSIONS:
-            bucket, rank = midi, MIDI_EXTENSIONS.index(ext)
-        elif ext in AUDIO_EXTENSIONS:
-            bucket, rank = audio, AUDIO_EXTENSIONS.index(ext)
-        else:
-            continue
-        problem = key_problem(obj.key)
-        if problem is None and obj.size > max_bytes:
-            problem = f"object is {obj.size:,} bytes, more than the {max_bytes:,}-byte limit"
-        if problem is not None:
-            rejects.append(Reject(printable_key(obj.key), problem, obj.version))
-            continue
-        bucket.setdefault(stem, []).append((rank, obj))
-
-    def choose(candidates: dict[str, list[tuple[int, StoredObject]]], kind: str) -> dict[str, StoredObject]:
-        chosen: dict[str, StoredObject] = {}
-        for stem, objs in candidates.items():
-            objs.sort(key=lambda ranked: (ranked[0], ranked[1].key))
-            chosen[stem] = objs[0][1]
-            for _, other in objs[1:]:
-                rejects.append(Reject(other.key, f"another {kind} file for the same item is used: {objs[0][1].key}",
-                                      other.version))
-        return chosen
-
-    midi_of, audio_of = choose(midi, "MIDI"), choose(audio, "audio")
-    items = [Item(stem=stem, midi=midi_of.get(stem), audio=audio_of.get(stem)) for stem in sorted(midi_of | audio_of)]
-    rejects.sort()
-    return items, rejects
+    for entry in iter_items(store, prefix, max_bytes=max_bytes):
+        (items if isinstance(entry, Item) else rejects).append(entry)
+    return sorted(items, key=lambda item: item.stem), sorted(rejects)

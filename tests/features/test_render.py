@@ -71,6 +71,24 @@ def test_rendering_is_deterministic_within_and_across_processes(clip_midi, emopi
     assert other.stdout.strip().splitlines()[-1] == hashlib.sha256(first.tobytes()).hexdigest()
 
 
+def test_the_soundfont_is_loaded_once_per_process_and_no_render_depends_on_the_one_before(clip_midi,
+                                                                                          monkeypatch) -> None:
+    import fluidsynth
+
+    import mer.features.render as render
+
+    monkeypatch.setattr(render, "_LOADED", {})
+    loads = []
+    sfload = fluidsynth.Synth.sfload
+    monkeypatch.setattr(fluidsynth.Synth, "sfload", lambda self, *a, **k: loads.append(a) or sfload(self, *a, **k))
+    other = make_midi([(0.0, 2.0, 60, 90), (0.5, 3.0, 67, 127)], pedal=[(0.0, 127), (2.5, 0)])
+    alone = render_audio(clip_midi, config=CONFIG, name=CLIP)
+    render_audio(other, config=CONFIG, name="other")  # leaves reverb and chorus tails in a reused synthesizer
+    after_another = render_audio(clip_midi, config=CONFIG, name=CLIP)
+    assert len(loads) == 1
+    np.testing.assert_array_equal(after_another, alone)
+
+
 def test_a_rendered_a4_peaks_at_a_in_the_chromagram() -> None:
     audio = render_audio(make_midi([(0.0, 1.5, 69, 100)]), config=CONFIG, name="a4")
     profile = chromagram(audio, config=CONFIG).mean(axis=1)

@@ -6,7 +6,7 @@ import pretty_midi
 import pytest
 
 from mer.config import FeatureConfig
-from mer.features.extract import chromagram
+from mer.features.spectral import chromagram
 from mer.features.key import PITCH_MEAN_INDEX, summary_descriptors
 from mer.features.midi import piano_notes, read_midi
 from mer.features.render import render_audio

@@ -119,8 +119,8 @@ def test_a_failed_run_does_not_overwrite_the_last_success_time(pushgateway: Fake
     assert samples(body)[("mer_run_failed", ())] == 1
 
 
-def test_heartbeats_push_alone_and_the_final_push_ends_them(gateway) -> None:
-    url, received = gateway
+def test_heartbeats_push_alone_and_the_final_push_ends_them(pushgateway: FakePushgateway) -> None:
+    url, received = pushgateway.url, pushgateway.pushes
     metrics = JobMetrics()
     metrics.heartbeat(now=1_699_999_900.0)
     assert metrics.push_heartbeat(url)

@@ -48,6 +48,7 @@ from mer.tagging import (
     use_gpus,
 )
 from mer.tagging.metrics import JobMetrics
+from mer.tagging.prepare import batch_of
 from mer.tagging.recorder import Recorder, WindowGrouper
 from mer.tagging.storage import LocalStore, ObjectStore, S3Store, list_items
 from mer.train.emopia import emopia_root, load_split
@@ -509,7 +510,7 @@ def test_a_window_the_model_rejects_fails_alone_and_the_batch_goes_on(model, pie
     config = tiny_config()
     window_rows = [r for item in items for r in prepare_item(folder, item_row(item), config=config).window_rows(config)]
     window_rows[1]["token_length"] = np.int64(10_000)  # more tokens than the window holds: the model raises
-    batch = {k: np.stack([np.asarray(r[k]) for r in window_rows]) for k in window_rows[0]}
+    batch = batch_of(window_rows)
 
     out = WindowPredictor(model)(batch)
 
@@ -543,6 +544,11 @@ class _FlakyAudioStore(LocalStore):
         if self.broken and key.endswith(".wav"):
             raise ConnectionResetError("connection reset by peer")
         return super().read(key, **pin)
+
+    def open(self, key: str, **pin):
+        if self.broken and key.endswith(".wav"):
+            raise ConnectionResetError("connection reset by peer")
+        return super().open(key, **pin)
 
 
 def test_a_label_from_one_modality_after_a_transient_read_error_is_retried_next_run(model, pieces,

@@ -1,0 +1,222 @@
+"""Benchmark: a nightly run over a store of many keys — the listing, the catalog comparison, the driver's memory.
+
+    .venv/bin/python tests/benchmarks/bench_scale.py [--keys 100000] [--backends local s3] [--baseline ../wt-base]
+        [--out tests/benchmarks/results/scale.json]
+
+A synthetic store of ``--keys`` tiny objects (``shard-NNN/piece-NNNNNNN.mid``, 1,000 to a folder, a few bytes
+each: the listing and the catalog, not the features, are measured), in a local folder and in S3 (moto's server,
+over HTTP), and a SQLite catalog. For each backend, each in a fresh process (its peak RSS is the driver's):
+
+- ``first_night``: list the store and compare it with an empty catalog (everything is new): the planning a
+  first run does before any Ray work (the passes are planned, not processed);
+- ``unchanged_night``: :func:`mer.tagging.tag_store` end to end over a catalog that already holds every item's
+  label at its object version (written directly, as a finished night would have): listing, catalog
+  comparison, the run's bookkeeping, no Ray. ``process_seconds`` adds the interpreter and imports.
+
+With ``--baseline``, the unchanged night is also run by that checkout (it lists the store into one list and loads
+the catalog's labels whole). The 10-million-key estimate scales the measured seconds linearly (listing and the
+catalog lookups are per key) and takes the driver's memory as measured (pages bound it). Not collected by pytest.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from memory import peak_rss_mib
+
+HERE = Path(__file__).resolve()
+NEW = HERE.parents[2]
+MODEL_VERSION = "20260101-000000-bench000"
+PER_FOLDER = 1000
+
+
+def key_of(index: int) -> str:
+    return f"shard-{index // PER_FOLDER:04d}/piece-{index:08d}.mid"
+
+
+def build_local(root: Path, keys: int) -> None:
+    if (root / ".complete").exists() and int((root / ".complete").read_text()) == keys:
+        return
+    for index in range(keys):
+        path = root / key_of(index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"MThd tiny")
+    (root / ".complete").write_text(str(keys))
+
+
+def build_s3(endpoint: str, bucket: str, keys: int) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=bucket)
+
+    def put(start: int) -> None:
+        for index in range(start, min(start + 1000, keys)):
+            client.put_object(Bucket=bucket, Key=f"pieces/{key_of(index)}", Body=b"MThd tiny")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(put, range(0, keys, 1000)))
+
+
+def build_model(storage: Path) -> str:
+    """A tiny model artifact with a fixed version (the run reads only its config.json and meta.json)."""
+    import torch
+
+    sys.path.insert(0, str(NEW / "tests"))
+    from tiny import tiny_config
+
+    from mer.model import MerModel
+    from mer.model.artifact import save_artifact
+
+    torch.manual_seed(0)
+    return save_artifact(MerModel(tiny_config()).state_dict(), config=tiny_config(), storage=str(storage),
+                         meta={"data_fingerprint": "benchmark"}, version=MODEL_VERSION, set_latest=False)
+
+
+def fill_catalog(catalog: str, store: str, endpoint_url: str | None) -> None:
+    """Every item's label under MODEL_VERSION at its current object version: a store tagged last night."""
+    from mer.catalog import CatalogWriter, LabelRecord
+    from mer.tagging.storage import list_pages, open_store
+
+    writer = CatalogWriter(catalog)
+    run_id = writer.start_run(MODEL_VERSION)
+    for items, _ in list_pages(open_store(store, endpoint_url=endpoint_url), page_size=5000):
+        writer.write_batch(run_id, [
+            LabelRecord(key=item.stem, object_version=item.version, modalities="midi", duration_s=30.0,
+                        quadrant="Q1", quadrant_probs=(0.4, 0.2, 0.2, 0.2), arousal_prob=0.6, valence_prob=0.6,
+                        branches_used="symbolic")
+            for item in items])
+    writer.finish_run(run_id, counts={"tagged": 0})
+    writer.close()
+
+
+
+# --- one measurement, in its own process ------------------------------------------------------------------------------
+
+
+def measure(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    from mer.config import TagConfig
+    from mer.tagging import tag_store
+
+    imported = time.perf_counter()
+    if args.measure == "unchanged_night":
+        start = time.perf_counter()
+        summary = tag_store(args.store, catalog=args.catalog, model=args.model, endpoint_url=args.endpoint_url,
+                            metrics_port=None, progress=False)
+        seconds = time.perf_counter() - start
+        counts = summary.to_dict()
+        counts = {k: counts[k] for k in ("listed", "tagged", "skipped", "failed", "passes") if k in counts}
+    else:  # first_night: the planning only
+        from mer.tagging.plan import begin_run, end_run, passes
+
+        start = time.perf_counter()
+        plan = begin_run(args.store, catalog=args.catalog, model=args.model, storage=None,
+                         endpoint_url=args.endpoint_url, tagging=TagConfig(), render_missing_audio=False,
+                         metrics_port=None, pushgateway=None)
+        to_tag = 0
+        for todo in passes(plan, prefix="", force=False, limit=None, page_size=TagConfig().page_size):
+            to_tag += len(todo)
+            plan.recorder.start_pass([])  # planned, not processed
+        summary = end_run(plan, success=True, pushgateway=None)
+        seconds = time.perf_counter() - start
+        counts = {"listed": summary.listed, "to_tag": to_tag, "passes": summary.passes}
+    return {"seconds": round(seconds, 2), "process_seconds": round(time.perf_counter() - started, 2),
+            "import_seconds": round(imported - started, 2), **counts,
+            "driver_peak_rss_mib": peak_rss_mib()}
+
+
+def run_measure(tree: Path, what: str, *, store: str, catalog: str, model: str, endpoint_url: str | None) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    command = [sys.executable, str(HERE), "--measure", what, "--store", store, "--catalog", catalog, "--model", model]
+    if endpoint_url:
+        command += ["--endpoint-url", endpoint_url]
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tree)
+    if done.returncode != 0:
+        raise SystemExit(f"{what} in {tree} failed:\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = round(time.perf_counter() - start, 2)
+    print(f"{tree.name:>16} {what:<16} {store[:40]:<40} {result['seconds']:7.2f} s "
+          f"{result['driver_peak_rss_mib']:7.1f} MiB", file=sys.stderr)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--backends", nargs="+", choices=("local", "s3"), default=["local", "s3"])
+    parser.add_argument("--baseline", type=Path, help="checkout to run the unchanged night with as well")
+    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "mer-bench-scale"))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--measure", choices=("first_night", "unchanged_night"), help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--catalog", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--endpoint-url", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.measure:
+        print(json.dumps(measure(args)))
+        return 0
+
+    sys.path.insert(0, str(NEW))
+    sys.path.insert(0, str(NEW / "tests"))
+    from s3server import fake_aws_env, moto_s3_server
+
+    cache = Path(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    model = build_model(Path(tempfile.mkdtemp(dir=cache)))
+    result: dict = {"keys": args.keys, "cpus": os.cpu_count(), "per_folder": PER_FOLDER, "catalog": "sqlite",
+                    "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    with fake_aws_env(), tempfile.TemporaryDirectory(dir=cache) as scratch, moto_s3_server() as endpoint:
+        for backend in args.backends:
+            start = time.perf_counter()
+            if backend == "local":
+                root = cache / f"store-{args.keys}"
+                build_local(root, args.keys)
+                store, endpoint_url = str(root), None
+            else:
+                build_s3(endpoint, "bench", args.keys)
+                store, endpoint_url = "s3://bench/pieces", endpoint
+            built = time.perf_counter() - start
+            empty = f"sqlite:///{Path(scratch) / f'{backend}-empty.db'}"
+            full = f"sqlite:///{Path(scratch) / f'{backend}-full.db'}"
+            fill_catalog(full, store, endpoint_url)
+            out = {"store_build_seconds": round(built, 1)}
+            out["first_night"] = run_measure(NEW, "first_night", store=store, catalog=empty, model=model,
+                                             endpoint_url=endpoint_url)
+            out["unchanged_night"] = run_measure(NEW, "unchanged_night", store=store, catalog=full, model=model,
+                                                 endpoint_url=endpoint_url)
+            if args.baseline:
+                out["baseline_unchanged_night"] = run_measure(args.baseline.resolve(), "unchanged_night",
+                                                              store=store, catalog=full, model=model,
+                                                              endpoint_url=endpoint_url)
+            scale = 10_000_000 / args.keys
+            out["estimate_10m_keys"] = {
+                "first_night_planning_seconds": round(out["first_night"]["seconds"] * scale),
+                "unchanged_night_seconds": round(out["unchanged_night"]["seconds"] * scale),
+                "driver_peak_rss_mib": out["unchanged_night"]["driver_peak_rss_mib"],
+            }
+            result[backend] = out
+    result["unchanged_night_seconds"] = max(result[b]["unchanged_night"]["seconds"] for b in args.backends)
+    result["driver_peak_rss_mib"] = max(max(result[b][m]["driver_peak_rss_mib"]
+                                            for m in ("first_night", "unchanged_night")) for b in args.backends)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

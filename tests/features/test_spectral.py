@@ -1,0 +1,99 @@
+"""One STFT per piece for the chromagram and the MFCCs, computed block by block from audio decoded block by block:
+librosa's values exactly for a piece of one block, within a stated tolerance when split (block-wise vs whole)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile
+
+import mer.features.spectral as spectral
+from mer.config import FeatureConfig
+from mer.features import DecodedAudio, decode_audio, extract_features, open_audio, read_midi, render_audio
+from mer.features.spectral import power_blocks, spectral_features
+
+CONFIG = FeatureConfig()
+SR, HOP = CONFIG.sample_rate, CONFIG.hop_length
+CLIP = "Q1_0vLPYiPN7qY_0"
+CHROMA_TOLERANCE = 2e-6  # block-wise vs whole-file, absolute (chroma frames are max-normalised to 1)
+MFCC_TOLERANCE = 2e-5  # block-wise vs whole-file, absolute (coefficients of tens to hundreds)
+
+
+@pytest.fixture(scope="module")
+def clip(emopia: Path) -> np.ndarray:
+    """A real EMOPIA clip rendered (about 20 s)."""
+    midi = read_midi((emopia / "midis" / f"{CLIP}.mid").read_bytes(), name=CLIP)
+    return render_audio(midi, config=CONFIG, name=CLIP)
+
+
+def librosa_features(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    chroma = librosa.feature.chroma_stft(y=audio, sr=SR, n_fft=CONFIG.n_fft, hop_length=HOP)
+    mfcc = librosa.feature.mfcc(y=audio, sr=SR, n_mfcc=CONFIG.n_mfcc, n_mels=CONFIG.n_mels, n_fft=CONFIG.n_fft,
+                                hop_length=HOP)
+    return chroma, mfcc
+
+
+def stereo_wav_44k(audio: np.ndarray) -> bytes:
+    """A recording as it would arrive: 44.1 kHz stereo 16-bit WAV (the channels differ)."""
+    wide = librosa.resample(audio, orig_sr=SR, target_sr=44_100)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.stack([wide, 0.6 * wide], axis=1), 44_100, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_one_stft_gives_librosas_chromagram_and_mfccs_exactly(clip: np.ndarray, monkeypatch) -> None:
+    calls = []
+    stft = librosa.stft
+    monkeypatch.setattr(spectral.librosa, "stft", lambda *a, **k: calls.append(1) or stft(*a, **k))
+    chroma, mfcc = spectral_features(DecodedAudio.from_waveform(clip, sample_rate=SR), config=CONFIG)
+    assert len(calls) == 1  # shared by both features
+    expected_chroma, expected_mfcc = librosa_features(clip)
+    np.testing.assert_array_equal(chroma, expected_chroma.astype(np.float32))
+    np.testing.assert_array_equal(mfcc, expected_mfcc.astype(np.float32))
+
+
+@pytest.mark.parametrize("samples", [SR // 2, 3 * SR + 7, 10 * SR])
+@pytest.mark.parametrize("frames_per_block", [37, 256])
+def test_power_blocks_are_librosas_frames_in_any_blocks(samples: int, frames_per_block: int,
+                                                        rng: np.random.Generator) -> None:
+    audio = rng.standard_normal(samples).astype(np.float32)
+    blocks = (audio[i:i + 5_000] for i in range(0, samples, 5_000))  # audio blocks unaligned with the frames
+    power = np.concatenate(list(power_blocks(blocks, config=CONFIG, frames_per_block=frames_per_block)), axis=1)
+    expected = np.abs(librosa.stft(audio, n_fft=CONFIG.n_fft, hop_length=HOP)) ** 2
+    assert power.shape == expected.shape == (1 + CONFIG.n_fft // 2, 1 + samples // HOP)
+    np.testing.assert_array_equal(power, expected)
+
+
+def test_block_wise_features_of_a_decoded_file_match_whole_file_features(clip: np.ndarray) -> None:
+    data = stereo_wav_44k(clip)
+    whole = decode_audio(data, name=CLIP, config=CONFIG)
+    streamed = open_audio(io.BytesIO(data), name=CLIP, config=CONFIG, resident_samples=SR)  # held: at most 1 s
+    assert not streamed.resident and streamed.samples == whole.shape[0]
+    np.testing.assert_array_equal(streamed.waveform(), whole)  # decoding in blocks changes no sample
+
+    chroma, mfcc = spectral_features(streamed, config=CONFIG, frames_per_block=128)  # 30 blocks, two passes
+    expected_chroma, expected_mfcc = librosa_features(whole)
+    np.testing.assert_allclose(chroma, expected_chroma, rtol=0, atol=CHROMA_TOLERANCE)
+    np.testing.assert_allclose(mfcc, expected_mfcc, rtol=0, atol=MFCC_TOLERANCE)
+
+    # And the windows the model reads, from the file decoded block by block vs the whole waveform.
+    config = FeatureConfig(window_seconds=5.0, hop_seconds=5.0)
+    blockwise = extract_features(name=CLIP, midi=None, audio=open_audio(io.BytesIO(data), name=CLIP, config=config,
+                                                                         resident_samples=SR), config=config)
+    at_once = extract_features(name=CLIP, midi=None, audio=whole, config=config)
+    np.testing.assert_array_equal(blockwise.window_starts, at_once.window_starts)
+    np.testing.assert_allclose(blockwise.chroma, at_once.chroma, rtol=0, atol=CHROMA_TOLERANCE)
+    np.testing.assert_allclose(blockwise.mfcc, at_once.mfcc, rtol=0, atol=MFCC_TOLERANCE)
+
+
+@pytest.mark.parametrize(("format", "subtype"), [("FLAC", "PCM_16"), ("MP3", "MPEG_LAYER_III"), ("OGG", "VORBIS")])
+def test_every_format_decodes_the_same_in_blocks(format: str, subtype: str, clip: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.stack([clip, clip], axis=1), 48_000, format=format, subtype=subtype)
+    data = buffer.getvalue()
+    streamed = open_audio(io.BytesIO(data), name=CLIP, config=CONFIG, resident_samples=SR)
+    assert not streamed.resident
+    np.testing.assert_array_equal(streamed.waveform(), decode_audio(data, name=CLIP, config=CONFIG))

@@ -1,0 +1,100 @@
+"""Inference near the hardware: compact window rows, length-bucketed model batches that change no label."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mer.config import BRANCHES
+from mer.model import MerModel
+from mer.model.artifact import save_artifact
+from mer.tagging.predictor import WindowPredictor, length_buckets
+from mer.features import token_dtype
+from mer.tagging.prepare import batch_of, item_row, prepare_item
+from mer.tagging.storage import LocalStore, list_items
+from mer.train.emopia import emopia_root, load_split
+from tiny import tiny_config
+
+CLIPS = 6
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tiny_config(max_tokens=256)  # 5-s windows holding 20 to 256 tokens: lengths that differ a lot
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, config) -> str:
+    torch.manual_seed(0)
+    return save_artifact(MerModel(config).state_dict(), config=config,
+                         storage=str(tmp_path_factory.mktemp("storage")), meta={"data_fingerprint": "test"})
+
+
+@pytest.fixture(scope="module")
+def window_rows(tmp_path_factory: pytest.TempPathFactory, config) -> list[dict]:
+    """The window rows of a few EMOPIA clips (MIDI, audio rendered), as the feature tasks emit them."""
+    store = LocalStore(tmp_path_factory.mktemp("store"))
+    for clip in load_split(emopia_root(), "train")[:CLIPS]:
+        store.write(f"{clip.name}.mid", clip.midi_path.read_bytes())
+    items, _ = list_items(store)
+    return [row for item in items for row in prepare_item(store, item_row(item), config=config,
+                                                          render_missing_audio=True).window_rows(config)]
+
+
+def test_bucketed_batches_give_the_labels_of_unbucketed_ones(model, window_rows) -> None:
+    batch = batch_of(window_rows)
+    lengths = np.asarray(batch["token_length"])
+    assert lengths.min() < lengths.max() / 2  # the clips' windows differ in length: bucketing has work to do
+
+    bucketed = WindowPredictor(model, batch_size=4, num_threads=1)(batch)
+    arrival = WindowPredictor(model, batch_size=4, bucket=False, num_threads=1)(batch)
+    alone = WindowPredictor(model, batch_size=1, num_threads=1)(batch)
+
+    for out in (bucketed, arrival, alone):
+        assert set(out["failed_stage"]) == {""}
+        assert "tokens" not in out and "chroma" not in out  # what comes back is small
+    for column in ("quadrant_probs", "arousal_prob", "valence_prob", "attention"):
+        np.testing.assert_allclose(bucketed[column], arrival[column], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(bucketed[column], alone[column], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(bucketed["quadrant_probs"].argmax(axis=1), alone["quadrant_probs"].argmax(axis=1))
+
+
+def test_length_buckets_pad_less_than_arrival_order_and_use_every_window_once(window_rows) -> None:
+    lengths = np.asarray([row["token_length"] for row in window_rows])
+    rows = np.arange(lengths.shape[0])
+
+    def padded_steps(chunks: list[np.ndarray]) -> int:  # GRU steps spent on padding: the batch runs to its longest
+        return int(sum(lengths[chunk].max() * chunk.shape[0] - lengths[chunk].sum() for chunk in chunks))
+
+    buckets = length_buckets(lengths, rows, 4)
+    arrival = [rows[i:i + 4] for i in range(0, rows.shape[0], 4)]
+    assert sorted(np.concatenate(buckets).tolist()) == rows.tolist()
+    assert all(chunk.shape[0] <= 4 for chunk in buckets)
+    assert padded_steps(buckets) < padded_steps(arrival)
+
+
+def test_window_rows_are_compact(tmp_path: Path, config, model, window_rows) -> None:
+    row = window_rows[0]
+    assert row["tokens"].dtype == token_dtype(config.features) == np.uint16
+    assert row["tokens"].shape == (row["token_length"],)  # no padding travels
+    assert row["chroma"].shape == (12, config.features.frames_per_window)
+
+    store = LocalStore(tmp_path)
+    store.write("midi only.mid", (emopia_root() / "midis" / f"{load_split(emopia_root(), 'train')[0].name}.mid")
+                .read_bytes())
+    store.write("broken.mid", b"not a midi file")
+    items, _ = list_items(store)
+    rows = {item.stem: prepare_item(store, item_row(item), config=config).window_rows(config) for item in items}
+    midi_only = rows["midi only"][0]
+    assert midi_only["chroma"].shape == (12, 0) and midi_only["mfcc"].shape == (config.features.n_mfcc, 0)
+    assert list(midi_only["present"]) == [True, False, False]
+    (failure,) = rows["broken"]
+    assert failure["failed_stage"] == "read"
+    assert failure["tokens"].size == failure["chroma"].size == failure["mfcc"].size == 0
+    assert not failure["present"].any() and len(failure["present"]) == len(BRANCHES)
+    # A batch mixing all three kinds runs: absent inputs are never read, the failure passes through.
+    out = WindowPredictor(model, batch_size=2, num_threads=1)(batch_of([*rows["midi only"], failure, *window_rows[:3]]))
+    assert list(out["failed_stage"]) == [""] * len(rows["midi only"]) + ["read"] + [""] * 3
+
