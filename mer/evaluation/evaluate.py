@@ -62,7 +62,7 @@ def evaluate_features(
         probs=clip_probs,
         attention=clip_received if config.model.use_attention else None,
         branches=config.model.branches,
-        seed=int(artifact.meta.get("seed", config.training.seed)),
+        seed=int(artifact.meta.get("seed") if artifact.meta.get("seed") is not None else config.training.seed),
         version=artifact.version,
         extra={"windows": int(n_windows), "skipped": [list(s) for s in skipped],
                "val_metrics": artifact.meta.get("val_metrics"), "best_epoch": artifact.meta.get("best_epoch"),

@@ -85,9 +85,10 @@ def build_artifact(models: list[str], *, storage: str, cache_dir: str | os.PathL
         "calibration": calibration,
         "val_metrics": calibration["val_metrics"],
         "data_fingerprint": artifacts[0].meta.get("data_fingerprint"),
-        "seed": artifacts[0].meta.get("seed") if len(artifacts) == 1 else None,
         "source_models": members,
     }
+    if len(artifacts) == 1:
+        meta["seed"] = artifacts[0].meta.get("seed")
     if len(artifacts) > 1:
         meta["members"] = members
     return save_artifact(model.state_dict(), config=config, storage=storage, meta=meta, set_latest=set_latest,
