@@ -731,7 +731,7 @@ def test_re_emitted_window_rows_change_no_label_and_fail_no_item(model, pieces, 
     per_item = []
     for item in items:
         window_rows = prepare_item(folder, item_row(item), config=config).window_rows(config)
-        per_item.append(predictor({k: np.stack([np.asarray(r[k]) for r in window_rows]) for k in window_rows[0]}))
+        per_item.append(predictor(batch_of(window_rows)))
     a, b, c = per_item
     n_a = len(a["name"])
     # What a feature task retried by Ray can deliver: rows again, in another batch, after their item was finished,
