@@ -6,7 +6,8 @@ One run, :func:`tag_store`::
              then, page by page (TagConfig.page_size keys): list ─ look the page's keys up in the catalog ─ skip
              what this model already tagged at the same object version (unless ``force``) ─ once a pass's worth
              of items is due, one Ray Data pass over them:
-    Ray:     from_items ─ flat_map(extract_window_rows)        parallel CPU tasks, one item at a time:
+    Ray:     from_items ─ flat_map(extract_window_rows)        parallel CPU tasks, one item at a time
+                                                                (attempts per item counted: AttemptLedger):
                               read → feature cache? → decode in blocks / [render] → extract_features → window rows
                         ─ map_batches(WindowPredictor)          actor pool, one GPU per actor when GPUs exist;
                                                                 windows bucketed by token length
@@ -52,7 +53,7 @@ from mer.config import TagConfig
 from mer.features import FeatureCache
 from mer.tagging.plan import Plan, TagSummary, begin_run, end_run, passes
 from mer.tagging.predictor import BUCKET_POOL, WindowPredictor
-from mer.tagging.prepare import extract_window_rows, item_row
+from mer.tagging.prepare import extract_window_rows, failed_item_rows, item_row
 from mer.tagging.recorder import WindowGrouper
 from mer.tagging.storage import Item, ObjectStore
 
@@ -67,9 +68,45 @@ small GRU batches gain little and, on a busy machine, spin). On a 2-core machine
 feature tasks share the cores: while items need features the tasks get most of them, and when the features come
 from the cache, inference gets both."""
 
-FEATURE_TASK_RETRIES = 2
-"""Retries of a feature task whose worker died. Ray Data's default retries forever, so one file that crashes a
-decoder natively would hang the night's run; after these retries its block is given up and its items recorded."""
+FEATURE_ATTEMPTS = 3
+"""Attempts at one item's features before it fails as "the worker died". Ray Data retries a feature task whose
+worker died without limit (and Ray 2.60 offers no supported per-operator limit: ``max_retries`` would go through
+the remote-args pass-through that Ray 2.64 removes), so one file that crashes a decoder natively would hang the
+night's run. Each item's attempts are counted instead, in an :class:`AttemptLedger` actor: the retried task skips
+an item that has already begun this many times without ending, and the rest of its block is tagged."""
+
+
+class AttemptLedger:
+    """Per pass, the items whose feature work began and the ones that ended (a Ray actor; zero CPUs). A worker
+    that dies leaves its item begun and not ended; when Ray retries the task, :meth:`begin` says how often."""
+
+    def __init__(self) -> None:
+        self.unfinished: dict[str, int] = {}
+
+    def begin(self, key: str) -> int:
+        """Count an attempt at ``key``; returns the attempts so far that did not end, this one included."""
+        self.unfinished[key] = self.unfinished.get(key, 0) + 1
+        return self.unfinished[key]
+
+    def end(self, key: str) -> None:
+        self.unfinished.pop(key, None)
+
+
+def extract_window_rows_counted(row: dict[str, Any], *, ledger: Any, config: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`~mer.tagging.prepare.extract_window_rows`, unless this item's worker already died
+    :data:`FEATURE_ATTEMPTS` times: then its failure row (transient, so the next run tries it again)."""
+    import ray
+
+    key = str(row["key"])
+    attempts = ray.get(ledger.begin.remote(key))
+    if attempts > FEATURE_ATTEMPTS:
+        rows = failed_item_rows(row, config=config, stage="features", reason=(
+            f"the worker processing this item died {attempts - 1} times (a crash in a decoder, or out of memory); "
+            "retried by the next run"))
+    else:
+        rows = extract_window_rows(row, config=config, **kwargs)
+    ray.get(ledger.end.remote(key))
+    return rows
 
 
 def use_gpus(tagging: TagConfig, resources: Mapping[str, float]) -> bool:
@@ -134,7 +171,8 @@ def tag_store(
         model: artifact path/URL or version id; None: the LATEST model in ``storage``.
         storage: where model versions and LATEST are looked up.
         prefix: only keys starting with it (relative to the store root).
-        endpoint_url: S3-compatible endpoint of the store (the artifact's comes from ``AWS_ENDPOINT_URL``).
+        endpoint_url: S3-compatible endpoint of every ``s3://`` location: the store, the model's storage and
+            the feature cache (passed to the workers and actors explicitly).
         force: re-tag items this model already tagged at the same object version.
         tagging: batch size (windows per model call and items per catalog transaction), concurrency
             (feature tasks, inference actors) and page size (keys listed and compared at a time, items per Ray
@@ -199,22 +237,21 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
     actor_cpus = 1 if gpus else INFERENCE_ACTOR_CPUS
     rows = [item_row(item) for item in todo]
     blocks = _blocks_for(len(rows), tagging.feature_concurrency)
+    ledger = ray.remote(num_cpus=0)(AttemptLedger).remote()
     dataset = (
         ray.data.from_items(rows, override_num_blocks=blocks)
         .flat_map(
-            extract_window_rows,
-            fn_kwargs={"store": plan.store, "config": plan.config, "render_missing_audio": render_missing_audio,
-                       "cache": plan.cache},
+            extract_window_rows_counted,
+            fn_kwargs={"ledger": ledger, "store": plan.store, "config": plan.config,
+                       "render_missing_audio": render_missing_audio, "cache": plan.cache},
             compute=_ray_compute(min(tagging.feature_concurrency, blocks), actor=False),
-            # Passed through to Ray as a remote arg (Ray 2.60 has no named parameter for it and warns that the
-            # pass-through goes away in 2.64; pyproject pins 2.60).
-            max_retries=FEATURE_TASK_RETRIES,
             num_cpus=feature_task_cpus(resources.get("CPU", 0.0), tagging=tagging, actor_cpus=actor_cpus,
                                        nodes=len([n for n in ray.nodes() if n.get("Alive")])),
         )
         .map_batches(
             WindowPredictor,
-            fn_constructor_kwargs={"model": plan.artifact_url, "storage": storage, "batch_size": tagging.batch_size,
+            fn_constructor_kwargs={"model": plan.artifact_url, "storage": storage, "endpoint_url": plan.endpoint_url,
+                                   "batch_size": tagging.batch_size,
                                    "num_threads": None if gpus else max(1, int(INFERENCE_ACTOR_CPUS))},
             batch_size=tagging.batch_size * BUCKET_POOL,  # the actor sorts these by token length (bucketing)
             compute=_ray_compute(tagging.inference_concurrency, actor=True,
@@ -235,9 +272,10 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
                 reason=f"only {len(rows_)} of {int(first['n_windows'])} windows came back from inference",
                 modalities=str(first["modalities"]) or None))
             plan.recorder.seen.add(key)
-    # Items of blocks Ray Data gave up on (a task that died even after its retries: a native crash in a decoder,
-    # out of memory) never came back. They fail without an object version, so the next run retries them — in
-    # smaller blocks, since only they are left to do — and the good items of this run are kept.
+    ray.kill(ledger)
+    # Items that never came back (a block Ray Data gave up on for another reason than a dying worker, which the
+    # ledger handles) fail without an object version, so the next run retries them and this run's good items
+    # are kept.
     for key in sorted(set(plan.recorder.expected) - plan.recorder.seen):
         plan.recorder.fail(FailureRecord(
             key=key, object_version=None, stage="features",

@@ -139,6 +139,7 @@ class Plan:
     recorder: Recorder
     cache: FeatureCache | None = None
     heartbeat: Heartbeat | None = None
+    endpoint_url: str | None = None  # the S3-compatible endpoint of every s3:// location: store, model, cache
     listed: int = 0
     skipped: int = 0
     deferred: int = 0
@@ -165,7 +166,7 @@ def begin_run(
     try:
         # The driver needs the version and the feature config: config.json and meta.json, never the weights
         # (the inference actors load those, once each).
-        artifact = read_artifact(model, storage=storage)
+        artifact = read_artifact(model, storage=storage, endpoint_url=endpoint_url)
         if render_missing_audio:
             soundfont_path(artifact.config.features)  # a missing SoundFont is a config error, not 1000 bad items
         store = store if isinstance(store, ObjectStore) else open_store(store, endpoint_url=endpoint_url)
@@ -184,7 +185,7 @@ def begin_run(
                         use_attention=artifact.config.model.use_attention, expected={})
     plan = Plan(store=store, artifact_url=artifact.url, config=artifact.config, model_version=artifact.version,
                 writer=writer, run_id=run_id, metrics=metrics, started=started, metrics_port=port,
-                recorder=recorder, cache=cache,
+                recorder=recorder, cache=cache, endpoint_url=endpoint_url,
                 heartbeat=Heartbeat(writer=writer, run_id=run_id, metrics=metrics, seconds=tagging.heartbeat_seconds,
                                     pushgateway=pushgateway))
     log.info("run %d: model %s, store %r, feature cache %r", run_id, artifact.version, store, cache)

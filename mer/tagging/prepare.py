@@ -166,6 +166,12 @@ class PreparedItem:
         return [{**row, **meta, "n_windows": np.int64(len(kept))} for row in kept]
 
 
+def failed_item_rows(row: Mapping[str, Any], *, config: MerConfig, stage: str, reason: str) -> list[dict[str, Any]]:
+    """The failure row of an item row whose work could not even start (transient: not its content's fault)."""
+    return PreparedItem(key=str(row["key"]), object_version=str(row["object_version"]),
+                        modalities=str(row["modalities"]), failure=(stage, reason), transient=True).window_rows(config)
+
+
 def describe_error(error: BaseException) -> str:
     """A one-line reason for an exception: our own errors' reason, else the type and message."""
     if isinstance(error, ItemError):
