@@ -9,6 +9,9 @@ The tables (trains what is missing — each variant x seed — and reuses artifa
 Pool the reports of separate --tables runs (e.g. seeds trained on different days; same data and settings):
     python jobs/evaluate.py --merge reports/seed0/report.json reports/seed1/report.json --out ./reports/tables
 
+The README's "Where we stand", from the headline report (and the robustness reports in its folder):
+    python jobs/evaluate.py --readme tests/benchmarks/results/headline
+
 Each writes Markdown + JSON + PNGs (confusion matrix, attention weights) into --out. On a cluster:
 ``ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/evaluate.py --tables ...``
 (absolute paths for --storage, --emopia and --cache-dir). Flags default to MER_EMOPIA, MER_STORAGE,
@@ -20,12 +23,13 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import ray
 
 from mer.errors import MerError
-from mer.evaluation import (METHODS, TablesReport, evaluate_artifact, merge_reports, robustness_report, run_tables,
-                            write_evaluation, write_tables)
+from mer.evaluation import (METHODS, TablesReport, evaluate_artifact, merge_reports, read_headline, replace_section,
+                            robustness_report, run_tables, where_we_stand, write_evaluation, write_tables)
 from mer.features import FeatureCache
 from mer.model import load_artifact
 from mer.train import METRICS, emopia_root, load_split, select_clips
@@ -41,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "second SoundFont on the test split")
     what.add_argument("--merge", nargs="+", metavar="REPORT_JSON", default=None,
                       help="pool the report.json files of several --tables runs into one report")
+    what.add_argument("--readme", metavar="HEADLINE_DIR", default=None,
+                      help="rewrite README.md's 'Where we stand' from HEADLINE_DIR's report.json and "
+                           "robustness*/robustness.json")
     parser.add_argument("--emopia", default=os.environ.get("MER_EMOPIA"),
                         help="EMOPIA folder (env MER_EMOPIA; default ../shared/emopia)")
     parser.add_argument("--storage", default=os.environ.get("MER_STORAGE", "./mer_runs"),
@@ -80,7 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = args.cache_dir or os.path.join("./mer_runs" if "://" in args.storage else args.storage,
                                                "feature-cache")
     try:
-        if args.robustness:
+        if args.readme:
+            readme = Path(__file__).resolve().parents[1] / "README.md"
+            try:
+                text = replace_section(readme.read_text(), where_we_stand(*read_headline(args.readme)))
+            except ValueError as error:
+                print(f"error: {readme}: {error}", file=sys.stderr)
+                return 2
+            readme.write_text(text)
+            print(f"rewrote 'Where we stand' in {readme} from {args.readme}")
+        elif args.robustness:
             ray.init(address=args.address or "local")
             report = robustness_report(args.robustness, storage=args.storage, cache_dir=cache_dir, out=args.out,
                                        emopia=args.emopia, progress=not args.quiet)

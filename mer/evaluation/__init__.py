@@ -11,13 +11,14 @@ from mer.evaluation.plots import plot_attention, plot_confusion, plot_reliabilit
 from mer.evaluation.report import render_markdown, write_evaluation, write_tables
 from mer.evaluation.robustness import robustness_report
 from mer.evaluation.results import RUN_FIELDS, EvalResult, TablesReport
+from mer.evaluation.standing import read_headline, replace_section, where_we_stand
 from mer.evaluation.tables import find_artifact, run_baseline, run_tables, split_clips
 
 __all__ = [
     "CAVEAT_AUDIO", "EvalResult", "LinearBaseline", "METHODS", "Method", "PAPER_FULL", "PAPER_ONLY", "RUN_FIELDS",
     "TablesReport", "audio_features", "caveats", "evaluate_artifact", "evaluate_features", "find_artifact",
     "fit_linear_baseline", "merge_reports", "method_config", "method_key", "plot_attention", "plot_confusion", "plot_reliability",
-    "robustness_report",
+    "read_headline", "replace_section", "robustness_report", "where_we_stand",
     "render_markdown", "run_baseline", "run_tables", "split_clips", "symbolic_features", "write_evaluation",
     "write_tables",
 ]

@@ -1,0 +1,69 @@
+"""The README's "Where we stand" is the headline report's numbers, not a hand-copied version of them."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mer.evaluation import read_headline, replace_section, where_we_stand
+from mer.evaluation.standing import BEGIN, END
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADLINE = ROOT / "tests" / "benchmarks" / "results" / "headline"
+
+
+def section_of(readme: str) -> str:
+    return readme[readme.index(BEGIN) + len(BEGIN) : readme.index(END)].strip("\n")
+
+
+def test_the_readme_says_what_the_headline_report_says() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert section_of(readme) == where_we_stand(*read_headline(HEADLINE)).strip("\n"), (
+        "README.md's 'Where we stand' is out of date: run jobs/evaluate.py --readme tests/benchmarks/results/headline")
+
+
+def test_every_seed_of_the_default_configuration_reaches_the_section_and_its_mean_moves_with_it() -> None:
+    report, robustness = read_headline(HEADLINE)
+    default = next(m for m in report["methods"] if m["key"] == "default")
+    before = where_we_stand(report, robustness)
+    for run in default["runs"]:
+        assert f"`{run['version']}`" in before and f"{run['metrics']['4q']:.3f}" in before
+
+    # One more seed scoring 1.0 raises the headline mean; the section follows the report.
+    changed = copy.deepcopy(report)
+    extra = copy.deepcopy(default["runs"][0])
+    extra.update(seed=99, version="v-extra", metrics={"4q": 1.0, "arousal": 1.0, "valence": 1.0})
+    next(m for m in changed["methods"] if m["key"] == "default")["runs"].append(extra)
+    after = where_we_stand(changed, robustness)
+    assert f"**{len(default['runs']) + 1} seeds**" in after and "`v-extra`" in after
+    assert after != before
+
+
+def test_the_section_is_replaced_between_its_markers_and_nothing_else_changes() -> None:
+    text = f"# Title\n\nbefore\n{BEGIN}\nold numbers\n{END}\nafter\n"
+    once = replace_section(text, "new numbers")
+    assert once == f"# Title\n\nbefore\n{BEGIN}\nnew numbers\n{END}\nafter\n"
+    assert replace_section(once, "new numbers") == once  # rewriting with the same report changes nothing
+    with pytest.raises(ValueError, match="markers"):
+        replace_section("# a README without markers\n", "numbers")
+    with pytest.raises(ValueError, match="markers"):
+        replace_section(f"{END}\n{BEGIN}\n", "numbers")
+
+
+def test_the_job_rewrites_only_its_own_readme_section(tmp_path: Path) -> None:
+    # The job's --readme rewrites the README of its checkout: run a copy of jobs/ beside a copied README.
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "evaluate.py").write_text((ROOT / "jobs" / "evaluate.py").read_text())
+    (tmp_path / "README.md").write_text(f"intro\n{BEGIN}\nstale\n{END}\nrest\n")
+    done = subprocess.run([sys.executable, str(tmp_path / "jobs" / "evaluate.py"), "--readme", str(HEADLINE)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    written = (tmp_path / "README.md").read_text()
+    assert written.startswith(f"intro\n{BEGIN}\n") and written.endswith(f"{END}\nrest\n")
+    assert section_of(written) == where_we_stand(*read_headline(HEADLINE)).strip("\n")
+    robustness = json.loads((HEADLINE / "robustness" / "robustness.json").read_text())
+    assert f"{robustness['rows'][0]['temperature']:.2f}" in written
