@@ -13,8 +13,10 @@ runs whose heartbeat stopped.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +32,12 @@ DEAD_AFTER = timedelta(minutes=5)
 Ten heartbeats of the tagger's default period (``TagConfig.heartbeat_seconds``): a slow catalog write or a
 paused driver does not make a live run look dead."""
 
+HOLD_BATCH_ENV = "MER_TEST_HOLD_BATCH"
+"""Test hook, never set in production: ``MER_TEST_HOLD_BATCH=<folder>`` makes every :meth:`CatalogWriter.write_batch`
+wait inside its transaction, after its statements and before its commit, for as long as ``<folder>/holding-<pid>``
+(the batch's keys, one a line) exists: a test deletes the file to let the batch commit, or SIGKILLs the process
+there to prove a batch is all or nothing."""
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -39,6 +47,17 @@ def _chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
     # Bounded IN lists: SQLite caps bound parameters per statement.
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def _hold_batch(folder: Path, keys: Sequence[str]) -> None:
+    """The :data:`HOLD_BATCH_ENV` test hook: announce the batch, then wait (still inside its transaction) until the
+    test deletes the announcement. Written aside and renamed, so the test never reads half a list of keys."""
+    marker = folder / f"holding-{os.getpid()}"
+    partial = marker.with_name(f".{marker.name}")
+    partial.write_text("".join(f"{key}\n" for key in sorted(set(keys))))
+    partial.replace(marker)
+    while marker.exists():
+        time.sleep(0.05)
 
 
 class CatalogWriter:
@@ -293,6 +312,9 @@ class CatalogWriter:
                     [r.row(run_id=run_id, model_version=model_version, now=now) for r in labels],
                 )
                 self._supersede(conn, run_id, model_version, sorted(labelled), same_run=True)
+
+            if os.environ.get(HOLD_BATCH_ENV):
+                _hold_batch(Path(os.environ[HOLD_BATCH_ENV]), [*labelled, *(r.key for r in failures)])
 
     def _upsert_items(self, conn: Connection, rows: list[dict[str, Any]], *, keep_duration: bool) -> None:
         if not rows:

@@ -53,20 +53,26 @@ def ends_by_start_pitch(notes: np.ndarray) -> dict[tuple[float, int], float]:
 
 # --- reading real files ---------------------------------------------------------------------------------------
 
-def test_real_clips_give_sorted_piano_notes(emopia: Path) -> None:
+def raw_note_ons(data: bytes) -> list[tuple[int, int]]:
+    """(pitch, velocity) of every sounding note-on in the file, read with mido (no pretty_midi)."""
+    return [(m.note, m.velocity) for track in mido.MidiFile(file=io.BytesIO(data)).tracks for m in track
+            if m.type == "note_on" and m.velocity > 0 and m.channel != 9]
+
+
+def test_real_clips_give_sorted_piano_notes_one_per_note_on(emopia: Path) -> None:
     for clip in load_split(emopia, "test")[:5]:
         data = clip.midi_path.read_bytes()
-        midi = read_midi(data, name=clip.name)
-        notes = piano_notes(midi, config=NO_PEDAL)
-        reference = pretty_midi.PrettyMIDI(io.BytesIO(data))  # the library's own reading of the same bytes
-        assert notes.dtype == np.float64 and notes.shape == (sum(len(i.notes) for i in reference.instruments), 4)
+        notes = piano_notes(read_midi(data, name=clip.name), config=NO_PEDAL)
+        raw = raw_note_ons(data)
+        assert notes.dtype == np.float64 and notes.shape == (len(raw), 4)
+        # Every note-on of the file is one note, with its pitch and velocity (as a multiset: order aside).
+        assert sorted(map(tuple, notes[:, [2, 3]].astype(int).tolist())) == sorted(raw)
         assert np.all(np.diff(notes[:, 0]) >= 0)
         same_start = np.diff(notes[:, 0]) == 0
         assert np.all(np.diff(notes[:, 2])[same_start] >= 0), "ties in start must be ordered by pitch"
-        assert np.all(notes[:, 1] > notes[:, 0])
-        assert set(np.unique(notes[:, 2])) <= set(range(128)) and notes[:, 3].min() >= 1
-        expected = sorted((n.start, n.pitch, n.end, n.velocity) for n in reference.instruments[0].notes)
-        np.testing.assert_allclose(notes[:, [0, 2, 1, 3]], np.array(expected))
+        assert np.all(notes[:, 1] > notes[:, 0]) and notes[:, 0].min() >= 0
+        # The notes lie within the file's own length.
+        assert notes[:, 1].max() <= mido.MidiFile(file=io.BytesIO(data)).length + 1e-6
 
 
 def test_sustain_pedal_lengthens_real_clip_notes(emopia: Path) -> None:
