@@ -16,11 +16,13 @@ the ``failures`` table with a reason, or the item is tagged from its usable file
 
 Features are read from the feature cache (``--cache-dir``, default ``<storage>/feature-cache``) when the same files
 were extracted before with the same feature config, so a new model version over a tagged store pays for
-inference only. The store is listed and compared with the catalog in pages (``--page-size`` keys, one Ray Data
+inference only; ``--cache-max-gib`` keeps a folder cache under a size (least recently used entries go first;
+a hit refreshes an entry), and an S3 cache is bounded by a lifecycle rule on its prefix
+(``cluster/feature-cache-lifecycle.json``). The store is listed and compared with the catalog in pages (``--page-size`` keys, one Ray Data
 pass each), so millions of keys never sit in the driver's memory at once.
 
 Flags default to their environment variables (MER_STORE, AWS_ENDPOINT_URL, MER_CATALOG_URL, MER_MODEL,
-MER_STORAGE, MER_CACHE_DIR, MER_METRICS_PORT, MER_PUSHGATEWAY, RAY_ADDRESS). AWS credentials come from the
+MER_STORAGE, MER_CACHE_DIR, MER_CACHE_MAX_GIB, MER_METRICS_PORT, MER_PUSHGATEWAY, RAY_ADDRESS). AWS credentials come from the
 standard AWS chain.
 Exit status: 0 when the run succeeded (failed items included), 1 when the run failed, 2 for bad flags.
 """
@@ -37,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mer.config import TagConfig
 from mer.errors import MerError
+from mer.features import FeatureCache
 from mer.tagging import tag_store
 
 
@@ -84,11 +87,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="feature cache: a folder every worker sees or s3://bucket/prefix (env MER_CACHE_DIR; "
                              "default <storage>/feature-cache)")
     parser.add_argument("--no-cache", action="store_true", help="extract every item's features, cache nothing")
+    parser.add_argument("--cache-max-gib", type=float, default=float(env("MER_CACHE_MAX_GIB") or 0) or None,
+                        help="after the run, prune a folder cache to this size, least recently used first (env "
+                             "MER_CACHE_MAX_GIB; default: unbounded). An S3 cache is bounded by a lifecycle rule "
+                             "on its prefix instead (cluster/feature-cache-lifecycle.json)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars, only log lines")
     args = parser.parse_args(argv)
     for name in ("batch_size", "feature_concurrency", "inference_concurrency", "page_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.cache_max_gib is not None and args.cache_max_gib <= 0:
+        parser.error("--cache-max-gib must be above 0")
+    if args.cache_max_gib is not None and "://" in (args.cache_dir or args.storage):
+        parser.error("--cache-max-gib bounds a folder cache; bound an S3 cache with a lifecycle rule on its prefix "
+                     "(cluster/feature-cache-lifecycle.json)")
     if not 0 < args.heartbeat_seconds < defaults.dead_after_seconds:
         parser.error(f"--heartbeat-seconds must be above 0 and below {defaults.dead_after_seconds:g}")
     return args
@@ -121,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
           + (f", {summary.deferred} deferred" if summary.deferred else "")
           + f" in {summary.seconds:.1f} s ({summary.items_per_second:.2f} items/s)")
     print(json.dumps(summary.to_dict()))
+    if cache is not None and args.cache_max_gib is not None:
+        removed = FeatureCache(cache).prune(int(args.cache_max_gib * 2**30))
+        print(f"feature cache {cache}: pruned {removed / 2**20:.1f} MiB (bound {args.cache_max_gib:g} GiB)")
     return 0 if summary.status == "succeeded" else 1
 
 

@@ -189,6 +189,29 @@ def test_prune_keeps_a_folder_cache_under_its_size_dropping_the_least_recently_u
     assert removed == sizes[0] and not entries[0].exists() and all(e.exists() for e in entries[1:])
 
 
+def test_the_tag_job_keeps_its_folder_cache_under_the_bound_it_is_given(ray_address, models, pairs,
+                                                                        tmp_path: Path) -> None:
+    put_pairs(LocalStore(tmp_path / "store"), pairs)
+    bound_gib = 40 * 2**10 / 2**30  # 40 KiB: less than the entries of the pairs' features
+    job = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "tag.py"), "--store", str(tmp_path / "store"),
+         "--catalog", f"sqlite:///{tmp_path / 'catalog.db'}", "--model", models[0], "--address", ray_address,
+         "--cache-dir", str(tmp_path / "cache"), "--cache-max-gib", repr(bound_gib), "--no-progress"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert f'"tagged": {len(pairs)}' in job.stdout and "pruned" in job.stdout
+    left = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert left <= bound_gib * 2**30
+
+
+def test_the_tag_job_refuses_a_size_bound_for_an_s3_cache(tmp_path: Path) -> None:
+    job = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "tag.py"), "--store", str(tmp_path), "--catalog", "sqlite://",
+         "--cache-dir", "s3://bucket/cache", "--cache-max-gib", "10"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert job.returncode == 2 and "lifecycle rule" in job.stderr
+
+
 # --- pages --------------------------------------------------------------------------------------------------------------
 
 
