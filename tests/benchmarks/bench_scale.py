@@ -91,8 +91,7 @@ def fill_catalog(catalog: str, store: str, endpoint_url: str | None) -> None:
     for items, _ in list_pages(open_store(store, endpoint_url=endpoint_url), page_size=5000):
         writer.write_batch(run_id, [
             LabelRecord(key=item.stem, object_version=item.version, modalities="midi", duration_s=30.0,
-                        quadrant="Q1", quadrant_probs=(0.4, 0.2, 0.2, 0.2), arousal_prob=0.6, valence_prob=0.6,
-                        branches_used="symbolic")
+                        quadrant="Q1", quadrant_probs=(0.4, 0.2, 0.2, 0.2), branches_used="symbolic")
             for item in items])
     writer.finish_run(run_id, counts={"tagged": 0})
     writer.close()
