@@ -15,7 +15,7 @@ The README's "Where we stand", from the headline report (and the robustness repo
 Each writes Markdown + JSON + PNGs (confusion matrix, attention weights) into --out. On a cluster:
 ``ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/evaluate.py --tables ...``
 (absolute paths for --storage, --emopia and --cache-dir). Flags default to MER_EMOPIA, MER_STORAGE,
-MER_CACHE_DIR, RAY_ADDRESS.
+MER_CACHE_DIR, AWS_ENDPOINT_URL, RAY_ADDRESS.
 """
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="EMOPIA folder (env MER_EMOPIA; default ../shared/emopia)")
     parser.add_argument("--storage", default=os.environ.get("MER_STORAGE", "./mer_runs"),
                         help="runs and model artifacts: a folder or s3://bucket/prefix (env MER_STORAGE)")
+    parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
+                        help="S3-compatible endpoint for an s3:// storage (env AWS_ENDPOINT_URL; default: AWS)")
     parser.add_argument("--cache-dir", default=os.environ.get("MER_CACHE_DIR"),
                         help="feature cache folder (env MER_CACHE_DIR; default <storage>/feature-cache, "
                              "./mer_runs/feature-cache for S3)")
@@ -109,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             ray.init(address=args.address or "local")
             report = run_tables(emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, out=args.out,
                                 seeds=args.seeds, epochs=args.epochs, subset=args.subset, workers=args.workers,
-                                methods=args.methods, device=args.device, progress=not args.quiet)
+                                methods=args.methods, device=args.device, progress=not args.quiet,
+                                endpoint_url=args.endpoint_url)
             print_tables(report)
         else:
-            artifact = load_artifact(args.model, storage=args.storage, device=args.device)  # fail fast, before Ray
+            artifact = load_artifact(args.model, storage=args.storage, device=args.device,  # fail fast, before Ray
+                                     endpoint_url=args.endpoint_url)
             clips = select_clips(load_split(emopia_root(args.emopia), "test"), args.subset)
             ray.init(address=args.address or "local")
             result = evaluate_artifact(artifact, clips=clips, cache=FeatureCache(os.path.abspath(cache_dir)),

@@ -19,6 +19,7 @@ RULES: tuple[tuple[str, str], ...] = (
     ("mer.config", "config"),
     ("mer.errors", "errors"),
     ("mer.labels", "labels"),
+    ("mer.storage", "storage"),
     ("mer.features", "features"),
     ("mer.features.*", "features"),
     ("mer.model", "model"),
@@ -39,12 +40,13 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "config": frozenset(),
     "errors": frozenset(),
     "labels": frozenset({"config"}),
-    "features": frozenset({"config", "errors", "labels"}),
-    "model": frozenset({"config", "errors", "labels", "features"}),
+    "storage": frozenset({"config", "errors"}),
+    "features": frozenset({"config", "errors", "labels", "storage"}),
+    "model": frozenset({"config", "errors", "labels", "storage", "features"}),
     "catalog": frozenset({"config", "errors", "labels"}),
-    "train": frozenset({"config", "errors", "labels", "features", "model"}),
-    "evaluation": frozenset({"config", "errors", "labels", "features", "model", "train"}),
-    "tagging": frozenset({"config", "errors", "labels", "features", "model", "catalog"}),
+    "train": frozenset({"config", "errors", "labels", "storage", "features", "model"}),
+    "evaluation": frozenset({"config", "errors", "labels", "storage", "features", "model", "train"}),
+    "tagging": frozenset({"config", "errors", "labels", "storage", "features", "model", "catalog"}),
 }
 """The layers of ours each layer may import, besides modules of its own subpackage."""
 
@@ -52,6 +54,7 @@ FORBIDDEN_LIBRARIES: dict[str, tuple[str, ...]] = {
     "config": ("torch", "ray"),
     "errors": ("torch", "ray"),
     "labels": ("torch", "ray"),
+    "storage": ("torch", "ray"),
     "features": ("torch", "ray"),
     "model": ("ray",),
     "catalog": ("torch", "ray"),
@@ -60,6 +63,14 @@ FORBIDDEN_LIBRARIES: dict[str, tuple[str, ...]] = {
 
 RAY_ONLY_IN = frozenset({"mer.train.dataset", "mer.train.loop", "mer.tagging.pipeline"})
 """Ray is imported only where it is used: extraction tasks, Ray Train, the Ray Data pipeline."""
+
+ONE_STORAGE_STACK: dict[str, frozenset[str]] = {
+    "boto3": frozenset({"mer.storage"}),
+    "botocore": frozenset({"mer.storage"}),
+    "pyarrow.fs": frozenset({"mer.train.loop"}),
+}
+"""Object storage is one stack, boto3 in :mod:`mer.storage`; pyarrow.fs only where Ray Train's ``RunConfig``
+wants a filesystem (:func:`mer.train.loop.ray_storage`)."""
 
 SUBPACKAGES = ("mer.features", "mer.model", "mer.catalog", "mer.train", "mer.evaluation", "mer.tagging")
 
@@ -180,6 +191,32 @@ def test_libraries_stay_where_they_belong() -> None:
     assert not bad, "\n".join(bad)
 
 
+def imported_names(path: Path) -> set[str]:
+    """Every dotted name ``path`` imports, whatever the spelling: ``import a.b``, ``from a import b`` and
+    ``from a.b import c`` all count as importing ``a.b`` (and ``a``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            full = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            full = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in full:
+            parts = name.split(".")
+            names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
+def test_one_object_storage_stack() -> None:
+    bad = [f"{name} imports {library}; it belongs only in {sorted(allowed)}"
+           for name, path in mer_modules().items() for library, allowed in ONE_STORAGE_STACK.items()
+           if library in imported_names(path) and name not in allowed]
+    assert not bad, "\n".join(bad)
+    for library, allowed in ONE_STORAGE_STACK.items():  # and the rule is not stale
+        assert any(library in imported_names(mer_modules()[name]) for name in allowed), library
+
+
 def test_other_subpackages_are_imported_through_their_package() -> None:
     """``from mer.features import read_midi``, never ``from mer.features.midi import ...``, outside mer.features:
     each subpackage's ``__init__`` is its public face."""
@@ -200,6 +237,15 @@ def test_nothing_imports_jobs() -> None:
 
 
 # --- the checks themselves can fail -------------------------------------------------------------------------------
+
+
+def test_the_storage_check_sees_every_spelling_of_an_import(tmp_path: Path) -> None:
+    for source in ("import pyarrow.fs as pafs", "from pyarrow import fs", "from pyarrow.fs import S3FileSystem",
+                   "def f():\n    import pyarrow.fs"):
+        (tmp_path / "m.py").write_text(source + "\n")
+        assert "pyarrow.fs" in imported_names(tmp_path / "m.py"), source
+    (tmp_path / "m.py").write_text("import pyarrow.parquet as pq\nfrom pyarrow import fsspec_helpers\n")
+    assert "pyarrow.fs" not in imported_names(tmp_path / "m.py")
 
 
 def test_the_checks_catch_an_unnamed_module_and_a_cycle() -> None:

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from mer.config import MerConfig
+from mer.errors import BadInputError
 from mer.evaluation.baselines import audio_features, fit_linear_baseline, symbolic_features
 from mer.evaluation.evaluate import evaluate_features
 from mer.evaluation.paper import METHODS, Method, method_config
 from mer.evaluation.report import write_tables
 from mer.evaluation.results import EvalResult, TablesReport
 from mer.features import FeatureCache, piano_notes, read_midi
-from mer.model import MODELS_DIR, filesystem, join, load_artifact
+from mer.model import MODELS_DIR, join, load_artifact
+from mer.storage import open_store
 from mer.train import (MIN_SUBSET_VAL_CLIPS, Clip, ClipFeatures, Extraction, data_fingerprint, emopia_root,
                        ensure_ray, extract_clips, load_split, progress_bar, progress_line, run_identity, select_clips,
                        subset_count, train_model)
@@ -42,27 +43,28 @@ def split_clips(root: Path, *, subset: int | None) -> dict[str, list[Clip]]:
     return splits
 
 
-def find_artifact(storage: str, config: MerConfig, fingerprint: str) -> str | None:
+def find_artifact(storage: str, config: MerConfig, fingerprint: str, *,
+                  endpoint_url: str | None = None) -> str | None:
     """An artifact in ``<storage>/models/`` trained with ``config`` (same model, features, optimisation, seed
-    and epochs; workers and GPU use may differ) on the data of ``fingerprint``, or None. The newest wins."""
-    fs, root = filesystem(join(storage, MODELS_DIR))
-    if fs.get_file_info(root).type != pafs.FileType.Directory:
+    and epochs; workers and GPU use may differ) on the data of ``fingerprint``, or None. The newest wins.
+    ``endpoint_url``: S3-compatible endpoint for an ``s3://`` storage (None: AWS)."""
+    models = open_store(join(storage, MODELS_DIR), endpoint_url=endpoint_url)
+    try:
+        folders = list(models.list_folders())
+    except FileNotFoundError:  # no models folder (or bucket) yet
         return None
     wanted = run_identity(config, fingerprint)
-    folders = [info for info in fs.get_file_info(pafs.FileSelector(root)) if info.type == pafs.FileType.Directory]
-    for info in sorted(folders, key=lambda i: i.base_name, reverse=True):  # versions sort by creation time
+    for folder in sorted(folders, reverse=True):  # versions sort by creation time
         try:
-            with fs.open_input_stream(f"{info.path}/meta.json") as handle:
-                meta = json.loads(handle.read())
-            with fs.open_input_stream(f"{info.path}/config.json") as handle:
-                found = MerConfig.from_json(handle.read().decode())
-            if fs.get_file_info(f"{info.path}/model.pt").type != pafs.FileType.File:
+            meta = json.loads(models.read(f"{folder}meta.json"))
+            found = MerConfig.from_json(models.read(f"{folder}config.json").decode())
+            if not models.exists(f"{folder}model.pt"):
                 continue
-        except (OSError, ValueError, KeyError):  # a half-written or foreign folder is not a match
+        except (OSError, ValueError, KeyError, BadInputError):  # a half-written or foreign folder: no match
             continue
         if found.training.epochs == config.training.epochs \
                 and run_identity(found, str(meta.get("data_fingerprint"))) == wanted:
-            return join(storage, MODELS_DIR, info.base_name)
+            return join(storage, MODELS_DIR, folder.rstrip("/"))
     return None
 
 
@@ -80,6 +82,7 @@ def run_tables(
     methods: Sequence[str] | None = None,
     device: str | None = None,
     progress: bool = True,
+    endpoint_url: str | None = None,
 ) -> TablesReport:
     """Reproduce Table I (full model, Symbolic-LR, Audio-LR) and Table III (full model, symbolic / harmony /
     tone-colour branch alone, without MHSA) on the EMOPIA test split, over ``seeds``, and write the report.
@@ -102,6 +105,7 @@ def run_tables(
         methods: keys of :data:`METHODS` to run (default: every row of the paper's tables, not ``default``).
         device: evaluation device (default CUDA when present).
         progress: print progress lines.
+        endpoint_url: S3-compatible endpoint for an ``s3://`` storage (None: AWS).
 
     Returns:
         The :class:`TablesReport` (also written to ``out``).
@@ -148,7 +152,7 @@ def run_tables(
             done += 1
             config = method_config(base, method, seed=seed)
             tag = f"({done}/{total}) {method.label}, seed {seed}"
-            found = find_artifact(storage, config, fingerprint)
+            found = find_artifact(storage, config, fingerprint, endpoint_url=endpoint_url)
             if found is not None:
                 log(f"{tag}: reusing trained model {found}")
                 url = found
@@ -156,9 +160,9 @@ def run_tables(
                 log(f"{tag}: training {config.training.epochs} epoch(s) on {config.training.num_workers} worker(s)")
                 trained = train_model(config, emopia=root, storage=storage, cache_dir=cache_dir,
                                 run_name=f"tables-{method.key}-seed{seed}-{run_identity(config, fingerprint)[:8]}",
-                                subset=subset, progress=progress)
+                                subset=subset, progress=progress, endpoint_url=endpoint_url)
                 url = trained.artifact
-            artifact = load_artifact(url, device=device)
+            artifact = load_artifact(url, device=device, endpoint_url=endpoint_url)
             result = evaluate_features(artifact, test_items, device=device, method=method.key,
                                        skipped=test_skipped)
             results[method.key].append(result)

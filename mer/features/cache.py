@@ -5,15 +5,17 @@ Extraction (rendering, STFTs, tokens) costs far more than reading its result, so
 reads them back when a new model version re-tags a store it has tagged before (the features do not depend on
 the model's weights). The layout is ``<root>/<config fingerprint>/<digest[:2]>/<digest>.parquet``: one folder
 per feature configuration (an old configuration's folder can be deleted whole), 256 shards below it so no
-folder grows huge. ``root`` is a local (or shared network) folder or ``s3://bucket/prefix``.
+folder grows huge. ``root`` is a local (or shared network) folder or ``s3://bucket/prefix``, read and written
+through :mod:`mer.storage`.
 
 Nothing read back is trusted. Each file records its own key and a SHA-256 of every array it holds; a file that
 does not parse, names another key, or whose arrays do not hash to the recorded digest (a torn or half-written
 copy, a flipped bit, a foreign file) is a miss: it is removed and the caller extracts the features again.
-Writes are atomic — on a folder a temporary file in the same folder, then :func:`os.replace`; on S3 a single
-PUT, which publishes whole objects only — so concurrent workers putting the same item never expose a partial
-file; whichever finishes last wins, and both wrote the same bytes' features. Nothing is fsynced: a file a crash
-leaves torn is found out by its SHA-256, so durability costs no disk flush per item.
+Writes are atomic (:meth:`mer.storage.ObjectStore.write`) — on a folder a temporary file in the same folder,
+then :func:`os.replace`; on S3 a single PUT, which publishes whole objects only — so concurrent workers putting
+the same item never expose a partial file; whichever finishes last wins, and both wrote the same bytes' features.
+Nothing is fsynced (``sync=False``): a file a crash leaves torn is found out by its SHA-256, so durability costs
+no disk flush per item.
 
 How big it gets, and how it is bounded: an entry holds each window's tokens (2 bytes each), chromagram and
 MFCCs (float32, 12 + 23 rows of 1,292 frames for a 30-s window) and its summary: about 0.2 MB per 30-s window
@@ -30,20 +32,17 @@ import json
 import logging
 import os
 import re
-import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mer.config import FeatureConfig, config_fingerprint
 from mer.features.extract import ItemFeatures
+from mer.storage import LocalStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,7 @@ _METADATA_KEY = b"mer.features"
 _KEY = re.compile(r"^([0-9a-f]{8,64})-([0-9a-f]{64})$")
 _ARRAYS = ("tokens", "chroma", "mfcc", "present", "summary", "pitch_classes")  # fixed-size lists, one per window
 _CHUNK = 1 << 20  # bytes hashed at a time when a key is computed from a file
+_STALE_TEMPORARY_SECONDS = 3600  # a writer's temporary file this old is left by a writer that died: prune removes it
 
 
 class FeatureCache:
@@ -70,9 +70,10 @@ class FeatureCache:
 
     Args:
         root: the cache folder or S3 prefix; shared by every process (on every node) that extracts features.
-        endpoint_url: S3-compatible endpoint for an ``s3://`` root (None: AWS, or ``AWS_ENDPOINT_URL``).
+        endpoint_url: S3-compatible endpoint for an ``s3://`` root (None: AWS).
 
-    Picklable (Ray tasks carry it); an S3 filesystem is opened lazily in each process.
+    Picklable (Ray tasks carry it): its store (:func:`mer.storage.open_store`) opens its S3 client lazily in each
+    process.
     """
 
     def __init__(self, root: str | os.PathLike, *, endpoint_url: str | None = None) -> None:
@@ -84,13 +85,10 @@ class FeatureCache:
         else:
             self.root = Path(text)
             self.url = str(self.root)
-        self._fs: pafs.FileSystem | None = None
+        self.store = open_store(text, endpoint_url=endpoint_url)
 
     def __repr__(self) -> str:
         return f"FeatureCache({self.url!r})"
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fs": None}
 
     @staticmethod
     def key(*contents: bytes | BinaryIO, config: FeatureConfig) -> str:
@@ -129,13 +127,17 @@ class FeatureCache:
         Raises:
             ValueError: ``key`` is not a key made by :meth:`key` (it never becomes an arbitrary path).
         """
+        entry = self._entry(key)
+        return self.root.joinpath(*entry.split("/")) if self.root is not None else f"{self.url}/{entry}"
+
+    @staticmethod
+    def _entry(key: str) -> str:
+        """The store key of ``key``'s entry: ``<fingerprint>/<digest[:2]>/<digest>.parquet``."""
         match = _KEY.match(key)
         if match is None:
             raise ValueError(f"not a feature-cache key: {key!r}")
         fingerprint, digest = match.groups()
-        if self.root is not None:
-            return self.root / fingerprint / digest[:2] / f"{digest}.parquet"
-        return f"{self.url}/{fingerprint}/{digest[:2]}/{digest}.parquet"
+        return f"{fingerprint}/{digest[:2]}/{digest}.parquet"
 
     def get(self, key: str, *, name: str | None = None) -> ItemFeatures | None:
         """The cached features of ``key``, or None on a miss.
@@ -148,16 +150,25 @@ class FeatureCache:
         Returns:
             The features, or None when nothing is cached or the entry cannot be trusted (then it is removed).
         """
-        path = self.path(key)
+        entry = self._entry(key)
         try:
-            data = self._read_bytes(path)
+            data = self.store.read(entry)
         except FileNotFoundError:
             return None
+        if isinstance(self.store, LocalStore):  # a hit refreshes the entry's time, for prune
+            try:
+                self.store.touch(entry)
+            except OSError:
+                pass
         try:
             features = _from_parquet(data, key=key)
         except Exception as error:  # any damage at all is a miss, never a crash and never a wrong feature
-            log.warning("feature cache: removing unreadable %s (%s: %s)", path, type(error).__name__, error)
-            self._remove(path)
+            log.warning("feature cache: removing unreadable %s (%s: %s)", self.path(key), type(error).__name__,
+                        error)
+            try:
+                self.store.delete(entry)
+            except OSError:
+                pass
             return None
         if name is not None and name != features.name:
             features = replace(features, name=name)
@@ -165,24 +176,11 @@ class FeatureCache:
 
     def put(self, key: str, features: ItemFeatures) -> Path | str:
         """Store an item's features atomically; returns the entry's path. An existing entry is replaced."""
-        path = self.path(key)
         buffer = io.BytesIO()
         pq.write_table(_to_table(features, key=key), buffer)
-        data = buffer.getvalue()
-        if isinstance(path, Path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-            try:
-                # No fsync: a file that a crash leaves torn fails its SHA-256 when read and is recomputed.
-                temporary.write_bytes(data)
-                os.replace(temporary, path)
-            except BaseException:
-                temporary.unlink(missing_ok=True)
-                raise
-        else:
-            with self._filesystem().open_output_stream(path.removeprefix("s3://")) as out:
-                out.write(data)
-        return path
+        # No fsync: a file that a crash leaves torn fails its SHA-256 when read and is recomputed.
+        self.store.write(self._entry(key), buffer.getvalue(), sync=False)
+        return self.path(key)
 
     def prune(self, max_bytes: int) -> int:
         """Delete the least recently used entries of a folder cache until it holds at most ``max_bytes``.
@@ -191,63 +189,23 @@ class FeatureCache:
         Leftover temporary files of writers that died are removed too. Returns the bytes removed. (An S3 cache
         is bounded by a lifecycle rule on its prefix instead; see the module docstring.)
         """
-        if self.root is None:
+        if not isinstance(self.store, LocalStore):
             raise ValueError(f"{self!r}: an S3 cache is bounded by a lifecycle rule on its prefix, not by prune")
-        entries, removed = [], 0
-        for path in self.root.rglob("*"):
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            if path.name.endswith(".tmp") and stat.st_mtime < time.time() - 3600:
-                removed += _unlink(path, stat.st_size)
-            elif path.suffix == ".parquet":
-                entries.append((stat.st_mtime, stat.st_size, path))
-        total = sum(size for _, size, _ in entries)
-        for _, size, path in sorted(entries):
+        if not self.store.root.is_dir():
+            return 0
+        removed = self.store.remove_temporaries(older_than=_STALE_TEMPORARY_SECONDS)
+        entries = [obj for obj in self.store.list() if obj.key.endswith(".parquet")]
+        total = sum(obj.size for obj in entries)
+        for obj in sorted(entries, key=lambda obj: (obj.modified, obj.key)):
             if total <= max_bytes:
                 break
-            removed += _unlink(path, size)
-            total -= size
-        return removed
-
-    def _filesystem(self) -> pafs.FileSystem:
-        if self._fs is None:
-            uri = self.url
-            if self.endpoint_url:  # e.g. http://127.0.0.1:9000 for MinIO or moto
-                endpoint = urlparse(self.endpoint_url if "://" in self.endpoint_url else f"https://{self.endpoint_url}")
-                uri += f"?endpoint_override={endpoint.netloc}&scheme={endpoint.scheme or 'https'}"
-            self._fs = pafs.FileSystem.from_uri(uri)[0]
-        return self._fs
-
-    def _read_bytes(self, path: Path | str) -> bytes:
-        """The entry's bytes (a hit on a folder refreshes its time, for :meth:`prune`); FileNotFoundError if none."""
-        if isinstance(path, Path):
-            data = path.read_bytes()
             try:
-                os.utime(path)
+                self.store.delete(obj.key)
             except OSError:
-                pass
-            return data
-        with self._filesystem().open_input_stream(path.removeprefix("s3://")) as handle:
-            return handle.read()
-
-    def _remove(self, path: Path | str) -> None:
-        try:
-            if isinstance(path, Path):
-                path.unlink()
-            else:
-                self._filesystem().delete_file(path.removeprefix("s3://"))
-        except OSError:
-            pass
-
-
-def _unlink(path: Path, size: int) -> int:
-    try:
-        path.unlink()
-    except OSError:
-        return 0
-    return size
+                continue
+            removed += obj.size
+            total -= obj.size
+        return removed
 
 
 def _digest(features: ItemFeatures) -> str:

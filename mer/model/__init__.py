@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _HOMES = {
-    "artifact": ("LATEST", "MODELS_DIR", "Artifact", "ArtifactInfo", "filesystem", "is_url", "join", "latest_version",
+    "artifact": ("LATEST", "MODELS_DIR", "Artifact", "ArtifactInfo", "is_url", "join", "latest_version",
                  "load_artifact", "read_artifact", "save_artifact"),
     "calibration": ("clip_probabilities", "expected_calibration_error", "fit_temperature", "nll", "reliability"),
     "ensemble": ("MerEnsemble",),
@@ -33,7 +33,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # what the names are, for readers and type checkers (and the layering test)
-    from mer.model.artifact import (LATEST, MODELS_DIR, Artifact, ArtifactInfo, filesystem, is_url, join,
+    from mer.model.artifact import (LATEST, MODELS_DIR, Artifact, ArtifactInfo, is_url, join,
                                     latest_version, load_artifact, read_artifact, save_artifact)
     from mer.model.calibration import (clip_probabilities, expected_calibration_error, fit_temperature, nll,
                                        reliability)

@@ -1,6 +1,6 @@
 """The trained model as a folder of files: what training writes and what tagging and evaluation load.
 
-Layout (``storage`` is a local folder or an ``s3://bucket/prefix`` URL; both go through :mod:`pyarrow.fs`)::
+Layout (``storage`` is a local folder or an ``s3://bucket/prefix`` URL; both go through :mod:`mer.storage`)::
 
     <storage>/models/<version>/model.pt     state_dict (torch.save)
     <storage>/models/<version>/config.json  MerConfig.to_json(): rebuilds the model and its feature extraction
@@ -8,8 +8,9 @@ Layout (``storage`` is a local folder or an ``s3://bucket/prefix`` URL; both go 
     <storage>/models/LATEST                 the newest version id
 
 ``meta.json`` is written after the weights and the config, and ``LATEST`` last, so a reader that follows
-``LATEST`` never sees a half-written artifact. An S3-compatible endpoint other than AWS is given as
-``endpoint_url`` (or ``AWS_ENDPOINT_URL``, which pyarrow reads); credentials come from the standard AWS chain.
+``LATEST`` never sees a half-written artifact (and each file is written atomically: a temporary file renamed in a
+folder, one PUT on S3). An S3-compatible endpoint other than AWS is given as ``endpoint_url`` (None: AWS);
+credentials come from the standard AWS chain.
 """
 from __future__ import annotations
 
@@ -17,16 +18,13 @@ import hashlib
 import io
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Mapping
-from urllib.parse import urlparse
-
-import pyarrow.fs as pafs
 
 from mer.config import MerConfig
-from mer.errors import ConfigError
+from mer.errors import BadInputError, ConfigError
+from mer.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
     import torch
@@ -62,42 +60,23 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def filesystem(location: str, *, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a local path (relative is fine), ``file://`` or ``s3://`` URL.
+def _store(location: str, *, endpoint_url: str | None = None) -> ObjectStore:
+    """The store rooted at ``location``: a local path (relative is fine), ``file://`` or ``s3://`` URL.
 
-    ``endpoint_url`` (e.g. ``http://127.0.0.1:9000``) points ``s3://`` at an S3-compatible server; without it
-    pyarrow uses ``AWS_ENDPOINT_URL`` if set, else AWS. Credentials come from the standard AWS chain.
+    ``endpoint_url`` (e.g. ``http://127.0.0.1:9000``) points ``s3://`` at an S3-compatible server (None: AWS).
+    Credentials come from the standard AWS chain.
     """
-    if not is_url(location):
-        location = os.path.abspath(location)
     try:
-        if endpoint_url and location.startswith("s3://"):
-            endpoint = urlparse(endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}")
-            fs = pafs.S3FileSystem(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https")
-            return fs, location.removeprefix("s3://")
-        return pafs.FileSystem.from_uri(location)
-    except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        return open_store(location, endpoint_url=endpoint_url)
+    except (ValueError, BadInputError) as error:  # a scheme we do not know, an unsafe S3 prefix
         raise ConfigError(f"cannot open storage {location!r}: {error}") from error
 
 
-def _write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write a whole file; on a local disk atomically (temp file + rename), on S3 a PUT is atomic anyway."""
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with fs.open_output_stream(tmp) as out:
-            out.write(data)
-        fs.move(tmp, path)
-    else:
-        with fs.open_output_stream(path) as out:
-            out.write(data)
-
-
-def _read(fs: pafs.FileSystem, path: str, *, what: str) -> bytes:
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.File:
-        raise ConfigError(f"model artifact incomplete or missing: no {what} at {path}")
-    with fs.open_input_stream(path) as handle:
-        return handle.read()
+def _read(store: ObjectStore, name: str) -> bytes:
+    try:
+        return store.read(name)
+    except FileNotFoundError:
+        raise ConfigError(f"model artifact incomplete or missing: no {name} at {join(store.url, name)}") from None
 
 
 def new_version(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -131,7 +110,7 @@ def save_artifact(
             ``version``, ``created`` and ``branches`` are filled in here.
         version: defaults to :func:`new_version`.
         set_latest: write ``<storage>/models/LATEST``.
-        endpoint_url: S3-compatible endpoint for an ``s3://`` storage (see :func:`filesystem`).
+        endpoint_url: S3-compatible endpoint for an ``s3://`` storage (e.g. ``http://127.0.0.1:9000``; None: AWS).
 
     Returns:
         The artifact folder's path or URL.
@@ -141,8 +120,7 @@ def save_artifact(
     state = {k.removeprefix("module."): v.detach().cpu() for k, v in state_dict.items()}
     version = version or new_version(state)
     url = join(storage, MODELS_DIR, version)
-    fs, root = filesystem(url, endpoint_url=endpoint_url)
-    fs.create_dir(root, recursive=True)
+    store = _store(url, endpoint_url=endpoint_url)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     full_meta = {
@@ -152,23 +130,21 @@ def save_artifact(
         "branches": list(config.model.branches),
         "seed": meta.get("seed", config.training.seed),
     }
-    _write(fs, f"{root}/model.pt", buffer.getvalue())
-    _write(fs, f"{root}/config.json", config.to_json().encode())
-    _write(fs, f"{root}/meta.json", json.dumps(full_meta, indent=2, sort_keys=True, default=str).encode())
+    store.write("model.pt", buffer.getvalue())
+    store.write("config.json", config.to_json().encode())
+    store.write("meta.json", json.dumps(full_meta, indent=2, sort_keys=True, default=str).encode())
     if set_latest:
-        _write(fs, filesystem(join(storage, MODELS_DIR, LATEST), endpoint_url=endpoint_url)[1],
-               (version + "\n").encode())
+        _store(join(storage, MODELS_DIR), endpoint_url=endpoint_url).write(LATEST, (version + "\n").encode())
     return url
 
 
 def latest_version(storage: str, *, endpoint_url: str | None = None) -> str:
     """The version id in ``<storage>/models/LATEST``; ConfigError when there is none."""
-    fs, path = filesystem(join(storage, MODELS_DIR, LATEST), endpoint_url=endpoint_url)
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.File:
+    try:
+        version = _store(join(storage, MODELS_DIR), endpoint_url=endpoint_url).read(LATEST).decode().strip()
+    except FileNotFoundError:
         raise ConfigError(f"no trained model in {storage}: {join(storage, MODELS_DIR, LATEST)} does not exist "
-                          "(train one with jobs/train.py, or pass a model path)")
-    version = _read(fs, path, what="LATEST").decode().strip()
+                          "(train one with jobs/train.py, or pass a model path)") from None
     if not version:
         raise ConfigError(f"{join(storage, MODELS_DIR, LATEST)} is empty")
     return version
@@ -213,12 +189,15 @@ def read_artifact(
         ConfigError: nothing there, or config.json or meta.json missing.
     """
     url = resolve_artifact(path_or_url_or_version, storage=storage, endpoint_url=endpoint_url)
-    fs, root = filesystem(url, endpoint_url=endpoint_url)
-    root = root.rstrip("/")
-    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+    store = _store(url, endpoint_url=endpoint_url)
+    try:
+        found = next(store.list(), None) is not None
+    except FileNotFoundError:  # no such folder (or bucket)
+        found = False
+    if not found:
         raise ConfigError(f"model artifact not found: {url}")
-    config = MerConfig.from_json(_read(fs, f"{root}/config.json", what="config.json").decode())
-    meta = json.loads(_read(fs, f"{root}/meta.json", what="meta.json").decode())
+    config = MerConfig.from_json(_read(store, "config.json").decode())
+    meta = json.loads(_read(store, "meta.json").decode())
     return ArtifactInfo(url=url, config=config, meta=meta)
 
 
@@ -236,7 +215,7 @@ def load_artifact(
             looked up under ``storage``; None or ``"LATEST"``: the newest model in ``storage``.
         storage: where version ids and LATEST are looked up.
         device: default CUDA when available, else CPU.
-        endpoint_url: S3-compatible endpoint for ``s3://`` locations (see :func:`filesystem`).
+        endpoint_url: S3-compatible endpoint for ``s3://`` locations (e.g. ``http://127.0.0.1:9000``; None: AWS).
 
     Raises:
         ConfigError: nothing there, a file missing, or weights that do not fit the config.
@@ -248,11 +227,9 @@ def load_artifact(
     from mer.model.tensors import pick_device
 
     info = read_artifact(path_or_url_or_version, storage=storage, endpoint_url=endpoint_url)
-    fs, root = filesystem(info.url, endpoint_url=endpoint_url)
-    root = root.rstrip("/")
     device = pick_device(device)
-    state = torch.load(io.BytesIO(_read(fs, f"{root}/model.pt", what="model.pt")), map_location=device,
-                       weights_only=True)
+    state = torch.load(io.BytesIO(_read(_store(info.url, endpoint_url=endpoint_url), "model.pt")),
+                       map_location=device, weights_only=True)
     members = info.meta.get("members")
     model = MerEnsemble(info.config, len(members)) if members else MerModel(info.config)
     try:

@@ -8,10 +8,9 @@ from mer.tagging.pipeline import feature_task_cpus, tag_store, use_gpus
 from mer.tagging.plan import TagSummary
 from mer.tagging.predictor import WindowPredictor
 from mer.tagging.prepare import PreparedItem, extract_window_rows, item_row, prepare_item
-from mer.tagging.storage import Item, LocalStore, ObjectStore, Reject, S3Store, StoredObject, list_items, open_store
+from mer.tagging.storage import Item, Reject, list_items
 
 __all__ = [
-    "Item", "JobMetrics", "LocalStore", "ObjectStore", "PreparedItem", "Reject", "S3Store", "STAGES", "StoredObject",
-    "TagSummary", "WindowPredictor", "extract_window_rows", "feature_task_cpus", "item_row", "list_items",
-    "open_store", "prepare_item", "tag_store", "tag_store_local", "use_gpus",
+    "Item", "JobMetrics", "PreparedItem", "Reject", "STAGES", "TagSummary", "WindowPredictor", "extract_window_rows",
+    "feature_task_cpus", "item_row", "list_items", "prepare_item", "tag_store", "tag_store_local", "use_gpus",
 ]

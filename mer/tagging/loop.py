@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from mer.config import TagConfig
 from mer.features import FeatureCache
+from mer.storage import ObjectStore
 from mer.tagging.plan import TagSummary, begin_run, end_run, passes
 from mer.tagging.predictor import WindowPredictor
 from mer.tagging.prepare import batch_of, extract_window_rows, item_row
 from mer.tagging.recorder import WindowGrouper
-from mer.tagging.storage import ObjectStore
 
 def tag_store_local(
     store: str | ObjectStore,

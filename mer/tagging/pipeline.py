@@ -51,11 +51,12 @@ from typing import Any
 from mer.catalog import FailureRecord
 from mer.config import TagConfig
 from mer.features import FeatureCache
+from mer.storage import ObjectStore
 from mer.tagging.plan import Plan, TagSummary, begin_run, end_run, passes
 from mer.tagging.predictor import BUCKET_POOL, WindowPredictor
 from mer.tagging.prepare import extract_window_rows, failed_item_rows, item_row
 from mer.tagging.recorder import WindowGrouper
-from mer.tagging.storage import Item, ObjectStore
+from mer.tagging.storage import Item
 
 FEATURE_TASK_CPUS = 1.0
 """CPUs a feature task reserves on a cluster with room for it: feature extraction is single-threaded

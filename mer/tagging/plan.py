@@ -26,10 +26,11 @@ from typing import Any
 from mer.catalog import CatalogWriter, FailureRecord, ListedItem
 from mer.config import MerConfig, TagConfig
 from mer.features import FeatureCache, soundfont_path
+from mer.storage import ObjectStore, open_store
 from mer.tagging.metrics import JobMetrics
 from mer.tagging.prepare import describe_error
 from mer.tagging.recorder import Recorder
-from mer.tagging.storage import Item, ObjectStore, list_pages, open_store
+from mer.tagging.storage import Item, list_pages
 
 log = logging.getLogger(__name__)
 

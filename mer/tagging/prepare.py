@@ -21,7 +21,8 @@ from mer.config import BRANCHES, FeatureConfig, MerConfig
 from mer.errors import BadInputError, ItemError, ObjectChangedError
 from mer.features import (SUMMARY_SIZE, FeatureCache, ItemFeatures, extract_features, open_audio, read_midi,
                           render_audio, token_dtype)
-from mer.tagging.storage import Item, ObjectStore
+from mer.storage import ObjectStore
+from mer.tagging.storage import Item
 
 log = logging.getLogger(__name__)
 

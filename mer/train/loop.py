@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -45,7 +46,8 @@ import torch.distributed as dist
 from mer.config import MerConfig
 from mer.errors import ConfigError, MerError
 from mer.features import FeatureCache, transpose_batch
-from mer.model import MerModel, filesystem, is_url, join, save_artifact
+from mer.model import MerModel, is_url, join, save_artifact
+from mer.storage import open_store
 from mer.train.calibrate import calibration_on_val
 from mer.train.dataset import data_fingerprint, ensure_ray, extract_clips, take, window_table
 from mer.train.emopia import Clip, emopia_root, load_split
@@ -289,9 +291,26 @@ def _absolute(location: str) -> str:
 
 
 def _delete_run(run_url: str, endpoint_url: str | None) -> None:
-    fs, path = filesystem(run_url, endpoint_url=endpoint_url)
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
+    open_store(run_url, endpoint_url=endpoint_url).delete_prefix("")
+
+
+def ray_storage(storage: str, *, endpoint_url: str | None) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for Ray Train's ``RunConfig``: a local folder as is (Ray opens it); an
+    ``s3://`` URL as a bare ``bucket/prefix`` path in a pyarrow S3 filesystem at ``endpoint_url`` (None: AWS, in
+    the bucket's region).
+
+    Everything else of ours goes through boto3 (:mod:`mer.storage`); Ray Train's checkpoint storage takes a pyarrow
+    filesystem — its interface, not ours — so this is the one place mer builds a pyarrow.fs object, from the same
+    explicit endpoint (the filesystem object travels to the workers).
+    """
+    if not storage.startswith("s3://"):
+        return storage, None
+    if endpoint_url:
+        endpoint = urlsplit(endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}")
+        filesystem = pafs.S3FileSystem(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https")
+        return storage.removeprefix("s3://"), filesystem
+    filesystem, path = pafs.FileSystem.from_uri(storage)  # resolves the bucket's region
+    return path, filesystem
 
 
 def _use_gpu(config: MerConfig) -> bool:
@@ -325,7 +344,7 @@ def train_model(
         subset: train on this many train clips (quadrant-balanced) and a proportional number of val clips
             (at least 4) — for tests and timing.
         progress: print extraction and training progress.
-        endpoint_url: S3-compatible endpoint for an ``s3://`` storage (default: ``AWS_ENDPOINT_URL`` or AWS).
+        endpoint_url: S3-compatible endpoint for an ``s3://`` storage and feature cache (None: AWS).
 
     Ray is initialised here if it is not yet (``ray.init()``: the cluster in ``RAY_ADDRESS``, else a local one).
     """
@@ -337,7 +356,7 @@ def train_model(
         train_clips, val_clips = select_clips(train_clips, subset), select_clips(val_clips, val_count)
 
     # 1. Features, once, in parallel.
-    cache = FeatureCache(_absolute(str(cache_dir)))
+    cache = FeatureCache(_absolute(str(cache_dir)), endpoint_url=endpoint_url)
     extraction = extract_clips([*train_clips, *val_clips], config=config.features, cache=cache, progress=progress)
     train_names = {c.name for c in train_clips}
     train_items = [c for c in extraction.clips if c.clip.name in train_names]
@@ -362,8 +381,7 @@ def train_model(
     run_url = join(storage, run_name)
     if not resume:
         _delete_run(run_url, endpoint_url)
-    # With an explicit endpoint, Ray Train gets the filesystem object (it travels to the workers) and a bare path.
-    storage_fs, storage_path = filesystem(storage, endpoint_url=endpoint_url) if endpoint_url else (None, storage)
+    storage_path, storage_fs = ray_storage(storage, endpoint_url=endpoint_url)
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "train": train_ref, "val": val_ref,

@@ -65,7 +65,7 @@ def measure(store: Path) -> dict:
     """What a feature task does for the item, in this process."""
     from mer.config import MerConfig
     from mer.tagging import extract_window_rows, item_row, list_items
-    from mer.tagging.storage import LocalStore
+    from mer.storage import LocalStore
 
     local = LocalStore(store)
     (item,), _ = list_items(local)

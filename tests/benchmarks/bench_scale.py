@@ -84,7 +84,8 @@ def build_model(storage: Path) -> str:
 def fill_catalog(catalog: str, store: str, endpoint_url: str | None) -> None:
     """Every item's label under MODEL_VERSION at its current object version: a store tagged last night."""
     from mer.catalog import CatalogWriter, LabelRecord
-    from mer.tagging.storage import list_pages, open_store
+    from mer.storage import open_store
+    from mer.tagging.storage import list_pages
 
     writer = CatalogWriter(catalog)
     run_id = writer.start_run(MODEL_VERSION)

@@ -183,7 +183,8 @@ def inference(store: Path, model: str, feature_cache: str, *, batch_size: int) -
     from mer.model import read_artifact
     from mer.tagging.predictor import WindowPredictor, length_buckets, model_batch
     from mer.tagging.prepare import batch_of, item_row, prepare_item
-    from mer.tagging.storage import LocalStore, list_items
+    from mer.storage import LocalStore
+    from mer.tagging.storage import list_items
 
     torch.set_num_threads(1)
     config = read_artifact(model).config

@@ -30,6 +30,7 @@ from mer.evaluation.tables import find_artifact, run_tables, split_clips
 from mer.features.cache import FeatureCache
 from mer.model import MerModel
 from mer.model.artifact import load_artifact, save_artifact
+from mer.storage import open_store
 from mer.train.dataset import data_fingerprint, extract_clips, take, window_table
 from mer.train.loop import evaluate_split
 from mer.train.scores import quadrant_metrics
@@ -148,6 +149,21 @@ def test_tables_reuse_stored_models_and_train_only_the_missing_one(tables, workd
     assert find_artifact(str(workdir / "storage"), config, fingerprint) == trained.url
     longer = dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=2))
     assert find_artifact(str(workdir / "storage"), longer, fingerprint) is None
+
+
+def test_find_artifact_finds_the_newest_match_in_s3_and_skips_incomplete_folders(s3_endpoint: str,
+                                                                                 s3_bucket: str) -> None:
+    storage = f"s3://{s3_bucket}/mer"
+    assert find_artifact(storage, tiny_config(), "fp", endpoint_url=s3_endpoint) is None  # no models yet
+    config = method_config(tiny_config(), next(m for m in METHODS if m.key == "full"), seed=0)
+    weights = MerModel(config).state_dict()
+    urls = [save_artifact(weights, config=config, storage=storage, meta={"data_fingerprint": "fp"}, version=v,
+                          endpoint_url=s3_endpoint) for v in ("v1", "v2", "v3")]
+    save_artifact(weights, config=config, storage=storage, meta={"data_fingerprint": "other"}, version="v4",
+                  endpoint_url=s3_endpoint)
+    open_store(urls[2], endpoint_url=s3_endpoint).delete("model.pt")  # v3: half-written
+    assert find_artifact(storage, config, "fp", endpoint_url=s3_endpoint) == urls[1]
+    assert find_artifact(storage, config, "none", endpoint_url=s3_endpoint) is None
 
 
 def test_a_rerun_trains_nothing(tables, emopia: Path, workdir: Path, capfd):  # progress goes to the process's stdout

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from mer.features import SUMMARY_SIZE, ItemFeatures, extract_features
 from mer.features.cache import FeatureCache
 from mer.features.midi import read_midi
 from mer.features.render import render_audio
+from mer.storage import open_store
 
 CONFIG = FeatureConfig()
 CLIP = "Q1_0vLPYiPN7qY_0"
@@ -148,3 +151,43 @@ def test_concurrent_puts_of_one_key_never_expose_a_broken_file(tmp_path: Path, c
         assert writer.exitcode == 0
     assert cache.get(key) == expected
     assert [p.name for p in cache.path(key).parent.iterdir()] == [cache.path(key).name]  # no temp files left
+
+
+def test_prune_evicts_the_least_recently_used_entries_and_a_hit_refreshes_one(tmp_path: Path,
+                                                                              rng: np.random.Generator) -> None:
+    cache = FeatureCache(tmp_path)
+    keys = [cache.key(bytes([i]), config=CONFIG) for i in range(3)]
+    paths = [cache.put(key, random_item(rng)) for key in keys]
+    for age, path in enumerate(paths):  # written oldest first, a minute apart
+        stamp = time.time() - 3600 + 60 * age
+        os.utime(path, (stamp, stamp))
+    assert cache.get(keys[0]) is not None  # a hit: now the most recently used
+    stale = paths[0].parent / f".{paths[0].name}.mer-tmp-dead"  # a writer killed between write and rename
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    sizes = [path.stat().st_size for path in paths]
+
+    removed = cache.prune(sum(sizes) - 1)
+
+    assert removed == sizes[1] + len(b"half")
+    assert [path.exists() for path in paths] == [True, False, True] and not stale.exists()
+    assert cache.prune(sum(sizes)) == 0
+    assert FeatureCache(tmp_path / "never-written").prune(0) == 0
+
+
+def test_an_s3_cache_round_trips_drops_damage_and_is_not_pruned(s3_endpoint: str, s3_bucket: str,
+                                                                rng: np.random.Generator) -> None:
+    import pickle
+
+    cache = FeatureCache(f"s3://{s3_bucket}/cache/", endpoint_url=s3_endpoint)
+    item = random_item(rng)
+    key = cache.key(b"midi", config=CONFIG)
+    assert cache.get(key) is None
+    fingerprint, digest = key.split("-")
+    assert cache.put(key, item) == f"s3://{s3_bucket}/cache/{fingerprint}/{digest[:2]}/{digest}.parquet"
+    assert pickle.loads(pickle.dumps(cache)).get(key) == item  # as a Ray task carries it
+    store = open_store(f"s3://{s3_bucket}/cache", endpoint_url=s3_endpoint)
+    store.write(f"{fingerprint}/{digest[:2]}/{digest}.parquet", b"torn")
+    assert cache.get(key) is None and list(store.list()) == []  # a miss, and removed
+    with pytest.raises(ValueError, match="lifecycle"):
+        cache.prune(0)

@@ -10,10 +10,11 @@ import torch
 from mer.config import BRANCHES
 from mer.model import MerModel
 from mer.model.artifact import save_artifact
+from mer.storage import LocalStore
 from mer.tagging.predictor import WindowPredictor, length_buckets
 from mer.features import token_dtype
 from mer.tagging.prepare import batch_of, item_row, prepare_item
-from mer.tagging.storage import LocalStore, list_items
+from mer.tagging.storage import list_items
 from mer.train.emopia import emopia_root, load_split
 from tiny import tiny_config
 

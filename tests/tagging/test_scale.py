@@ -28,8 +28,8 @@ from mer.config import TagConfig
 from mer.features import FeatureCache, read_midi, render_audio
 from mer.model import MerModel
 from mer.model.artifact import save_artifact
+from mer.storage import LocalStore, ObjectStore, S3Store
 from mer.tagging import tag_store, tag_store_local
-from mer.tagging.storage import LocalStore, ObjectStore, S3Store
 from mer.train.emopia import emopia_root, load_split
 from tiny import tiny_config
 

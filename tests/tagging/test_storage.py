@@ -10,7 +10,8 @@ import boto3
 import pytest
 
 from mer.errors import BadInputError, ObjectChangedError
-from mer.tagging.storage import LocalStore, S3Store, StoredObject, key_problem, list_items, open_store
+from mer.storage import LocalStore, S3Store, StoredObject, key_problem, open_store
+from mer.tagging.storage import list_items
 
 pytest_plugins = ["fixtures_services"]
 

@@ -40,6 +40,7 @@ from mer.features.midi import read_midi
 from mer.features.render import render_audio
 from mer.model import MerModel
 from mer.model.artifact import save_artifact
+from mer.storage import LocalStore, ObjectStore, S3Store
 from mer.tagging import (
     WindowPredictor,
     feature_task_cpus,
@@ -52,7 +53,7 @@ from mer.tagging import (
 from mer.tagging.metrics import JobMetrics
 from mer.tagging.prepare import batch_of
 from mer.tagging.recorder import Recorder, WindowGrouper
-from mer.tagging.storage import LocalStore, ObjectStore, S3Store, list_items
+from mer.tagging.storage import list_items
 from mer.train.emopia import emopia_root, load_split
 from tiny import tiny_config
 
