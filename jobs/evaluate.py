@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.robustness:
             ray.init(address=args.address or "local")
             report = robustness_report(args.robustness, storage=args.storage, cache_dir=cache_dir, out=args.out,
-                                       emopia=args.emopia, progress=not args.quiet)
+                                       emopia=args.emopia, endpoint_url=args.endpoint_url, progress=not args.quiet)
             print(json.dumps(report, indent=2))
         elif args.merge:
             report = merge_reports(args.merge)

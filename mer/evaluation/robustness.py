@@ -53,22 +53,22 @@ def windows_per_second(artifact: Artifact, table: dict[str, np.ndarray], *, batc
 
 def robustness_report(models: Sequence[str], *, storage: str, cache_dir: str | os.PathLike, out: str | os.PathLike,
                       emopia: str | os.PathLike | None = None, soundfont: str = SECOND_SOUNDFONT,
-                      progress: bool = True) -> dict[str, Any]:
+                      endpoint_url: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Score ``models`` (one configuration, one per seed) and their ensemble as the module docstring says;
     writes ``robustness.json`` and ``reliability.png`` to ``out`` and returns the JSON's content."""
     ensure_ray()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(os.path.abspath(cache_dir))
-    artifacts = [load_artifact(m, storage=storage, device="cpu") for m in models]
+    artifacts = [load_artifact(m, storage=storage, device="cpu", endpoint_url=endpoint_url) for m in models]
     features = artifacts[0].config.features
     test = load_split(emopia_root(emopia), "test")
     rendered = {"trained SoundFont": extract_clips(test, config=features, cache=cache, progress=progress).clips,
                 Path(soundfont).stem: extract_clips(test, config=dataclasses.replace(features, soundfont=soundfont),
                                                     cache=cache, progress=progress).clips}
     ensemble_url = build_artifact(list(models), storage=storage, cache_dir=cache_dir, emopia=emopia,
-                                  set_latest=False, progress=progress)
-    ensemble = load_artifact(ensemble_url, device="cpu")
+                                  endpoint_url=endpoint_url, set_latest=False, progress=progress)
+    ensemble = load_artifact(ensemble_url, device="cpu", endpoint_url=endpoint_url)
     rows, pooled_probs, pooled_true = [], [], []
     for name, artifact in [*((f"seed {a.meta.get('seed')}", a) for a in artifacts), ("ensemble", ensemble)]:
         row: dict[str, Any] = {"model": name, "version": artifact.version,
