@@ -178,14 +178,10 @@ def test_s3_bucket_into_postgresql_incrementally(ray_address, model, pieces, s3_
     run = rows(catalog, "SELECT * FROM runs WHERE id = :id", id=first.run_id)[0]
     assert (run["status"], run["listed"], run["tagged"], run["skipped"], run["failed"]) == ("succeeded", 8, 8, 0, 0)
 
-    # An unchanged bucket: nothing re-tagged, and the run costs about the listing (no Ray work at all).
-    start = time.perf_counter()
-    list_items(store)
-    listing = time.perf_counter() - start
+    # An unchanged bucket: nothing re-tagged, and the run is the listing and the catalog lookup (no Ray pass).
     again = tag_store(url, endpoint_url=s3_endpoint, catalog=catalog, model=model, progress=False)
-    assert (again.listed, again.tagged, again.skipped, again.failed) == (8, 0, 8, 0)
+    assert (again.listed, again.tagged, again.skipped, again.failed, again.passes) == (8, 0, 8, 0, 0)
     assert again.stage_seconds["features"] == again.stage_seconds["inference"] == 0
-    assert again.seconds < listing + 2.0, (again.seconds, listing)
     assert {k: r["run_id"] for k, r in labels_by_key(catalog).items()} == dict.fromkeys(keys, first.run_id)
 
     # One changed object: that item alone is re-tagged, with its new object version.
