@@ -123,7 +123,8 @@ def measure(args: argparse.Namespace) -> dict:
     from mer.config import TagConfig
     from mer.tagging import tag_store, tag_store_local
 
-    tagging = TagConfig(**json.loads(args.tagging))
+    known = {f.name for f in dataclasses.fields(TagConfig)}  # the baseline's TagConfig may lack newer settings
+    tagging = TagConfig(**{k: v for k, v in json.loads(args.tagging).items() if k in known})
     kwargs = {"catalog": args.catalog, "model": args.model, "tagging": tagging}
     run = tag_store if args.measure == "pipeline" else tag_store_local
     if args.feature_cache and "cache" in inspect.signature(run).parameters:  # the baseline may have no cache
