@@ -121,8 +121,9 @@ def where_we_stand(report: Mapping[str, Any], robustness: Sequence[Mapping[str, 
         lines.append("")
         if drops:
             met = "met" if statistics.fmean(drops) <= TIMBRE_TARGET else "**not met**"
+            spread = statistics.stdev(drops) if len(drops) > 1 else 0.0
             lines += [f"Another piano timbre: over {len(drops)} seeds the FluidR3_GM rendering costs "
-                      f"{100 * statistics.fmean(drops):.1f} ± {100 * (statistics.stdev(drops) if len(drops) > 1 else 0):.1f} "
+                      f"{100 * statistics.fmean(drops):.1f} ± {100 * spread:.1f} "
                       f"points of 4Q (target ≤ {100 * TIMBRE_TARGET:.0f}: {met}). The acoustic branches learn the "
                       "training SoundFont's timbre; real recordings need multi-SoundFont training or audio "
                       "augmentation before these numbers carry over.", ""]
@@ -140,7 +141,8 @@ def where_we_stand(report: Mapping[str, Any], robustness: Sequence[Mapping[str, 
         lines.append("")
     lines += ["![confusion matrix, default configuration, seeds summed]"
               "(tests/benchmarks/results/headline/confusion_default.png)",
-              "![confusion matrix, paper configuration, seeds summed](tests/benchmarks/results/headline/confusion_full.png)",
+              "![confusion matrix, paper configuration, seeds summed]"
+              "(tests/benchmarks/results/headline/confusion_full.png)",
               "![attention received per branch and quadrant, default configuration]"
               "(tests/benchmarks/results/headline/attention_default.png)"]
     return "\n".join(lines)

@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mer.catalog import FailureRecord
-from mer.config import TagConfig
+from mer.config import MerConfig, TagConfig
 from mer.features import FeatureCache
 from mer.storage import ObjectStore
 from mer.tagging.plan import Plan, TagSummary, begin_run, end_run, passes
@@ -93,7 +93,8 @@ class AttemptLedger:
         self.unfinished.pop(key, None)
 
 
-def extract_window_rows_counted(row: dict[str, Any], *, ledger: Any, config: Any, **kwargs: Any) -> list[dict[str, Any]]:
+def extract_window_rows_counted(row: dict[str, Any], *, ledger: Any, config: MerConfig,
+                                **kwargs: Any) -> list[dict[str, Any]]:
     """:func:`~mer.tagging.prepare.extract_window_rows`, unless this item's worker already died
     :data:`FEATURE_ATTEMPTS` times: then its failure row (transient, so the next run tries it again)."""
     import ray
