@@ -59,7 +59,8 @@ def _robustness_rows(robustness: Sequence[Mapping[str, Any]]) -> tuple[dict[str,
     for report in robustness:
         for row in report["rows"]:
             if row["model"] == "ensemble":
-                ensembles.append({**row, "members": report["throughput_cpu"]["members"],
+                seeds_of = [r["model"].removeprefix("seed ") for r in report["rows"] if r["model"] != "ensemble"]
+                ensembles.append({**row, "members": report["throughput_cpu"]["members"], "seeds": seeds_of,
                                   "throughput": report["throughput_cpu"]})
             else:
                 seeds.setdefault(row["version"], row)
@@ -130,12 +131,13 @@ def where_we_stand(report: Mapping[str, Any], robustness: Sequence[Mapping[str, 
         for ensemble in ensembles:
             t = ensemble["trained SoundFont"]
             speed = ensemble["throughput"]
-            lines += [f"**Seed ensemble of {ensemble['members']}** (`{ensemble['version']}`, one artifact, calibrated "
+            lines += [f"**Seed ensemble of {ensemble['members']}** (seeds {', '.join(ensemble['seeds'])}; "
+                      f"`{ensemble['version']}`, one artifact, calibrated "
                       f"on val, T = {ensemble['temperature']:.2f}): test 4Q {t['4q']:.3f}, arousal {t['arousal']:.3f}, "
                       f"valence {t['valence']:.3f}, NLL {ensemble['test_nll']['calibrated']:.3f}, ECE "
                       f"{ensemble['test_ece']['calibrated']:.3f}; FluidR3_GM 4Q {ensemble['FluidR3_GM']['4q']:.3f}. "
-                      f"CPU cost: {speed['ensemble_windows_per_second']:.2f} windows/s against "
-                      f"{speed['single_model_windows_per_second']:.2f} for one member.", ""]
+                      f"CPU cost, measured in the same sitting: {speed['ensemble_windows_per_second']:.2f} windows/s "
+                      f"against {speed['single_model_windows_per_second']:.2f} for one member.", ""]
         lines.append(f"Calm pieces, summed over the seeds: default configuration {_calm_errors(default)}"
                      + (f"; paper configuration {_calm_errors(full)}" if full is not None else "") + ".")
         lines.append("")
