@@ -500,12 +500,16 @@ class S3Store(ObjectStore):
             response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **pin)
             return response["Body"].read()
         except ClientError as error:
-            if self._missing(error):
-                raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
-            if self._code(error) in ("PreconditionFailed", "412"):
-                raise ObjectChangedError(key, f"the object changed after it was listed (ETag {version} listed); "
-                                              "retried by the next run") from None
-            raise
+            raise self._read_error(error, key, version) from None
+
+    def _read_error(self, error: Exception, key: str, version: str | None) -> Exception:
+        """What a failed pinned read raises: FileNotFoundError, ObjectChangedError (412), or the error itself."""
+        if self._missing(error):
+            return FileNotFoundError(f"{self.url}: no object {key!r}")
+        if self._code(error) in ("PreconditionFailed", "412"):
+            return ObjectChangedError(key, f"the object changed after it was listed (ETag {version} listed); "
+                                           "retried by the next run")
+        return error
 
     def open(self, key: str, *, version: str | None = None, version_id: str = "") -> BinaryIO:
         """The object downloaded into a temporary file: in memory up to :data:`SPOOL_BYTES`, on local disk beyond,
@@ -526,12 +530,7 @@ class S3Store(ObjectStore):
                 shutil.copyfileobj(response["Body"], handle, 1024 * 1024)
         except ClientError as error:
             handle.close()
-            if self._missing(error):
-                raise FileNotFoundError(f"{self.url}: no object {key!r}") from None
-            if self._code(error) in ("PreconditionFailed", "412"):
-                raise ObjectChangedError(key, f"the object changed after it was listed (ETag {version} listed); "
-                                              "retried by the next run") from None
-            raise
+            raise self._read_error(error, key, version) from None
         except BaseException:
             handle.close()
             raise
