@@ -18,12 +18,12 @@ Features are read from the feature cache (``--cache-dir``, default ``<storage>/f
 were extracted before with the same feature config, so a new model version over a tagged store pays for
 inference only; ``--cache-max-gib`` keeps a folder cache under a size (least recently used entries go first;
 a hit refreshes an entry), and an S3 cache is bounded by a lifecycle rule on its prefix
-(``cluster/feature-cache-lifecycle.json``). The store is listed and compared with the catalog in pages (``--page-size`` keys, one Ray Data
-pass each), so millions of keys never sit in the driver's memory at once.
+(``cluster/feature-cache-lifecycle.json``). The store is listed and compared with the catalog in pages
+(``--page-size`` keys, one Ray Data pass each), so millions of keys never sit in the driver's memory at once.
 
 Flags default to their environment variables (MER_STORE, AWS_ENDPOINT_URL, MER_CATALOG_URL, MER_MODEL,
-MER_STORAGE, MER_CACHE_DIR, MER_CACHE_MAX_GIB, MER_METRICS_PORT, MER_PUSHGATEWAY, RAY_ADDRESS). AWS credentials come from the
-standard AWS chain.
+MER_STORAGE, MER_CACHE_DIR, MER_CACHE_MAX_GIB, MER_METRICS_PORT, MER_PUSHGATEWAY, RAY_ADDRESS). AWS credentials
+come from the standard AWS chain.
 Exit status: 0 when the run succeeded (failed items included), 1 when the run failed, 2 for bad flags.
 """
 from __future__ import annotations
@@ -98,7 +98,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.cache_max_gib is not None and args.cache_max_gib <= 0:
         parser.error("--cache-max-gib must be above 0")
-    if args.cache_max_gib is not None and "://" in (args.cache_dir or args.storage):
+    # The feature cache's location, decided once: None (--no-cache), an s3:// URL, or an absolute folder (the same
+    # path for every worker).
+    location = args.cache_dir or f"{args.storage.rstrip('/')}/feature-cache"
+    args.cache = None if args.no_cache else location if "://" in location else os.path.abspath(location)
+    if args.cache_max_gib is not None and "://" in location:
         parser.error("--cache-max-gib bounds a folder cache; bound an S3 cache with a lifecycle rule on its prefix "
                      "(cluster/feature-cache-lifecycle.json)")
     if not 0 < args.heartbeat_seconds < defaults.dead_after_seconds:
@@ -113,16 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     tagging = TagConfig(batch_size=args.batch_size, feature_concurrency=args.feature_concurrency,
                         inference_concurrency=args.inference_concurrency, use_gpu=args.use_gpu,
                         page_size=args.page_size, heartbeat_seconds=args.heartbeat_seconds)
-    cache = None if args.no_cache else args.cache_dir or f"{args.storage.rstrip('/')}/feature-cache"
-    if cache is not None and "://" not in cache:
-        cache = os.path.abspath(cache)  # the same path for every worker
     try:
         summary = tag_store(
             args.store, catalog=args.catalog, model=args.model, storage=args.storage, prefix=args.prefix,
             endpoint_url=args.endpoint_url, force=args.force, tagging=tagging,
             render_missing_audio=args.render_missing_audio, metrics_port=args.metrics_port or None,
             pushgateway=args.pushgateway, address=args.address, limit=args.limit, progress=not args.no_progress,
-            cache=cache,
+            cache=args.cache,
         )
     except (MerError, FileNotFoundError, ValueError, SQLAlchemyError, BotoCoreError, ClientError) as error:
         # No model, no store, an unsupported store URL, an unreachable catalog or bucket: say so, no traceback.
@@ -133,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
           + (f", {summary.deferred} deferred" if summary.deferred else "")
           + f" in {summary.seconds:.1f} s ({summary.items_per_second:.2f} items/s)")
     print(json.dumps(summary.to_dict()))
-    if cache is not None and args.cache_max_gib is not None:
-        removed = FeatureCache(cache).prune(int(args.cache_max_gib * 2**30))
-        print(f"feature cache {cache}: pruned {removed / 2**20:.1f} MiB (bound {args.cache_max_gib:g} GiB)")
+    if args.cache is not None and args.cache_max_gib is not None:
+        removed = FeatureCache(args.cache).prune(int(args.cache_max_gib * 2**30))
+        print(f"feature cache {args.cache}: pruned {removed / 2**20:.1f} MiB (bound {args.cache_max_gib:g} GiB)")
     return 0 if summary.status == "succeeded" else 1
 
 
