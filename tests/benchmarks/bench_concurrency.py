@@ -10,12 +10,13 @@ does), one after another on one local Ray. Prints one JSON object. Not collected
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
+
+from emit import emit
 
 SETTINGS = ((2, 1), (2, 2), (3, 1))  # (feature_concurrency, inference_concurrency)
 
@@ -45,10 +46,7 @@ def main() -> int:
                 "seconds": round(time.perf_counter() - start, 2), "tagged": summary.tagged,
                 "stage_seconds": {k: round(v, 1) for k, v in summary.stage_seconds.items()}})
     ray.shutdown()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from emit import emit
 from memory import peak_rss_mib, rss_mib
 
 HERE = Path(__file__).resolve()
@@ -123,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         result["baseline_feature_task"] = run_measure(args.baseline.resolve(), store, cap_gib=args.baseline_cap_gib)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

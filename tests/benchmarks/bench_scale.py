@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from emit import emit
 from memory import peak_rss_mib
 
 HERE = Path(__file__).resolve()
@@ -227,10 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     result["driver_peak_rss_mib"] = max(max(result[b][m]["driver_peak_rss_mib"]
                                             for m in ("first_night", "unchanged_night")) for b in args.backends)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

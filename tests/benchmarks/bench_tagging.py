@@ -38,6 +38,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from emit import emit
 from memory import peak_rss_mib
 
 HERE = Path(__file__).resolve()
@@ -294,10 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 batch_size=TagConfig(**overrides).batch_size)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result.update(summarise(result["rounds"]))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 
