@@ -91,6 +91,9 @@ class ModelConfig:
     # Key, mode and note statistics (mer.features.key) modulate the branch tokens before the attention (FiLM).
     summary_film: bool = False
     summary_hidden: int = 64
+    # A logistic regression over the summary descriptors, fitted after training and blended with the network's
+    # quadrant probabilities (mer.model.summary_head; the blend weight is chosen on val).
+    summary_head: bool = False
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.branches if b not in BRANCHES]

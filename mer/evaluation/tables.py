@@ -26,9 +26,9 @@ from mer.evaluation.results import EvalResult, TablesReport
 from mer.features import FeatureCache, piano_notes, read_midi
 from mer.model import MODELS_DIR, join, load_artifact
 from mer.storage import open_store
-from mer.train import (MIN_SUBSET_VAL_CLIPS, Clip, ClipFeatures, Extraction, data_fingerprint, emopia_root,
-                       ensure_ray, extract_clips, load_split, progress_bar, progress_line, run_identity, select_clips,
-                       subset_count, train_model)
+from mer.train import (MIN_SUBSET_VAL_CLIPS, Clip, ClipFeatures, Extraction, build_artifact, data_fingerprint,
+                       emopia_root, ensure_ray, extract_clips, load_split, progress_bar, progress_line, run_identity,
+                       select_clips, subset_count, train_model)
 
 
 def split_clips(root: Path, *, subset: int | None) -> dict[str, list[Clip]]:
@@ -61,6 +61,8 @@ def find_artifact(storage: str, config: MerConfig, fingerprint: str, *,
             if not models.exists(f"{folder}model.pt"):
                 continue
         except (OSError, ValueError, KeyError, BadInputError):  # a half-written or foreign folder: no match
+            continue
+        if meta.get("members"):  # a seed ensemble carries its first member's config, but it is not that model
             continue
         if found.training.epochs == config.training.epochs \
                 and run_identity(found, str(meta.get("data_fingerprint"))) == wanted:
@@ -153,9 +155,18 @@ def run_tables(
             config = method_config(base, method, seed=seed)
             tag = f"({done}/{total}) {method.label}, seed {seed}"
             found = find_artifact(storage, config, fingerprint, endpoint_url=endpoint_url)
+            headless = None
+            if found is None and config.model.summary_head:  # the same network trained without the head?
+                headless = find_artifact(storage, dataclasses.replace(config, model=dataclasses.replace(
+                    config.model, summary_head=False)), fingerprint, endpoint_url=endpoint_url)
             if found is not None:
                 log(f"{tag}: reusing trained model {found}")
                 url = found
+            elif headless is not None:
+                log(f"{tag}: fitting a summary head to trained model {headless} (no retraining)")
+                url = build_artifact([headless], storage=storage, cache_dir=cache_dir, emopia=root,
+                                     endpoint_url=endpoint_url, set_latest=False, progress=progress,
+                                     summary_head=True)
             else:
                 log(f"{tag}: training {config.training.epochs} epoch(s) on {config.training.num_workers} worker(s)")
                 trained = train_model(config, emopia=root, storage=storage, cache_dir=cache_dir,

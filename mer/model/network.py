@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mer.config import BRANCHES, SUMMARY_SIZE, MerConfig, ModelConfig
+from mer.model.summary_head import SummaryHead
 
 N_QUADRANTS = 4
 N_VA = 2  # arousal, valence (in this column order)
@@ -372,6 +373,8 @@ class MerModel(nn.Module):
         self.branch_index = [BRANCHES.index(b) for b in self.branches]
         self.encoders = nn.ModuleDict({name: ENCODERS[name](config) for name in self.branches})
         self.fusion = AttentionFusion([self.encoders[b].out_features for b in self.branches], config.model)
+        # Fitted after training (mer.train.summary_head); until then it passes the network's logits through.
+        self.summary_head = SummaryHead() if config.model.summary_head else None
 
     def forward(
         self,
@@ -386,7 +389,7 @@ class MerModel(nn.Module):
 
         tokens (B, L) long, PAD-padded; token_lengths (B,) long, 0..L; chroma (B, 12, F) float;
         mfcc (B, M, F) float; present (B, 3) bool in BRANCHES order; summary (B, SUMMARY_SIZE) float, the
-        windows' key/mode/note descriptors (read only with ``summary_film``). Inputs of branches that are not
+        windows' key/mode/note descriptors (read only with ``summary_film`` or a fitted ``summary_head``). Inputs of branches that are not
         built are not read (any placeholder of the right batch size will do).
 
         Raises ValueError when an item has no present built branch or the shapes disagree.
@@ -415,8 +418,11 @@ class MerModel(nn.Module):
             attention = weights.new_zeros(batch, weights.shape[1], len(BRANCHES), len(BRANCHES))  # (B, h, 3, 3)
             index = torch.tensor(self.branch_index, device=weights.device)
             attention[:, :, index[:, None], index[None, :]] = weights  # place built branches in BRANCHES order
+        quadrant_logits = logits[:, :N_QUADRANTS]  # (B, 4)
+        if self.summary_head is not None:  # the mixture with the summary regression, as log probabilities
+            quadrant_logits = self.summary_head(quadrant_logits, summary)  # (B, 4)
         return ModelOutput(
-            quadrant_logits=logits[:, :N_QUADRANTS],  # (B, 4)
+            quadrant_logits=quadrant_logits,  # (B, 4)
             va_logits=logits[:, N_QUADRANTS:],  # (B, 2): arousal, valence
             attention=attention,
         )

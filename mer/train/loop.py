@@ -54,6 +54,7 @@ from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.scores import split_metrics
 from mer.train.progress import progress_bar, progress_line
 from mer.train.steps import eval_step, lr_schedule, rank_batches, train_step
+from mer.train.summary_head import fit_summary_head
 
 CHECKPOINT_FILE = "state.pt"
 NUM_CHECKPOINTS_KEPT = 3  # the best by val_4q; Ray Train also always keeps the latest (for resuming)
@@ -372,8 +373,8 @@ def train_model(
               f"({extraction.cached} from the cache); data fingerprint {fingerprint}", flush=True)
 
     # 2. The tables go into the object store once; every worker reads them from there.
-    val_table = window_table(val_items)
-    train_ref, val_ref = ray.put(window_table(train_items)), ray.put(val_table)
+    train_table, val_table = window_table(train_items), window_table(val_items)
+    train_ref, val_ref = ray.put(train_table), ray.put(val_table)
 
     # 3. Ray Train.
     storage = _absolute(storage)
@@ -424,12 +425,19 @@ def train_model(
     # The probabilities the catalog stores are calibrated: a temperature fitted on val (it changes no label).
     best_model = MerModel(config)
     best_model.load_state_dict(best_state["model"])
+    summary_head = None
+    if config.model.summary_head:  # the regression on the training windows, its blend weight chosen on val
+        summary_head = fit_summary_head(best_model, train_table, val_table)
+        val_metrics = {**summary_head["val_metrics"], "network": val_metrics}
+        if progress:
+            print(f"[train] summary head: C {summary_head['c']}, blend {summary_head['blend']}, val 4Q "
+                  f"{val_metrics['network']['4q']:.3f} -> {val_metrics['4q']:.3f}", flush=True)
     calibration = calibration_on_val(best_model, val_table)
     if progress:
         print(f"[train] calibration on val: temperature {calibration['temperature']:.3f}, NLL "
               f"{calibration['val_nll_before']:.4f} -> {calibration['val_nll_after']:.4f}", flush=True)
     artifact = save_artifact(
-        best_state["model"],
+        best_model.state_dict(),
         config=config,
         storage=storage,
         endpoint_url=endpoint_url,
@@ -445,6 +453,7 @@ def train_model(
             "skipped_clips": [name for name, _ in extraction.failures],
             "history": history,
             "calibration": calibration,
+            **({"summary_head": summary_head} if summary_head is not None else {}),
         },
     )
     version = artifact.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,66 @@
+"""A linear head over a window's summary descriptors, blended with the network's quadrant probabilities.
+
+Not in the paper. A logistic regression over the key/mode/note descriptors alone (mer.features.key) scores close
+to the whole network on EMOPIA, and its errors differ from the network's; the network sees the same descriptors
+(FiLM) but fits its training set far more tightly. So the model's quadrant probabilities are a mixture::
+
+    p = (1 - w) * softmax(network logits) + w * softmax(W ((summary - mean) / scale) + b)
+
+The head is fitted, not trained: after the network's best checkpoint is chosen, a multinomial logistic
+regression is fitted on the training windows' descriptors and ``w`` is chosen on val (:mod:`mer.train.summary_head`).
+Until then ``w`` is 0 and the network's logits pass through unchanged, so training never sees the head. Its
+numbers are buffers: they travel in the model's state_dict (and in every member of an ensemble).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mer.config import SUMMARY_SIZE
+
+N_QUADRANTS = 4
+PROBABILITY_FLOOR = 1e-7  # keeps the log of a mixture probability finite
+
+
+class SummaryHead(nn.Module):
+    """Standardiser + linear map (SUMMARY_SIZE -> 4) and the blend weight ``w`` (0: the head is off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(SUMMARY_SIZE))
+        self.register_buffer("scale", torch.ones(SUMMARY_SIZE))
+        self.register_buffer("weight", torch.zeros(N_QUADRANTS, SUMMARY_SIZE))
+        self.register_buffer("bias", torch.zeros(N_QUADRANTS))
+        self.register_buffer("blend", torch.zeros(()))
+
+    def set(self, *, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray, blend: float) -> None:
+        """Install a fitted regression: mean, scale (SUMMARY_SIZE,), weight (4, SUMMARY_SIZE), bias (4,); blend in [0, 1]."""
+        if not 0.0 <= blend <= 1.0:
+            raise ValueError(f"blend must be within [0, 1], got {blend}")
+        for name, value in (("mean", mean), ("scale", scale), ("weight", weight), ("bias", bias)):
+            buffer = getattr(self, name)
+            value = torch.as_tensor(np.asarray(value), dtype=buffer.dtype)
+            if value.shape != buffer.shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(buffer.shape)}")
+            buffer.copy_(value)
+        self.blend.fill_(blend)
+
+    @property
+    def active(self) -> bool:
+        return float(self.blend) > 0.0
+
+    def logits(self, summary: torch.Tensor) -> torch.Tensor:
+        """summary (B, SUMMARY_SIZE) -> the regression's quadrant logits (B, 4)."""
+        return ((summary.float() - self.mean) / self.scale) @ self.weight.T + self.bias
+
+    def forward(self, quadrant_logits: torch.Tensor, summary: torch.Tensor | None) -> torch.Tensor:
+        """The network's quadrant logits (B, 4) -> the mixture's log probabilities (B, 4); unchanged when w = 0."""
+        if not self.active:
+            return quadrant_logits
+        if summary is None:
+            raise ValueError("this model blends a summary head (fitted summary_head): pass summary")
+        w = self.blend
+        mixture = (1 - w) * torch.softmax(quadrant_logits.float(), dim=1) \
+            + w * torch.softmax(self.logits(summary), dim=1)  # (B, 4)
+        return mixture.clamp_min(PROBABILITY_FLOOR).log().to(quadrant_logits.dtype)

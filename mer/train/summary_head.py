@@ -1,0 +1,81 @@
+"""Fitting a model's summary head (mer.model.summary_head) after its network is trained.
+
+The regression is fitted on the training windows only; its strength ``C`` and the blend weight ``w`` are chosen
+on val (clip-level 4Q accuracy, as every other choice of ours; ties go to the lower val NLL, then to the
+stronger regularisation and the smaller weight). Test is never read here.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from mer.model import clip_probabilities, nll
+from mer.train.calibrate import window_log_probs
+from mer.train.scores import quadrant_metrics
+
+C_GRID: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+BLEND_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+"""Blend weights tried: 0 (the network alone) to 1 (the regression alone)."""
+
+
+def _clip_scores(window_probs: np.ndarray, names: np.ndarray, labels_by_clip: Mapping[str, int]) -> tuple[float, float]:
+    """(clip 4Q accuracy, clip NLL) of window probabilities (N, 4), a clip's probabilities the mean of its windows'."""
+    clips, probs = clip_probabilities(np.log(np.clip(window_probs, 1e-12, 1.0)), names)
+    labels = np.array([labels_by_clip[c] for c in clips])
+    return float(np.mean(probs.argmax(axis=1) == labels)), nll(probs, labels)
+
+
+def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarray],
+                     val_table: Mapping[str, np.ndarray], *, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Fit ``model.summary_head`` (a MerModel built with ``summary_head``) and install it; returns what was chosen:
+    ``{"method", "c", "blend", "fitted_on", "val_4q_by_c", "val_4q_by_blend", "val_metrics"}``."""
+    head = getattr(model, "summary_head", None)
+    if head is None:
+        raise ValueError("the model was built without a summary head (ModelConfig.summary_head)")
+    head.set(mean=np.zeros(head.mean.shape), scale=np.ones(head.scale.shape), weight=np.zeros(head.weight.shape),
+             bias=np.zeros(head.bias.shape), blend=0.0)  # the network alone, for its val probabilities
+    network = np.exp(window_log_probs(model, val_table, device=device))  # (N_val, 4)
+
+    names = np.asarray(val_table["name"])
+    labels_by_clip = dict(zip(names.tolist(), np.asarray(val_table["quadrant"]).tolist()))
+    x_train = np.asarray(train_table["summary"], dtype=np.float64)
+    y_train = np.asarray(train_table["quadrant"], dtype=np.int64)
+    scaler = StandardScaler().fit(x_train)
+    x_val = scaler.transform(np.asarray(val_table["summary"], dtype=np.float64))
+
+    fits, by_c = {}, {}
+    for c in C_GRID:
+        fits[c] = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x_train), y_train)
+        probs = np.zeros((len(x_val), 4))
+        probs[:, fits[c].classes_] = fits[c].predict_proba(x_val)
+        by_c[c] = (_clip_scores(probs, names, labels_by_clip), probs)
+    c = max(C_GRID, key=lambda k: (by_c[k][0][0], -by_c[k][0][1], -k))
+    regression = by_c[c][1]
+
+    by_blend = {w: _clip_scores((1 - w) * network + w * regression, names, labels_by_clip) for w in BLEND_GRID}
+    blend = max(BLEND_GRID, key=lambda w: (by_blend[w][0], -by_blend[w][1], -w))
+    weight = np.zeros(head.weight.shape)
+    bias = np.full(head.bias.shape, -1e4)  # a quadrant absent from training gets no probability
+    classes = fits[c].classes_
+    if len(classes) == 2:  # scikit-learn's binary form: one logit row for the second class, 0 for the first
+        weight[classes], bias[classes] = [np.zeros_like(fits[c].coef_[0]), fits[c].coef_[0]], [0.0, fits[c].intercept_[0]]
+    else:
+        weight[classes], bias[classes] = fits[c].coef_, fits[c].intercept_
+    head.set(mean=scaler.mean_, scale=scaler.scale_, weight=weight, bias=bias, blend=blend)
+    chosen = (1 - blend) * network + blend * regression
+    clips, probs = clip_probabilities(np.log(np.clip(chosen, 1e-12, 1.0)), names)
+    labels = np.array([labels_by_clip[n] for n in clips])
+    return {
+        "method": "multinomial logistic regression over the window's summary descriptors, blended with the "
+                  "network's quadrant probabilities",
+        "c": c,
+        "blend": blend,
+        "fitted_on": {"regression": "train", "c": "val", "blend": "val"},
+        "val_4q_by_c": {str(k): round(v[0][0], 4) for k, v in by_c.items()},
+        "val_4q_by_blend": {str(k): round(v[0], 4) for k, v in by_blend.items()},
+        "val_metrics": {**quadrant_metrics(labels, probs.argmax(axis=1)), "loss": nll(probs, labels)},
+    }

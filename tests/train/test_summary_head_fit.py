@@ -1,0 +1,71 @@
+"""Fitting a summary head after training: chosen on val, never worse on val than the network alone, and a trained
+model gains one without retraining."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mer.config import BRANCHES, SUMMARY_SIZE
+from mer.model import MerModel, predict_windows
+from mer.train import fit_summary_head, with_summary_head
+from tiny import tiny_config
+
+CONFIG = tiny_config(summary_film=True, summary_head=True)
+
+
+def table(rng, clips, *, informative=True):
+    """Window rows of ``clips`` clips (two windows each) whose summary carries the quadrant when ``informative``."""
+    f = CONFIG.features
+    quadrant = np.repeat(rng.integers(0, 4, clips), 2)
+    n = len(quadrant)
+    summary = rng.standard_normal((n, SUMMARY_SIZE)).astype(np.float32)
+    if informative:
+        summary[np.arange(n), quadrant] += 2.0
+    return {
+        "name": np.repeat(np.array([f"clip{i}" for i in range(clips)]), 2),
+        "quadrant": quadrant,
+        "tokens": rng.integers(0, f.vocab_size - 1, (n, f.max_tokens)),
+        "token_lengths": rng.integers(1, f.max_tokens + 1, n),
+        "chroma": rng.random((n, 12, f.frames_per_window), dtype=np.float32),
+        "mfcc": rng.standard_normal((n, f.n_mfcc, f.frames_per_window), dtype=np.float32),
+        "present": np.ones((n, len(BRANCHES)), dtype=bool),
+        "summary": summary,
+    }
+
+
+def clip_accuracy(model, t):
+    probs = predict_windows(model.eval(), t, device="cpu")["quadrant_probs"]
+    clip_probs = probs.reshape(-1, 2, 4).mean(axis=1)
+    return float(np.mean(clip_probs.argmax(1) == t["quadrant"][::2]))
+
+
+def test_an_informative_summary_is_blended_in_and_lifts_val_accuracy_over_the_untrained_network(rng):
+    torch.manual_seed(0)
+    model = MerModel(CONFIG).eval()
+    train, val = table(rng, 120), table(rng, 60)
+    before = clip_accuracy(model, val)
+    chosen = fit_summary_head(model, train, val)
+    assert chosen["blend"] > 0 and chosen["fitted_on"]["regression"] == "train"
+    after = clip_accuracy(model, val)
+    assert after > before + 0.2
+    assert abs(chosen["val_metrics"]["4q"] - after) < 1e-9  # the report says what the installed head does
+
+
+def test_the_choice_is_never_worse_on_val_than_the_network_alone(rng):
+    torch.manual_seed(1)
+    model = MerModel(CONFIG).eval()
+    train, val = table(rng, 80, informative=False), table(rng, 40, informative=False)
+    chosen = fit_summary_head(model, train, val)
+    assert chosen["val_metrics"]["4q"] >= chosen["val_4q_by_blend"]["0.0"]
+    assert chosen["val_metrics"]["4q"] == max(chosen["val_4q_by_blend"].values())
+
+
+def test_a_model_trained_without_a_head_gains_one_without_changing_its_network(rng):
+    torch.manual_seed(2)
+    plain_config = tiny_config(summary_film=True)
+    plain = MerModel(plain_config).eval()
+    upgraded = with_summary_head(plain).eval()
+    assert upgraded.config.model.summary_head and not plain.config.model.summary_head
+    t = table(rng, 10)
+    np.testing.assert_allclose(predict_windows(upgraded, t, device="cpu")["quadrant_probs"],
+                               predict_windows(plain, t, device="cpu")["quadrant_probs"], atol=1e-6)
