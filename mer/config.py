@@ -180,8 +180,9 @@ def preset(name: str) -> MerConfig:
     256 x 2 with mean pooling, 1024 tokens a window, 16 epochs, no key/mode input, no augmentation).
     ``"default"``: the best configuration found on EMOPIA's validation split (README, "Where we stand"): a
     cheaper Bi-GRU (128 x 2 over the first 512 tokens of a window) with attention pooling, key/mode/note
-    statistics by FiLM, transposition augmentation of up to 6 semitones, 12 epochs. Both read the same features
-    (one feature cache serves every model version).
+    statistics by FiLM and by a summary head blended with the network's probabilities, transposition
+    augmentation of up to 6 semitones, 12 epochs. Both read the same features (one feature cache serves every
+    model version).
 
     Raises:
         ValueError: an unknown name.
@@ -193,7 +194,7 @@ def preset(name: str) -> MerConfig:
         return dataclasses.replace(
             paper,
             model=dataclasses.replace(paper.model, gru_hidden=128, symbolic_pooling="attention",
-                                      symbolic_max_tokens=512, summary_film=True),
+                                      symbolic_max_tokens=512, summary_film=True, summary_head=True),
             training=dataclasses.replace(paper.training, epochs=12, transpose_semitones=6),
         )
     raise ValueError(f"unknown preset {name!r}; known: {PRESETS}")

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from mer.config import BRANCHES, MerConfig, preset
+from mer.config import BRANCHES, MerConfig, ModelConfig, preset
 
 METRIC_LABELS = {"4q": "4Q", "arousal": "Arousal", "valence": "Valence"}
 PAPER_FULL = {"4q": 0.692, "arousal": 0.884, "valence": 0.869}
@@ -30,6 +30,7 @@ class Method:
     use_attention: bool = True
     baseline: str | None = None
     preset: str | None = None  # a deep model of a named configuration (mer.config.preset) instead of the base's
+    preset_changes: tuple[tuple[str, Any], ...] = ()  # ModelConfig fields changed from the preset's (ablations)
 
     @property
     def deep(self) -> bool:
@@ -42,6 +43,8 @@ def _paper(q: float, a: float, v: float) -> dict[str, float]:
 
 METHODS: tuple[Method, ...] = (
     Method("default", "Default configuration (best on val)", "-", PAPER_FULL, preset="default"),
+    Method("default_network", "Default without the summary head (network alone)", "-", PAPER_FULL,
+           preset="default", preset_changes=(("summary_head", False),)),
     Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
     Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
     Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),
@@ -73,7 +76,7 @@ def method_key(config: MerConfig) -> str:
     """The :data:`METHODS` key of a deep model's configuration (``"custom"`` when it is none of them)."""
     for method in METHODS:
         if method.preset is not None:
-            if config.model == preset(method.preset).model:
+            if config.model == preset_model(method):
                 return method.key
             continue
         if method.deep and method.branches == config.model.branches \
@@ -82,12 +85,17 @@ def method_key(config: MerConfig) -> str:
     return "custom"
 
 
+def preset_model(method: Method) -> ModelConfig:
+    """A preset row's model: the preset's, with the row's ``preset_changes``."""
+    return dataclasses.replace(preset(method.preset).model, **dict(method.preset_changes))
+
+
 def method_config(base: MerConfig, method: Method, *, seed: int) -> MerConfig:
     """``base`` with the method's branches / attention and the seed; for a preset's row, the preset's model and
     training settings on ``base``'s features and workers."""
     if method.preset is not None:
         named = preset(method.preset)
-        return dataclasses.replace(base, model=named.model, training=dataclasses.replace(
+        return dataclasses.replace(base, model=preset_model(method), training=dataclasses.replace(
             named.training, seed=seed, num_workers=base.training.num_workers, use_gpu=base.training.use_gpu))
     return dataclasses.replace(
         base,

@@ -389,8 +389,8 @@ class MerModel(nn.Module):
 
         tokens (B, L) long, PAD-padded; token_lengths (B,) long, 0..L; chroma (B, 12, F) float;
         mfcc (B, M, F) float; present (B, 3) bool in BRANCHES order; summary (B, SUMMARY_SIZE) float, the
-        windows' key/mode/note descriptors (read only with ``summary_film`` or a fitted ``summary_head``). Inputs of branches that are not
-        built are not read (any placeholder of the right batch size will do).
+        windows' key/mode/note descriptors (read only with ``summary_film`` or a fitted ``summary_head``).
+        Inputs of branches that are not built are not read (any placeholder of the right batch size will do).
 
         Raises ValueError when an item has no present built branch or the shapes disagree.
         """

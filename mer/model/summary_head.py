@@ -35,7 +35,8 @@ class SummaryHead(nn.Module):
         self.register_buffer("blend", torch.zeros(()))
 
     def set(self, *, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray, blend: float) -> None:
-        """Install a fitted regression: mean, scale (SUMMARY_SIZE,), weight (4, SUMMARY_SIZE), bias (4,); blend in [0, 1]."""
+        """Install a fitted regression: mean, scale (SUMMARY_SIZE,), weight (4, SUMMARY_SIZE), bias (4,), and the
+        blend weight in [0, 1]."""
         if not 0.0 <= blend <= 1.0:
             raise ValueError(f"blend must be within [0, 1], got {blend}")
         for name, value in (("mean", mean), ("scale", scale), ("weight", weight), ("bias", bias)):

@@ -32,7 +32,8 @@ def _clip_scores(window_probs: np.ndarray, names: np.ndarray, labels_by_clip: Ma
 def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarray],
                      val_table: Mapping[str, np.ndarray], *, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Fit ``model.summary_head`` (a MerModel built with ``summary_head``) and install it; returns what was chosen:
-    ``{"method", "c", "blend", "fitted_on", "val_4q_by_c", "val_4q_by_blend", "val_metrics"}``."""
+    ``{"method", "c", "blend", "fitted_on", "val_4q_by_c", "val_4q_by_blend", "val_nll_by_blend", "val_metrics"}``
+    (val clip-level 4Q accuracy and NLL for every candidate)."""
     head = getattr(model, "summary_head", None)
     if head is None:
         raise ValueError("the model was built without a summary head (ModelConfig.summary_head)")
@@ -60,11 +61,11 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
     blend = max(BLEND_GRID, key=lambda w: (by_blend[w][0], -by_blend[w][1], -w))
     weight = np.zeros(head.weight.shape)
     bias = np.full(head.bias.shape, -1e4)  # a quadrant absent from training gets no probability
-    classes = fits[c].classes_
-    if len(classes) == 2:  # scikit-learn's binary form: one logit row for the second class, 0 for the first
-        weight[classes], bias[classes] = [np.zeros_like(fits[c].coef_[0]), fits[c].coef_[0]], [0.0, fits[c].intercept_[0]]
+    fit = fits[c]
+    if len(fit.classes_) == 2:  # scikit-learn's binary form: one logit row for the second class, 0 for the first
+        weight[fit.classes_[1]], bias[fit.classes_] = fit.coef_[0], [0.0, fit.intercept_[0]]
     else:
-        weight[classes], bias[classes] = fits[c].coef_, fits[c].intercept_
+        weight[fit.classes_], bias[fit.classes_] = fit.coef_, fit.intercept_
     head.set(mean=scaler.mean_, scale=scaler.scale_, weight=weight, bias=bias, blend=blend)
     chosen = (1 - blend) * network + blend * regression
     clips, probs = clip_probabilities(np.log(np.clip(chosen, 1e-12, 1.0)), names)
@@ -77,5 +78,6 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
         "fitted_on": {"regression": "train", "c": "val", "blend": "val"},
         "val_4q_by_c": {str(k): round(v[0][0], 4) for k, v in by_c.items()},
         "val_4q_by_blend": {str(k): round(v[0], 4) for k, v in by_blend.items()},
+        "val_nll_by_blend": {str(k): round(v[1], 4) for k, v in by_blend.items()},
         "val_metrics": {**quadrant_metrics(labels, probs.argmax(axis=1)), "loss": nll(probs, labels)},
     }

@@ -32,6 +32,8 @@ BROKEN = "Q1_brokenclip_0"
 
 
 def tiny_config(*, epochs: int = 1, workers: int = 2, **model) -> MerConfig:
+    """The tiny model with the default preset's key/mode input (FiLM) and summary head."""
+    model = {"summary_film": True, "summary_head": True, **model}
     return tiny(training=dict(epochs=epochs, batch_size=8, num_workers=workers, seed=7), **model)
 
 @pytest.fixture(scope="module")
@@ -107,6 +109,10 @@ def test_two_worker_run_makes_a_checkpoint_and_an_artifact_that_predicts(first_r
     assert artifact.meta["data_fingerprint"] == first_run.data_fingerprint
     assert artifact.meta["val_metrics"] == first_run.val_metrics
     assert artifact.meta["seed"] == 7
+    head = artifact.meta["summary_head"]  # fitted after training: the regression on train, its weight on val
+    assert head["fitted_on"] == {"regression": "train", "c": "val", "blend": "val"}
+    assert float(artifact.model.summary_head.blend) == pytest.approx(head["blend"])
+    assert artifact.meta["val_metrics"]["4q"] == pytest.approx(head["val_metrics"]["4q"])
     assert {"encoders.symbolic", "encoders.harmony", "encoders.tone"} <= {
         ".".join(k.split(".")[:2]) for k in artifact.model.state_dict()}
 
@@ -222,7 +228,7 @@ def test_emotion_predictor_on_ray_data_matches_direct_prediction(first_run: Trai
 
 
 def test_train_step_overfits_one_batch() -> None:
-    config = tiny_config()
+    config = tiny_config(summary_film=False, summary_head=False)  # a batch without the summary input
     rng = np.random.default_rng(0)
     features = config.features
     frames = features.frames_per_window
