@@ -420,7 +420,8 @@ class MerModel(nn.Module):
             attention[:, :, index[:, None], index[None, :]] = weights  # place built branches in BRANCHES order
         quadrant_logits = logits[:, :N_QUADRANTS]  # (B, 4)
         if self.summary_head is not None:  # the mixture with the summary regression, as log probabilities
-            quadrant_logits = self.summary_head(quadrant_logits, summary)  # (B, 4)
+            has_notes = present[:, 0] & (token_lengths > 0)  # (B,): the summary comes from MIDI notes
+            quadrant_logits = self.summary_head(quadrant_logits, summary, has_notes)  # (B, 4)
         return ModelOutput(
             quadrant_logits=quadrant_logits,  # (B, 4)
             va_logits=logits[:, N_QUADRANTS:],  # (B, 2): arousal, valence

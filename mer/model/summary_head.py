@@ -55,13 +55,19 @@ class SummaryHead(nn.Module):
         """summary (B, SUMMARY_SIZE) -> the regression's quadrant logits (B, 4)."""
         return ((summary.float() - self.mean) / self.scale) @ self.weight.T + self.bias
 
-    def forward(self, quadrant_logits: torch.Tensor, summary: torch.Tensor | None) -> torch.Tensor:
-        """The network's quadrant logits (B, 4) -> the mixture's log probabilities (B, 4); unchanged when w = 0."""
+    def forward(self, quadrant_logits: torch.Tensor, summary: torch.Tensor | None, has_notes: torch.Tensor
+                ) -> torch.Tensor:
+        """The network's quadrant logits (B, 4) -> the mixture's log probabilities (B, 4); unchanged when w = 0.
+
+        ``has_notes`` (B,) bool: the windows whose summary comes from MIDI notes. The regression is fitted on
+        those; a window without notes (an audio-only item: key from the chromagram, note statistics zero) gets
+        the network alone rather than a regression far outside what it was fitted on.
+        """
         if not self.active:
             return quadrant_logits
         if summary is None:
             raise ValueError("this model blends a summary head (fitted summary_head): pass summary")
-        w = self.blend
+        w = self.blend * has_notes.to(torch.float32).unsqueeze(1)  # (B, 1)
         mixture = (1 - w) * torch.softmax(quadrant_logits.float(), dim=1) \
             + w * torch.softmax(self.logits(summary), dim=1)  # (B, 4)
         return mixture.clamp_min(PROBABILITY_FLOOR).log().to(quadrant_logits.dtype)

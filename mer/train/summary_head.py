@@ -29,6 +29,11 @@ def _clip_scores(window_probs: np.ndarray, names: np.ndarray, labels_by_clip: Ma
     return float(np.mean(probs.argmax(axis=1) == labels)), nll(probs, labels)
 
 
+def _has_notes(table: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(N,) bool: windows whose summary comes from MIDI notes (MIDI present and tokens in the window)."""
+    return np.asarray(table["present"])[:, 0].astype(bool) & (np.asarray(table["token_lengths"]) > 0)
+
+
 def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarray],
                      val_table: Mapping[str, np.ndarray], *, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Fit ``model.summary_head`` (a MerModel built with ``summary_head``) and install it; returns what was chosen:
@@ -43,8 +48,11 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
 
     names = np.asarray(val_table["name"])
     labels_by_clip = dict(zip(names.tolist(), np.asarray(val_table["quadrant"]).tolist()))
-    x_train = np.asarray(train_table["summary"], dtype=np.float64)
-    y_train = np.asarray(train_table["quadrant"], dtype=np.int64)
+    train_notes, val_notes = _has_notes(train_table), _has_notes(val_table)  # where the head applies
+    if not train_notes.any():
+        raise ValueError("no training window has notes: the summary head has nothing to be fitted on")
+    x_train = np.asarray(train_table["summary"], dtype=np.float64)[train_notes]
+    y_train = np.asarray(train_table["quadrant"], dtype=np.int64)[train_notes]
     scaler = StandardScaler().fit(x_train)
     x_val = scaler.transform(np.asarray(val_table["summary"], dtype=np.float64))
 
@@ -53,10 +61,10 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
         fits[c] = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x_train), y_train)
         probs = np.zeros((len(x_val), 4))
         probs[:, fits[c].classes_] = fits[c].predict_proba(x_val)
+        probs[~val_notes] = 0.25  # windows without notes do not vote for the regression's C
         by_c[c] = (_clip_scores(probs, names, labels_by_clip), probs)
     c = max(C_GRID, key=lambda k: (by_c[k][0][0], -by_c[k][0][1], -k))
-    regression = by_c[c][1]
-
+    regression = np.where(val_notes[:, None], by_c[c][1], network)  # windows without notes: the network alone
     by_blend = {w: _clip_scores((1 - w) * network + w * regression, names, labels_by_clip) for w in BLEND_GRID}
     blend = max(BLEND_GRID, key=lambda w: (by_blend[w][0], -by_blend[w][1], -w))
     weight = np.zeros(head.weight.shape)

@@ -91,3 +91,18 @@ def test_the_head_travels_in_the_artifact_and_in_every_member_of_an_ensemble(tmp
     each = [predict_windows(m, inputs, device="cpu")["quadrant_probs"] for m in models]
     np.testing.assert_allclose(predict_windows(ensemble, inputs, device="cpu")["quadrant_probs"],
                                np.mean(each, axis=0), atol=1e-5)
+
+
+def test_a_window_without_notes_gets_the_network_alone(rng):
+    """An audio-only window's summary (key from the chromagram, note statistics zero) is not what the regression
+    was fitted on, so the head stays out of it."""
+    torch.manual_seed(0)
+    plain = MerModel(CONFIG).eval()
+    headed = fitted(MerModel(WITH_HEAD).eval(), rng, 0.5)
+    headed.load_state_dict({k: v for k, v in plain.state_dict().items()}, strict=False)
+    inputs = batch(rng)
+    inputs["present"][:3, 0] = False  # no MIDI
+    inputs["token_lengths"][3] = 0  # MIDI, but no notes in this window
+    network, mixed = predict_windows(plain, inputs, device="cpu"), predict_windows(headed, inputs, device="cpu")
+    np.testing.assert_allclose(mixed["quadrant_probs"][:4], network["quadrant_probs"][:4], atol=1e-6)
+    assert not np.allclose(mixed["quadrant_probs"][4:], network["quadrant_probs"][4:], atol=1e-3)
