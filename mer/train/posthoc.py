@@ -69,8 +69,9 @@ def build_artifact(models: list[str], *, storage: str, cache_dir: str | os.PathL
         "data_fingerprint": artifacts[0].meta.get("data_fingerprint"),
         "source_models": members,
     }
-    if len(artifacts) == 1:
-        meta["seed"] = artifacts[0].meta.get("seed")
+    if len(artifacts) == 1:  # the same trained network: what its training said stays true
+        trained = artifacts[0].meta
+        meta.update({k: trained[k] for k in ("seed", "best_epoch", "epochs", "run") if k in trained})
     if len(artifacts) > 1:
         meta["members"] = members
     return save_artifact(model.state_dict(), config=config, storage=storage, meta=meta, set_latest=set_latest,

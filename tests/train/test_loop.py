@@ -301,3 +301,26 @@ def test_ranks_share_each_global_batch_with_similar_lengths() -> None:
     assert [c.tolist() for c in again] == [c.tolist() for c in ranks[0]]  # a resumed epoch replays exactly
     assert [c.tolist() for c in rank_batches(lengths, 32, seed=5, epoch=3, rank=0, world_size=2)] != \
         [c.tolist() for c in ranks[0]]
+
+
+def test_a_trained_model_gains_a_summary_head_without_retraining(first_run: TrainResult, small_emopia: Path,
+                                                                 workdir: Path, tmp_path: Path) -> None:
+    from mer.model import save_artifact
+    from mer.train import build_artifact
+
+    headless = tiny_config(summary_head=False)
+    torch.manual_seed(3)
+    network = MerModel(headless)
+    storage = str(tmp_path / "storage")
+    trained = save_artifact(network.state_dict(), config=headless, storage=storage,
+                            meta={"seed": 3, "best_epoch": 2, "data_fingerprint": first_run.data_fingerprint})
+    url = build_artifact([trained], storage=storage, cache_dir=workdir / "cache", emopia=small_emopia,
+                         progress=False, summary_head=True)
+    upgraded = load_artifact(url, device="cpu")
+    assert upgraded.config.model.summary_head and upgraded.config.model == tiny_config().model
+    assert upgraded.meta["seed"] == 3 and upgraded.meta["best_epoch"] == 2  # still the same trained network
+    assert upgraded.meta["summary_head"]["fitted_on"]["regression"] == "train"
+    assert upgraded.meta["source_models"] == [Path(trained).name]
+    own = {k: v for k, v in upgraded.model.state_dict().items() if not k.startswith("summary_head.")}
+    for key, value in network.state_dict().items():
+        torch.testing.assert_close(own[key], value)  # the network's weights are untouched
