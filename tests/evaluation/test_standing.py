@@ -65,5 +65,6 @@ def test_the_job_rewrites_only_its_own_readme_section(tmp_path: Path) -> None:
     written = (tmp_path / "README.md").read_text()
     assert written.startswith(f"intro\n{BEGIN}\n") and written.endswith(f"{END}\nrest\n")
     assert section_of(written) == where_we_stand(*read_headline(HEADLINE)).strip("\n")
-    robustness = json.loads((HEADLINE / "robustness" / "robustness.json").read_text())
-    assert f"{robustness['rows'][0]['temperature']:.2f}" in written
+    report = json.loads((HEADLINE / "report.json").read_text())
+    default = next(m for m in report["methods"] if m["key"] == "default")
+    assert all(f"`{run['version']}`" in written for run in default["runs"])  # the seed-by-seed table
