@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from mer.config import MerConfig
+import numpy as np
+
+from mer.config import BRANCHES, SUMMARY_SIZE, MerConfig
 
 TINY_MODEL = dict(token_embedding=8, gru_hidden=8, gru_layers=1, harmony_channels=4, harmony_time_kernel=5,
                   resnet_channels=4, resnet_blocks=3, fusion_dim=8, attention_heads=2, fc_hidden=8)
@@ -21,3 +23,16 @@ def tiny_config(*, window_seconds: float = 5.0, max_tokens: int = 64, training: 
         model=dataclasses.replace(config.model, **{**TINY_MODEL, **model}),
         training=dataclasses.replace(config.training, **(training or {})),
     )
+
+
+def random_windows(config: MerConfig, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """``n`` random model-input windows of ``config``'s shapes, every branch present and every window with tokens."""
+    f = config.features
+    return {
+        "tokens": rng.integers(0, f.vocab_size - 1, (n, f.max_tokens)),
+        "token_lengths": rng.integers(1, f.max_tokens + 1, n),
+        "chroma": rng.random((n, 12, f.frames_per_window), dtype=np.float32),
+        "mfcc": rng.standard_normal((n, f.n_mfcc, f.frames_per_window), dtype=np.float32),
+        "present": np.ones((n, len(BRANCHES)), dtype=bool),
+        "summary": rng.standard_normal((n, SUMMARY_SIZE)).astype(np.float32),
+    }

@@ -4,22 +4,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mer.config import BRANCHES
 from mer.model import MerEnsemble, MerModel, load_artifact, predict_windows, save_artifact
-from tiny import tiny_config
+from tiny import random_windows, tiny_config
 
 CONFIG = tiny_config()
 
 
 def batch(rng, n=5):
-    f = CONFIG.features
-    return {
-        "tokens": rng.integers(0, f.vocab_size - 1, (n, f.max_tokens)),
-        "token_lengths": rng.integers(1, f.max_tokens + 1, n),
-        "chroma": rng.random((n, 12, f.frames_per_window), dtype=np.float32),
-        "mfcc": rng.standard_normal((n, f.n_mfcc, f.frames_per_window), dtype=np.float32),
-        "present": np.ones((n, len(BRANCHES)), dtype=bool),
-    }
+    return random_windows(CONFIG, rng, n)
 
 
 def members(count=3):

@@ -8,24 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from mer.config import BRANCHES, SUMMARY_SIZE
+from mer.config import SUMMARY_SIZE
 from mer.model import MerEnsemble, MerModel, load_artifact, predict_windows, save_artifact
-from tiny import tiny_config
+from tiny import random_windows, tiny_config
 
 CONFIG = tiny_config(summary_film=True)
 WITH_HEAD = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, summary_head=True))
 
 
 def batch(rng, n=6):
-    f = CONFIG.features
-    return {
-        "tokens": rng.integers(0, f.vocab_size - 1, (n, f.max_tokens)),
-        "token_lengths": rng.integers(1, f.max_tokens + 1, n),
-        "chroma": rng.random((n, 12, f.frames_per_window), dtype=np.float32),
-        "mfcc": rng.standard_normal((n, f.n_mfcc, f.frames_per_window), dtype=np.float32),
-        "present": np.ones((n, len(BRANCHES)), dtype=bool),
-        "summary": rng.standard_normal((n, SUMMARY_SIZE)).astype(np.float32),
-    }
+    return random_windows(CONFIG, rng, n)
 
 
 def fitted(model, rng, blend):

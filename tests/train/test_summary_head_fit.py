@@ -5,32 +5,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mer.config import BRANCHES, SUMMARY_SIZE
 from mer.model import MerModel, predict_windows
 from mer.train import fit_summary_head, with_summary_head
-from tiny import tiny_config
+from tiny import random_windows, tiny_config
 
 CONFIG = tiny_config(summary_film=True, summary_head=True)
 
 
 def table(rng, clips, *, informative=True):
     """Window rows of ``clips`` clips (two windows each) whose summary carries the quadrant when ``informative``."""
-    f = CONFIG.features
     quadrant = np.repeat(rng.integers(0, 4, clips), 2)
-    n = len(quadrant)
-    summary = rng.standard_normal((n, SUMMARY_SIZE)).astype(np.float32)
+    rows = random_windows(CONFIG, rng, len(quadrant))
     if informative:
-        summary[np.arange(n), quadrant] += 2.0
-    return {
-        "name": np.repeat(np.array([f"clip{i}" for i in range(clips)]), 2),
-        "quadrant": quadrant,
-        "tokens": rng.integers(0, f.vocab_size - 1, (n, f.max_tokens)),
-        "token_lengths": rng.integers(1, f.max_tokens + 1, n),
-        "chroma": rng.random((n, 12, f.frames_per_window), dtype=np.float32),
-        "mfcc": rng.standard_normal((n, f.n_mfcc, f.frames_per_window), dtype=np.float32),
-        "present": np.ones((n, len(BRANCHES)), dtype=bool),
-        "summary": summary,
-    }
+        rows["summary"][np.arange(len(quadrant)), quadrant] += 2.0
+    return {"name": np.repeat(np.array([f"clip{i}" for i in range(clips)]), 2), "quadrant": quadrant, **rows}
 
 
 def clip_accuracy(model, t):
