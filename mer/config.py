@@ -83,6 +83,10 @@ class ModelConfig:
     # Tone-colour branch: short-chunk ResNet, seven residual blocks.
     resnet_channels: int = 32  # Won et al. use 128 on GPUs; 32 fits the 2-core training budget
     resnet_blocks: int = 7
+    # Cepstral mean normalisation: each window's MFCCs are centred per coefficient over its frames before the
+    # input BN, so a piano's (or a room's, a microphone's) average spectral envelope and the gain do not reach the
+    # ResNet, only how the timbre moves within the window (README, "Other timbres").
+    mfcc_mean_norm: bool = False
     # Fusion: each branch projected to ``fusion_dim``, 4-head self-attention, two FC layers.
     fusion_dim: int = 256
     attention_heads: int = 4

@@ -245,24 +245,38 @@ def resnet_widths(channels: int, blocks: int) -> list[int]:
     return [channels * (1 if i < 2 else 2 if i < blocks - 1 else 4) for i in range(blocks)]
 
 
+def centre_frames(frames: torch.Tensor) -> torch.Tensor:
+    """(N, M, F) frames minus each row's mean over the window's real frames; padding frames (all M rows exactly
+    zero: past the audio's end) are not counted and stay zero. A constant added to a row (a gain or a fixed EQ,
+    in the cepstrum) leaves the result unchanged."""
+    real = (frames != 0).any(dim=1, keepdim=True)  # (N, 1, F)
+    count = real.sum(dim=2, keepdim=True).clamp(min=1)  # (N, 1, 1)
+    mean = (frames * real).sum(dim=2, keepdim=True) / count  # (N, M, 1)
+    return (frames - mean) * real  # (N, M, F)
+
+
 class ToneEncoder(nn.Module):
     """Tone colour from MFCCs: the short-chunk ResNet (paper, Sec. III-C; Won et al. 2020, ``ShortChunkCNN_Res``).
 
     Input BN per coefficient -> ``resnet_blocks`` :class:`ResBlock` (each halves both axes) -> global max pool.
     Won normalises a mel spectrogram with one ``BatchNorm2d(1)``; MFCCs differ in scale per coefficient (c0 is
     log energy, hundreds; the rest tens), so each coefficient gets its own BN. With M = 23 the coefficient axis
-    goes 23 -> 12 -> 6 -> 3 -> 2 -> 1 -> 1 -> 1 and time 1292 -> ... -> 11 over seven blocks.
+    goes 23 -> 12 -> 6 -> 3 -> 2 -> 1 -> 1 -> 1 and time 1292 -> ... -> 11 over seven blocks. With
+    ``mfcc_mean_norm`` each window is first centred per coefficient (:func:`centre_frames`; not in the paper).
     """
 
     def __init__(self, config: MerConfig) -> None:
         super().__init__()
         widths = resnet_widths(config.model.resnet_channels, config.model.resnet_blocks)
+        self.mean_norm = config.model.mfcc_mean_norm
         self.input_bn = nn.BatchNorm1d(config.features.n_mfcc)
         self.blocks = nn.Sequential(*(ResBlock(c_in, c_out) for c_in, c_out in zip([1, *widths[:-1]], widths)))
         self.out_features = widths[-1]
 
     def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
         """mfcc (N, M, F) -> (N, 4 * resnet_channels)."""
+        if self.mean_norm:
+            mfcc = centre_frames(mfcc)  # (N, M, F)
         x = self.input_bn(mfcc).unsqueeze(1)  # (N, 1, M, F)
         x = self.blocks(x)  # (N, 4c, M', F')
         return x.amax(dim=(2, 3))  # (N, 4c)

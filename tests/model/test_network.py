@@ -205,6 +205,25 @@ def test_harmony_branch_does_not_depend_on_the_key(rng):
     assert (encoder(minor) - reference).abs().max() > 0.01 * reference.abs().max()  # chord quality still matters
 
 
+def test_mean_normalised_tone_branch_ignores_a_fixed_eq_and_gain(rng):
+    # A gain or a fixed EQ adds a constant to each cepstral coefficient: with mfcc_mean_norm the tone branch sees
+    # the same window, whatever the constant, and the zero frames past the audio's end stay padding.
+    frames = TINY.features.frames_per_window
+    real = frames * 2 // 3  # the rest is padding (all zero)
+    mfcc = make_batch(rng)["mfcc"]
+    mfcc[:, :, real:] = 0
+    tilt = torch.zeros_like(mfcc)
+    tilt[:, :, :real] = 15 * torch.randn(B, TINY.features.n_mfcc, 1, generator=rng)  # per window and coefficient
+    for mean_norm, same in ((True, True), (False, False)):
+        encoder = build(tiny(branches=("tone",), mfcc_mean_norm=mean_norm)).encoders["tone"]
+        with torch.no_grad():
+            encoder.train()
+            for _ in range(10):  # move BatchNorm's running statistics off their initial values
+                encoder(make_batch(rng)["mfcc"])
+        encoder.eval()
+        reference, moved = encoder(mfcc), encoder(mfcc + tilt)
+        assert torch.allclose(moved, reference, rtol=1e-4, atol=1e-4) == same
+
 def test_reverse_valid_reverses_within_length_only():
     x = torch.arange(10.0).view(2, 5, 1)  # (N, L, E)
     out = reverse_valid(x, torch.tensor([3, 5]))
