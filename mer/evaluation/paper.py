@@ -45,6 +45,8 @@ METHODS: tuple[Method, ...] = (
     Method("default", "Default configuration (best on val)", "-", PAPER_FULL, preset="default"),
     Method("default_network", "Default without the summary head (network alone)", "-", PAPER_FULL,
            preset="default", preset_changes=(("summary_head", False),)),
+    Method("default_cmn", "Default + cepstral mean normalisation (tone branch)", "-", PAPER_FULL,
+           preset="default", preset_changes=(("mfcc_mean_norm", True),)),
     Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
     Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
     Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),
