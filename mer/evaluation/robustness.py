@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mer.evaluation.evaluate import evaluate_features
+from mer.evaluation.paper import method_key
 from mer.evaluation.plots import plot_reliability
 from mer.features import FeatureCache
 from mer.model import Artifact, expected_calibration_error, load_artifact, nll, predict_windows
@@ -91,7 +92,8 @@ def robustness_report(models: Sequence[str], *, storage: str, cache_dir: str | o
              "ensemble_windows_per_second": windows_per_second(ensemble, table), "members": len(artifacts)}
     plot_reliability(np.concatenate(pooled_probs), np.concatenate(pooled_true), out / "reliability.png",
                      title=f"calibrated seed models pooled, test split ({len(pooled_probs)} models)")
-    report = {"rows": rows, "throughput_cpu": speed, "second_soundfont": soundfont,
+    report = {"method": method_key(artifacts[0].config), "rows": rows, "throughput_cpu": speed,
+              "second_soundfont": soundfont,
               "note": "audio rendered from the MIDI with FluidSynth; test scored once per model"}
     (out / "robustness.json").write_text(json.dumps(report, indent=2))
     return report

@@ -68,3 +68,21 @@ def test_the_job_rewrites_only_its_own_readme_section(tmp_path: Path) -> None:
     report = json.loads((HEADLINE / "report.json").read_text())
     default = next(m for m in report["methods"] if m["key"] == "default")
     assert all(f"`{run['version']}`" in written for run in default["runs"])  # the seed-by-seed table
+
+
+def test_each_configuration_gets_its_timbre_row_and_the_target_follows_the_drop() -> None:
+    report, robustness = read_headline(HEADLINE)
+
+    def robustness_of(method: str, pairs: list[tuple[float, float]]) -> dict:
+        rows = [{"model": f"seed {i}", "version": f"{method}-{i}", "temperature": 1.0,
+                 "trained SoundFont": {"4q": a}, "FluidR3_GM": {"4q": b}} for i, (a, b) in enumerate(pairs)]
+        return {"method": method, "rows": rows, "throughput_cpu": {"members": len(rows)}}
+
+    section = where_we_stand(report, [robustness_of("default_cmn", [(0.70, 0.69), (0.60, 0.60)]),
+                                      robustness_of("default_network", [(0.70, 0.50), (0.60, 0.58)])])
+    timbre = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines()
+              if line.startswith("| Default") and "TimGM" not in line and line.count("|") == 7}
+    cmn = timbre["Default + cepstral mean normalisation (tone branch)"]
+    network = timbre["Default without the summary head (network alone)"]
+    assert "| 0.650 ± 0.071 | 0.645 ± 0.064 | 0.5 ± 0.7 | met |" in cmn
+    assert "| 0.650 ± 0.071 | 0.540 ± 0.057 | 11.0 ± 12.7 | **not met** |" in network
