@@ -13,6 +13,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || need+=(postgresql)
 # A second General MIDI SoundFont (FluidR3_GM): the test split rendered with another piano timbre.
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need+=(fluid-soundfont-gm)
+# A third (MuseScore General Lite): the second piano the two-SoundFont training row learns from.
+[ -f /usr/share/sounds/sf3/MuseScore_General_Lite.sf3 ] || need+=(musescore-general-soundfont-small)
 if [ ${#need[@]} -gt 0 ]; then
   echo "dev-setup: installing ${need[*]} (Debian packages)"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi

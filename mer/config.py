@@ -122,6 +122,10 @@ class TrainConfig:
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     va_loss_weight: float = 1.0  # weight of the binary arousal/valence losses beside the 4Q loss
     transpose_semitones: int = 0  # > 0: each training window is moved by a random k in [-n, n] (key changes, label not)
+    # More piano timbres: each training window takes its audio features from a rendering with one of these
+    # SoundFonts or the feature config's, drawn at every step (mer.train.renderings). Val and test stay on the
+    # feature config's SoundFont.
+    extra_soundfonts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,8 +161,9 @@ class MerConfig:
         def build(kind, values):
             names = {f.name for f in dataclasses.fields(kind)}
             kwargs = {k: v for k, v in values.items() if k in names}
-            if "branches" in kwargs:
-                kwargs["branches"] = tuple(kwargs["branches"])
+            for name in ("branches", "extra_soundfonts"):  # JSON lists back to tuples
+                if name in kwargs:
+                    kwargs[name] = tuple(kwargs[name])
             return kind(**kwargs)
 
         return cls(

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from mer.config import BRANCHES, MerConfig, ModelConfig, preset
+from mer.config import BRANCHES, MerConfig, ModelConfig, TrainConfig, preset
 
 METRIC_LABELS = {"4q": "4Q", "arousal": "Arousal", "valence": "Valence"}
 PAPER_FULL = {"4q": 0.692, "arousal": 0.884, "valence": 0.869}
@@ -31,6 +31,7 @@ class Method:
     baseline: str | None = None
     preset: str | None = None  # a deep model of a named configuration (mer.config.preset) instead of the base's
     preset_changes: tuple[tuple[str, Any], ...] = ()  # ModelConfig fields changed from the preset's (ablations)
+    training_changes: tuple[tuple[str, Any], ...] = ()  # TrainConfig fields changed from the preset's
 
     @property
     def deep(self) -> bool:
@@ -41,12 +42,18 @@ def _paper(q: float, a: float, v: float) -> dict[str, float]:
     return {"4q": q, "arousal": a, "valence": v}
 
 
+MUSESCORE_LITE = "/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"
+"""Debian's musescore-general-soundfont-small (infra/dev-setup.sh): a second piano timbre to train with, unlike
+FluidR3_GM, which stays unseen for the timbre test."""
+
 METHODS: tuple[Method, ...] = (
     Method("default", "Default configuration (best on val)", "-", PAPER_FULL, preset="default"),
     Method("default_network", "Default without the summary head (network alone)", "-", PAPER_FULL,
            preset="default", preset_changes=(("summary_head", False),)),
     Method("default_cmn", "Default + cepstral mean normalisation (tone branch)", "-", PAPER_FULL,
            preset="default", preset_changes=(("mfcc_mean_norm", True),)),
+    Method("default_two_pianos", "Default trained on two SoundFonts (TimGM6mb, MuseScore General Lite)", "-",
+           PAPER_FULL, preset="default", training_changes=(("extra_soundfonts", (MUSESCORE_LITE,)),)),
     Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
     Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
     Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),
@@ -78,7 +85,8 @@ def method_key(config: MerConfig) -> str:
     """The :data:`METHODS` key of a deep model's configuration (``"custom"`` when it is none of them)."""
     for method in METHODS:
         if method.preset is not None:
-            if config.model == preset_model(method):
+            if config.model == preset_model(method) and _settings(config.training) == _settings(
+                    preset_training(method)):
                 return method.key
             continue
         if method.deep and method.branches == config.model.branches \
@@ -92,13 +100,23 @@ def preset_model(method: Method) -> ModelConfig:
     return dataclasses.replace(preset(method.preset).model, **dict(method.preset_changes))
 
 
+def preset_training(method: Method) -> TrainConfig:
+    """A preset row's optimisation settings: the preset's, with the row's ``training_changes``."""
+    return dataclasses.replace(preset(method.preset).training, **dict(method.training_changes))
+
+
+def _settings(training: TrainConfig) -> TrainConfig:
+    """What a row's training means, without where and with which seed it ran."""
+    return dataclasses.replace(training, seed=0, num_workers=1, use_gpu=None)
+
+
 def method_config(base: MerConfig, method: Method, *, seed: int) -> MerConfig:
     """``base`` with the method's branches / attention and the seed; for a preset's row, the preset's model and
     training settings on ``base``'s features and workers."""
     if method.preset is not None:
-        named = preset(method.preset)
         return dataclasses.replace(base, model=preset_model(method), training=dataclasses.replace(
-            named.training, seed=seed, num_workers=base.training.num_workers, use_gpu=base.training.use_gpu))
+            preset_training(method), seed=seed, num_workers=base.training.num_workers,
+            use_gpu=base.training.use_gpu))
     return dataclasses.replace(
         base,
         model=dataclasses.replace(base.model, branches=method.branches, use_attention=method.use_attention),

@@ -25,6 +25,7 @@ The loss, the steps, the epoch's batches and the learning-rate schedule are in :
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -53,6 +54,7 @@ from mer.train.dataset import data_fingerprint, ensure_ray, extract_clips, take,
 from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.scores import split_metrics
 from mer.train.progress import progress_bar, progress_line
+from mer.train.renderings import pick_renderings, rendering_table
 from mer.train.steps import eval_step, lr_schedule, rank_batches, train_step
 from mer.train.summary_head import fit_summary_head
 
@@ -204,6 +206,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                            enabled=progress)
         for step, chunk in enumerate(chunks, start=1):
             batch = take(train_table, chunk)
+            if training.extra_soundfonts:  # a SoundFont per window and step, before the key moves its chroma
+                batch = pick_renderings(batch, rng=np.random.default_rng([training.seed, epoch, step, rank, 1]))
             if training.transpose_semitones:  # a new key per window and step; the draws replay on a resume
                 batch = transpose_batch(batch, limit=training.transpose_semitones,
                                         rng=np.random.default_rng([training.seed, epoch, step, rank]))
@@ -374,6 +378,11 @@ def train_model(
 
     # 2. The tables go into the object store once; every worker reads them from there.
     train_table, val_table = window_table(train_items), window_table(val_items)
+    if config.training.extra_soundfonts:  # the training windows' other renderings (mer.train.renderings)
+        alternatives = [extract_clips(train_clips, config=dataclasses.replace(config.features, soundfont=soundfont),
+                                      cache=cache, progress=progress).clips
+                        for soundfont in config.training.extra_soundfonts]
+        train_table = rendering_table(train_table, alternatives)
     train_ref, val_ref = ray.put(train_table), ray.put(val_table)
 
     # 3. Ray Train.

@@ -365,3 +365,14 @@ def test_the_reliability_diagram_is_a_picture_of_every_clip(tmp_path, rng):
     probs = rng.dirichlet(np.ones(4), 200)
     path = plot_reliability(probs, rng.integers(0, 4, 200), tmp_path / "reliability.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_deep_row_is_recognised_from_the_configuration_it_trains() -> None:
+    # A report names a model's row from its saved config: each row's config (any seed, any workers) maps back to it.
+    from mer.evaluation.paper import method_key
+
+    for method in (m for m in METHODS if m.deep):
+        for seed, workers in ((0, 2), (3, 1)):
+            base = dataclasses.replace(MerConfig(), training=dataclasses.replace(MerConfig().training,
+                                                                               num_workers=workers))
+            assert method_key(method_config(base, method, seed=seed)) == method.key, method.key

@@ -8,6 +8,7 @@ takes seconds of compute (most of a run's ~25 s is Ray Train starting its worker
 from __future__ import annotations
 
 import csv
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from mer.config import QUADRANTS, MerConfig
 from mer.errors import ConfigError
+from mer.evaluation.robustness import SECOND_SOUNDFONT
 from mer.features.cache import FeatureCache
 from mer.model import MerModel
 from mer.model.artifact import latest_version, load_artifact
@@ -185,8 +187,11 @@ def test_raising_epochs_extends_a_finished_run_from_its_latest_checkpoint(first_
 
 def test_branch_flags_decide_which_weights_exist_and_train(ray_cluster, small_emopia: Path, workdir: Path,
                                                            s3_bucket: str, s3_endpoint: str) -> None:
-    """A harmony-only model without attention, trained into S3 storage (moto), checkpoints and artifact there."""
+    """A harmony-only model without attention, trained into S3 storage (moto), checkpoints and artifact there, on
+    two SoundFonts' renderings (the second one's features extracted into the cache and named in the artifact)."""
     config = tiny_config(epochs=1, workers=1, branches=("harmony",), use_attention=False)
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training,
+                                                                      extra_soundfonts=(SECOND_SOUNDFONT,)))
     storage = f"s3://{s3_bucket}/runs"
     result = train_model(config, emopia=small_emopia, storage=storage, cache_dir=workdir / "cache",
                          run_name="harmony-only", progress=False, endpoint_url=s3_endpoint)
@@ -204,6 +209,13 @@ def test_branch_flags_decide_which_weights_exist_and_train(ray_cluster, small_em
     changed = [k for k in trained if k.endswith("weight") and not torch.equal(trained[k], initial[k])]
     assert any(k.startswith("encoders.harmony") for k in changed)
     assert any(k.startswith("fusion.classifier") for k in changed)
+
+    saved = load_artifact(result.artifact, endpoint_url=s3_endpoint).config
+    assert saved.training.extra_soundfonts == (SECOND_SOUNDFONT,)
+    second = dataclasses.replace(config.features, soundfont=SECOND_SOUNDFONT)
+    cache = FeatureCache(workdir / "cache")
+    train = [c for c in load_split(small_emopia, "train") if c.name != BROKEN]
+    assert all(cache.get(FeatureCache.key(c.midi_path.read_bytes(), config=second)) is not None for c in train)
 
 
 def test_emotion_predictor_on_ray_data_matches_direct_prediction(first_run: TrainResult, small_emopia: Path,

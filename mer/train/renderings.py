@@ -1,0 +1,61 @@
+"""Training on more than one piano timbre: each training window's audio features from a rendering of its MIDI
+with one of several SoundFonts, drawn anew at every step (``TrainConfig.extra_soundfonts``).
+
+The acoustic branches otherwise learn the one SoundFont they are trained with: a model trained on TimGM6mb
+renderings loses most of its tone branch on FluidR3_GM's (README, "Another piano timbre"). The tokens, the
+summary and the label come from the MIDI and are the same in every rendering; only the chromagram and the MFCCs
+change. An epoch costs what it did with one SoundFont: every window is seen once, in one of its renderings.
+
+:func:`rendering_table` adds the other renderings to a window table, aligned by clip and window (a rendering
+whose clip failed, or that has fewer windows — a longer or shorter release tail — keeps the primary's frames
+for the missing windows); :func:`pick_renderings` draws one rendering per window of a batch.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mer.train.dataset import ClipFeatures
+
+RENDERED = ("chroma", "mfcc")
+"""The window-table keys a rendering changes."""
+
+
+def rendering_table(table: Mapping[str, np.ndarray], alternatives: Sequence[Sequence[ClipFeatures]]
+                    ) -> dict[str, np.ndarray]:
+    """``table`` (:func:`mer.train.dataset.window_table` of the primary rendering) with ``renderings_chroma``
+    (N, K, 12, F) and ``renderings_mfcc`` (N, K, M, F): window i's frames in each of the K ``alternatives`` (one
+    list of extracted clips per other SoundFont, any order, failed clips absent)."""
+    out = dict(table)
+    names, windows = table["name"], table["window_index"]
+    for key in RENDERED:
+        stacked = np.repeat(table[key][:, None], len(alternatives), axis=1)  # (N, K, rows, F)
+        for k, clips in enumerate(alternatives):
+            frames = {(c.clip.name, w): getattr(c.features, key)[w]
+                      for c in clips for w in range(c.features.num_windows)}
+            for i, (name, window) in enumerate(zip(names, windows)):
+                found = frames.get((str(name), int(window)))
+                if found is not None and found.shape == stacked.shape[2:]:
+                    stacked[i, k] = found
+        out[f"renderings_{key}"] = stacked
+    return out
+
+
+def pick_renderings(batch: Mapping[str, np.ndarray], *, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A batch whose windows each take their ``chroma`` and ``mfcc`` from one rendering drawn uniformly from the
+    primary and the K others (the same rendering for both); the ``renderings_*`` keys are dropped and every other
+    key passes through. A batch without them is returned as it is (as a new dict)."""
+    out = {k: v for k, v in batch.items() if not k.startswith("renderings_")}
+    if "renderings_chroma" not in batch:
+        return out
+    count = batch["renderings_chroma"].shape[1]
+    choice = rng.integers(0, count + 1, size=len(batch["quadrant"]))  # 0: the primary rendering
+    rows = np.flatnonzero(choice)
+    for key in RENDERED:
+        frames = np.array(batch[key], copy=True)
+        frames[rows] = batch[f"renderings_{key}"][rows, choice[rows] - 1]
+        out[key] = frames
+    return out
