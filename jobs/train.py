@@ -57,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--branches", default=",".join(BRANCHES),
                         help=f"comma-separated subset of {','.join(BRANCHES)} (ablations)")
     parser.add_argument("--no-attention", action="store_true", help="the model without self-attention (ablation)")
+    parser.add_argument("--extra-soundfont", dest="extra_soundfonts", action="append", default=None, metavar="SF2",
+                        help="also train on renderings with this SoundFont (repeatable; default: the preset's)")
+    parser.add_argument("--mfcc-mean-norm", action="store_true", default=None,
+                        help="centre each window's MFCCs per coefficient (tone branch; default: the preset's)")
     parser.add_argument("--subset", type=int, default=None, help="train on N clips (quick runs)")
     parser.add_argument("--run-name", default=None, help="run folder name (default: from config and data)")
     parser.add_argument("--resume", dest="resume", action="store_true", default=True,
@@ -71,10 +75,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> MerConfig:
     config = preset(args.preset)
     branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr}
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
+             "extra_soundfonts": None if args.extra_soundfonts is None else tuple(args.extra_soundfonts)}
+    for soundfont in given["extra_soundfonts"] or ():
+        if not os.path.isfile(soundfont):
+            raise ValueError(f"--extra-soundfont {soundfont}: no such file")
+    mean_norm = {} if args.mfcc_mean_norm is None else {"mfcc_mean_norm": True}
     return dataclasses.replace(
         config,
-        model=dataclasses.replace(config.model, branches=branches, use_attention=not args.no_attention),
+        model=dataclasses.replace(config.model, branches=branches, use_attention=not args.no_attention, **mean_norm),
         training=dataclasses.replace(
             config.training, seed=args.seed, num_workers=args.workers, use_gpu=args.use_gpu,
             **{key: value for key, value in given.items() if value is not None},
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = build_config(args)
-    except ValueError as error:  # e.g. an unknown branch name
+    except ValueError as error:  # e.g. an unknown branch name or a missing SoundFont
         print(f"error: {error}", file=sys.stderr)
         return 2
     cache_dir = args.cache_dir or os.path.join("./mer_runs" if "://" in args.storage else args.storage,

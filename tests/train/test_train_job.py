@@ -1,0 +1,39 @@
+"""jobs/train.py's flags reach the configuration it trains; a SoundFont that does not exist stops it before Ray."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+from mer.config import preset
+from mer.evaluation.paper import MUSESCORE_LITE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def train_job():
+    spec = importlib.util.spec_from_file_location("train_job", ROOT / "jobs" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_timbre_flags_reach_the_config_and_the_rest_stays_the_presets() -> None:
+    job = train_job()
+    plain = job.build_config(job.parse_args([]))
+    assert plain == dataclasses.replace(preset("default"), training=plain.training)
+    assert plain.training.extra_soundfonts == () and not plain.model.mfcc_mean_norm
+    both = job.build_config(job.parse_args(["--extra-soundfont", MUSESCORE_LITE, "--mfcc-mean-norm"]))
+    assert both.training.extra_soundfonts == (MUSESCORE_LITE,) and both.model.mfcc_mean_norm
+    assert both.features == plain.features  # validation and test stay on the feature config's SoundFont
+
+
+def test_a_missing_soundfont_is_named_and_nothing_starts(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.sf2"
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), "--extra-soundfont", str(missing),
+                           "--storage", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert str(missing) in done.stderr and "no such file" in done.stderr
+    assert not (tmp_path / "runs").exists()
