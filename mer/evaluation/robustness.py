@@ -67,11 +67,15 @@ def robustness_report(models: Sequence[str], *, storage: str, cache_dir: str | o
     rendered = {"trained SoundFont": extract_clips(test, config=features, cache=cache, progress=progress).clips,
                 Path(soundfont).stem: extract_clips(test, config=dataclasses.replace(features, soundfont=soundfont),
                                                     cache=cache, progress=progress).clips}
-    ensemble_url = build_artifact(list(models), storage=storage, cache_dir=cache_dir, emopia=emopia,
-                                  endpoint_url=endpoint_url, set_latest=False, progress=progress)
-    ensemble = load_artifact(ensemble_url, device="cpu", endpoint_url=endpoint_url)
+    scored = [(f"seed {a.meta.get('seed')}", a) for a in artifacts]
+    ensemble = None
+    if len(artifacts) > 1:  # one model is no ensemble
+        ensemble_url = build_artifact(list(models), storage=storage, cache_dir=cache_dir, emopia=emopia,
+                                      endpoint_url=endpoint_url, set_latest=False, progress=progress)
+        ensemble = load_artifact(ensemble_url, device="cpu", endpoint_url=endpoint_url)
+        scored.append(("ensemble", ensemble))
     rows, pooled_probs, pooled_true = [], [], []
-    for name, artifact in [*((f"seed {a.meta.get('seed')}", a) for a in artifacts), ("ensemble", ensemble)]:
+    for name, artifact in scored:
         row: dict[str, Any] = {"model": name, "version": artifact.version,
                                "temperature": float(artifact.model.quadrant_temperature)}
         for timbre, items in rendered.items():
@@ -88,8 +92,9 @@ def robustness_report(models: Sequence[str], *, storage: str, cache_dir: str | o
         if progress:
             print(f"[robustness] {json.dumps(row)}", flush=True)
     table = window_table(rendered["trained SoundFont"])
-    speed = {"single_model_windows_per_second": windows_per_second(artifacts[0], table),
-             "ensemble_windows_per_second": windows_per_second(ensemble, table), "members": len(artifacts)}
+    speed = {"single_model_windows_per_second": windows_per_second(artifacts[0], table), "members": len(artifacts)}
+    if ensemble is not None:
+        speed["ensemble_windows_per_second"] = windows_per_second(ensemble, table)
     plot_reliability(np.concatenate(pooled_probs), np.concatenate(pooled_true), out / "reliability.png",
                      title=f"calibrated seed models pooled, test split ({len(pooled_probs)} models)")
     report = {"method": method_key(artifacts[0].config), "rows": rows, "throughput_cpu": speed,

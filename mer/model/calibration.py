@@ -46,7 +46,11 @@ def clip_probabilities(window_logits: np.ndarray, groups: np.ndarray, temperatur
 
 
 def nll(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-likelihood of integer ``labels`` (C,) under ``probabilities`` (C, K)."""
+    """Mean negative log-likelihood of integer ``labels`` (C,) under ``probabilities`` (C, K). Rows are
+    renormalised in float64 first: float32 probabilities (a clip's mean over its windows) miss 1 by rounding,
+    which scikit-learn warns about."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
     return float(log_loss(labels, probabilities, labels=np.arange(probabilities.shape[1])))
 
 

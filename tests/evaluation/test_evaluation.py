@@ -19,20 +19,22 @@ import pytest
 import ray
 import torch
 
-from mer.config import MerConfig
+from mer.config import QUADRANTS, MerConfig
 from mer.errors import ConfigError
 from mer.evaluation.evaluate import evaluate_artifact
 from mer.evaluation.merge import merge_reports
-from mer.evaluation.paper import METHODS, method_config
+from mer.evaluation.paper import METHODS, method_config, method_key
 from mer.evaluation.report import write_evaluation, write_tables
 from mer.evaluation.results import RUN_FIELDS, EvalResult, TablesReport
+from mer.evaluation.robustness import SECOND_SOUNDFONT, robustness_report
 from mer.evaluation.tables import find_artifact, run_tables, split_clips
 from mer.features.cache import FeatureCache
 from mer.model import MerModel
 from mer.model.artifact import load_artifact, save_artifact
 from mer.storage import open_store
 from mer.train.dataset import data_fingerprint, extract_clips, take, window_table
-from mer.train.loop import evaluate_split
+from mer.train.emopia import emopia_root, load_split
+from mer.train.loop import evaluate_split, select_clips
 from mer.train.scores import quadrant_metrics
 from mer.train.steps import train_step
 from tiny import tiny_config as tiny
@@ -369,10 +371,56 @@ def test_the_reliability_diagram_is_a_picture_of_every_clip(tmp_path, rng):
 
 def test_every_deep_row_is_recognised_from_the_configuration_it_trains() -> None:
     # A report names a model's row from its saved config: each row's config (any seed, any workers) maps back to it.
-    from mer.evaluation.paper import method_key
-
     for method in (m for m in METHODS if m.deep):
         for seed, workers in ((0, 2), (3, 1)):
             base = dataclasses.replace(MerConfig(), training=dataclasses.replace(MerConfig().training,
                                                                                num_workers=workers))
             assert method_key(method_config(base, method, seed=seed)) == method.key, method.key
+
+
+def small_emopia(root: Path, counts: dict[str, int]) -> Path:
+    """EMOPIA's layout with the first ``counts[split]`` clips of each split (quadrant-balanced), symlinked."""
+    (root / "midis").mkdir(parents=True)
+    (root / "split").mkdir()
+    for split, count in counts.items():
+        clips = select_clips(load_split(emopia_root(), split), count)
+        for clip in clips:
+            (root / "midis" / clip.midi_path.name).symlink_to(clip.midi_path)
+        (root / "split" / f"{split}.csv").write_text(
+            "fname,label\n" + "".join(f"{c.name},{QUADRANTS[c.quadrant]}\n" for c in clips))
+    return root
+
+
+def test_robustness_scores_each_model_on_both_timbres_and_their_ensemble(ray_cluster, tmp_path: Path) -> None:
+    emopia = small_emopia(tmp_path / "emopia", {"train": 8, "val": 4, "test": 4})
+    storage, cache = str(tmp_path / "storage"), FeatureCache(tmp_path / "cache")
+    config = tiny_config()
+    items = {s: extract_clips(load_split(emopia, s), config=config.features, cache=cache, progress=False).clips
+             for s in ("train", "val")}
+    tables = {s: window_table(v) for s, v in items.items()}
+    models = [train_in_process(dataclasses.replace(config, training=dataclasses.replace(config.training, seed=s)),
+                               tables["train"], tables["val"], fingerprint=data_fingerprint(items), storage=storage)
+              for s in (0, 1)]
+
+    report = robustness_report(models, storage=storage, cache_dir=tmp_path / "cache", out=tmp_path / "two",
+                               emopia=emopia, progress=False)
+    assert report["method"] == method_key(config)
+    assert [r["model"] for r in report["rows"]] == ["seed 0", "seed 1", "ensemble"]
+    for row in report["rows"]:
+        for timbre in ("trained SoundFont", Path(SECOND_SOUNDFONT).stem):
+            assert set(row[timbre]) >= {"4q", "arousal", "valence"}
+            assert all(0.0 <= row[timbre][m] <= 1.0 for m in ("4q", "arousal", "valence"))
+    assert report["rows"][0]["version"] == Path(models[0]).name
+    assert report["throughput_cpu"]["members"] == 2 and report["throughput_cpu"]["ensemble_windows_per_second"] > 0
+    assert (tmp_path / "two" / "reliability.png").stat().st_size > 0
+    assert json.loads((tmp_path / "two" / "robustness.json").read_text())["rows"] == report["rows"]
+    # The second SoundFont's features were extracted for the test split (they are not the trained ones).
+    second = dataclasses.replace(config.features, soundfont=SECOND_SOUNDFONT)
+    assert all(cache.get(FeatureCache.key(c.midi_path.read_bytes(), config=second)) is not None
+               for c in load_split(emopia, "test"))
+
+    alone = robustness_report(models[:1], storage=storage, cache_dir=tmp_path / "cache", out=tmp_path / "one",
+                              emopia=emopia, progress=False)
+    assert [r["model"] for r in alone["rows"]] == ["seed 0"]  # one model is no ensemble
+    assert "ensemble_windows_per_second" not in alone["throughput_cpu"]
+    assert alone["rows"][0] == report["rows"][0]  # the same model, scored the same way
