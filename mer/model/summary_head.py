@@ -33,6 +33,7 @@ class SummaryHead(nn.Module):
         self.register_buffer("weight", torch.zeros(N_QUADRANTS, SUMMARY_SIZE))
         self.register_buffer("bias", torch.zeros(N_QUADRANTS))
         self.register_buffer("blend", torch.zeros(()))
+        self._active = False  # float(blend) > 0, kept on the host: reading the buffer each forward syncs a GPU
 
     def set(self, *, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray, blend: float) -> None:
         """Install a fitted regression: mean, scale (SUMMARY_SIZE,), weight (4, SUMMARY_SIZE), bias (4,), and the
@@ -46,10 +47,15 @@ class SummaryHead(nn.Module):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(buffer.shape)}")
             buffer.copy_(value)
         self.blend.fill_(blend)
+        self._active = blend > 0.0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001 — torch's hook
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._active = float(self.blend) > 0.0
 
     @property
     def active(self) -> bool:
-        return float(self.blend) > 0.0
+        return self._active
 
     def logits(self, summary: torch.Tensor) -> torch.Tensor:
         """summary (B, SUMMARY_SIZE) -> the regression's quadrant logits (B, 4)."""
