@@ -8,7 +8,8 @@
 - **Seed ensemble** — the members' probabilities averaged, as one artifact calibrated on val
   (:func:`mer.train.build_artifact`), scored like a seed; and what each member costs in windows per second.
 - **Other timbres** — every model again on the test split rendered with a second SoundFont (FluidR3_GM by
-  default): the accuracy drop from the SoundFont the models were trained with.
+  default): the accuracy drop from the SoundFont the models were trained with; and the val split on both
+  renderings (``row["val"]``), the basis for choosing between configurations on this count.
 """
 from __future__ import annotations
 
@@ -63,10 +64,11 @@ def robustness_report(models: Sequence[str], *, storage: str, cache_dir: str | o
     cache = FeatureCache(os.path.abspath(cache_dir))
     artifacts = [load_artifact(m, storage=storage, device="cpu", endpoint_url=endpoint_url) for m in models]
     features = artifacts[0].config.features
-    test = load_split(emopia_root(emopia), "test")
-    rendered = {"trained SoundFont": extract_clips(test, config=features, cache=cache, progress=progress).clips,
-                Path(soundfont).stem: extract_clips(test, config=dataclasses.replace(features, soundfont=soundfont),
-                                                    cache=cache, progress=progress).clips}
+    root = emopia_root(emopia)
+    timbres = {"trained SoundFont": features, Path(soundfont).stem: dataclasses.replace(features, soundfont=soundfont)}
+    rendered, rendered_val = ({timbre: extract_clips(load_split(root, split), config=config, cache=cache,
+                                                     progress=progress).clips for timbre, config in timbres.items()}
+                              for split in ("test", "val"))
     scored = [(f"seed {a.meta.get('seed')}", a) for a in artifacts]
     ensemble = None
     if len(artifacts) > 1:  # one model is no ensemble
@@ -78,6 +80,9 @@ def robustness_report(models: Sequence[str], *, storage: str, cache_dir: str | o
     for name, artifact in scored:
         row: dict[str, Any] = {"model": name, "version": artifact.version,
                                "temperature": float(artifact.model.quadrant_temperature)}
+        # Val on both renderings: what a choice between configurations for other timbres may rest on.
+        row["val"] = {timbre: evaluate_features(artifact, items, device="cpu").metrics
+                      for timbre, items in rendered_val.items()}
         for timbre, items in rendered.items():
             calibrated = _scores(artifact, items)
             row[timbre] = calibrated["metrics"]

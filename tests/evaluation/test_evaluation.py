@@ -410,6 +410,7 @@ def test_robustness_scores_each_model_on_both_timbres_and_their_ensemble(ray_clu
         for timbre in ("trained SoundFont", Path(SECOND_SOUNDFONT).stem):
             assert set(row[timbre]) >= {"4q", "arousal", "valence"}
             assert all(0.0 <= row[timbre][m] <= 1.0 for m in ("4q", "arousal", "valence"))
+            assert 0.0 <= row["val"][timbre]["4q"] <= 1.0  # val too, on both renderings
     assert report["rows"][0]["version"] == Path(models[0]).name
     assert report["throughput_cpu"]["members"] == 2 and report["throughput_cpu"]["ensemble_windows_per_second"] > 0
     assert (tmp_path / "two" / "reliability.png").stat().st_size > 0
