@@ -76,7 +76,8 @@ def build_config(args: argparse.Namespace) -> MerConfig:
     config = preset(args.preset)
     branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
-             "extra_soundfonts": None if args.extra_soundfonts is None else tuple(args.extra_soundfonts)}
+             "extra_soundfonts": None if args.extra_soundfonts is None
+             else tuple(os.path.abspath(sf) for sf in args.extra_soundfonts)}  # every node reads the same path
     for soundfont in given["extra_soundfonts"] or ():
         if not os.path.isfile(soundfont):
             raise ValueError(f"--extra-soundfont {soundfont}: no such file")

@@ -82,14 +82,16 @@ CAVEAT_AUDIO = (
 
 
 def method_key(config: MerConfig) -> str:
-    """The :data:`METHODS` key of a deep model's configuration (``"custom"`` when it is none of them)."""
+    """The :data:`METHODS` key of a deep model's configuration (``"custom"`` when it is none of them: also a
+    preset row's model trained otherwise than the row says, e.g. with more epochs or another SoundFont)."""
+    presets = [m for m in METHODS if m.preset is not None]
+    for method in presets:
+        if config.model == preset_model(method) and _settings(config.training) == _settings(preset_training(method)):
+            return method.key
+    if any(config.model == preset_model(m) for m in presets):
+        return "custom"
     for method in METHODS:
-        if method.preset is not None:
-            if config.model == preset_model(method) and _settings(config.training) == _settings(
-                    preset_training(method)):
-                return method.key
-            continue
-        if method.deep and method.branches == config.model.branches \
+        if method.preset is None and method.deep and method.branches == config.model.branches \
                 and method.use_attention == config.model.use_attention:
             return method.key
     return "custom"

@@ -22,10 +22,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mer.errors import ConfigError
 from mer.evaluation.evaluate import evaluate_features
 from mer.evaluation.paper import method_key
 from mer.evaluation.plots import plot_reliability
-from mer.features import FeatureCache
+from mer.features import FeatureCache, soundfont_path
 from mer.model import Artifact, expected_calibration_error, load_artifact, nll, predict_windows
 from mer.train import build_artifact, emopia_root, ensure_ray, extract_clips, load_split, take, window_table
 
@@ -64,6 +65,11 @@ def robustness_report(models: Sequence[str], *, storage: str, cache_dir: str | o
     cache = FeatureCache(os.path.abspath(cache_dir))
     artifacts = [load_artifact(m, storage=storage, device="cpu", endpoint_url=endpoint_url) for m in models]
     features = artifacts[0].config.features
+    seen = {os.path.realpath(sf) for a in artifacts
+            for sf in (soundfont_path(a.config.features), *a.config.training.extra_soundfonts)}
+    if os.path.realpath(soundfont) in seen:
+        raise ConfigError(f"{soundfont} is a SoundFont these models were trained with: the timbre test needs one "
+                          "they have not heard")
     root = emopia_root(emopia)
     timbres = {"trained SoundFont": features, Path(soundfont).stem: dataclasses.replace(features, soundfont=soundfont)}
     rendered, rendered_val = ({timbre: extract_clips(load_split(root, split), config=config, cache=cache,

@@ -44,7 +44,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from mer.config import MerConfig
+from mer.config import MerConfig, TrainConfig
 from mer.errors import ConfigError, MerError
 from mer.features import FeatureCache, transpose_batch
 from mer.model import MerModel, is_url, join, save_artifact
@@ -54,7 +54,7 @@ from mer.train.dataset import data_fingerprint, ensure_ray, extract_clips, take,
 from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.scores import split_metrics
 from mer.train.progress import progress_bar, progress_line
-from mer.train.renderings import pick_renderings, rendering_table
+from mer.train.renderings import extract_renderings, pick_renderings, rendering_table
 from mer.train.steps import eval_step, lr_schedule, rank_batches, train_step
 from mer.train.summary_head import fit_summary_head
 
@@ -137,6 +137,20 @@ def evaluate_split(
     return metrics
 
 
+def training_batch(table: Mapping[str, np.ndarray], rows: np.ndarray, *, training: TrainConfig, epoch: int,
+                   step: int, rank: int) -> dict[str, np.ndarray]:
+    """Rows ``rows`` of the training table as one augmented batch: each window's rendering drawn first (a
+    SoundFont per window and step), then its key moved (the chroma it rolls is the drawn rendering's). The draws
+    depend only on (seed, epoch, step, rank), so a resumed epoch replays them."""
+    batch = take(table, rows)
+    if training.extra_soundfonts:
+        batch = pick_renderings(batch, rng=np.random.default_rng([training.seed, epoch, step, rank, 1]))
+    if training.transpose_semitones:
+        batch = transpose_batch(batch, limit=training.transpose_semitones,
+                                rng=np.random.default_rng([training.seed, epoch, step, rank]))
+    return batch
+
+
 def _load_checkpoint(checkpoint: ray.train.Checkpoint) -> dict[str, Any]:
     with checkpoint.as_directory() as folder:
         return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
@@ -205,12 +219,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         bar = progress_bar(total=len(chunks), desc=f"[train] epoch {epoch + 1}/{training.epochs}", unit="step",
                            enabled=progress)
         for step, chunk in enumerate(chunks, start=1):
-            batch = take(train_table, chunk)
-            if training.extra_soundfonts:  # a SoundFont per window and step, before the key moves its chroma
-                batch = pick_renderings(batch, rng=np.random.default_rng([training.seed, epoch, step, rank, 1]))
-            if training.transpose_semitones:  # a new key per window and step; the draws replay on a resume
-                batch = transpose_batch(batch, limit=training.transpose_semitones,
-                                        rng=np.random.default_rng([training.seed, epoch, step, rank]))
+            batch = training_batch(train_table, chunk, training=training, epoch=epoch, step=step, rank=rank)
             loss = train_step(model, optimizer, batch, device=device, va_loss_weight=training.va_loss_weight)
             schedule.scheduler.step()
             total, count = total + loss * len(chunk), count + len(chunk)
@@ -379,10 +388,8 @@ def train_model(
     # 2. The tables go into the object store once; every worker reads them from there.
     train_table, val_table = window_table(train_items), window_table(val_items)
     if config.training.extra_soundfonts:  # the training windows' other renderings (mer.train.renderings)
-        alternatives = [extract_clips(train_clips, config=dataclasses.replace(config.features, soundfont=soundfont),
-                                      cache=cache, progress=progress).clips
-                        for soundfont in config.training.extra_soundfonts]
-        train_table = rendering_table(train_table, alternatives)
+        train_table = rendering_table(train_table, extract_renderings(
+            [item.clip for item in train_items], config=config, cache=cache, progress=progress))
     train_ref, val_ref = ray.put(train_table), ray.put(val_table)
 
     # 3. Ray Train.

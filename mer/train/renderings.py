@@ -8,20 +8,51 @@ change. An epoch costs what it did with one SoundFont: every window is seen once
 
 :func:`rendering_table` adds the other renderings to a window table, aligned by clip and window (a rendering
 whose clip failed, or that has fewer windows — a longer or shorter release tail — keeps the primary's frames
-for the missing windows); :func:`pick_renderings` draws one rendering per window of a batch.
+for the missing windows); :func:`extract_renderings` extracts them (refusing a SoundFont that does not load or
+renders too few clips); :func:`pick_renderings` draws one rendering per window of a batch.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from mer.train.dataset import ClipFeatures
+from mer.config import MerConfig
+from mer.errors import MerError
+from mer.features import FeatureCache, loaded_soundfont, soundfont_path
+from mer.train.dataset import ClipFeatures, extract_clips
+from mer.train.emopia import Clip
 
 RENDERED = ("chroma", "mfcc")
 """The window-table keys a rendering changes."""
+
+
+MIN_COVERAGE = 0.95
+"""Share of the training clips a second SoundFont must render: below it, training stops instead of quietly
+seeing mostly the primary rendering while the artifact says it learnt from both."""
+
+
+def extract_renderings(clips: Sequence[Clip], *, config: MerConfig, cache: FeatureCache, progress: bool = True
+                       ) -> list[list[ClipFeatures]]:
+    """The features of ``clips`` rendered with each of ``config.training.extra_soundfonts`` (Ray tasks, through
+    the cache), one list per SoundFont.
+
+    Raises:
+        ConfigError: a SoundFont is missing or FluidSynth cannot load it (checked before any extraction).
+        MerError: a SoundFont rendered fewer than :data:`MIN_COVERAGE` of the clips (its failures named).
+    """
+    configs = [dataclasses.replace(config.features, soundfont=sf) for sf in config.training.extra_soundfonts]
+    for features in configs:
+        loaded_soundfont(soundfont_path(features))
+    out = []
+    for features in configs:
+        extraction = extract_clips(clips, config=features, cache=cache, progress=progress)
+        if len(extraction.clips) < MIN_COVERAGE * len(clips):
+            raise MerError(f"SoundFont {features.soundfont} rendered {len(extraction.clips)} of {len(clips)} "
+                           f"training clips; failures: {extraction.failures[:5]}")
+        out.append(extraction.clips)
+    return out
 
 
 def rendering_table(table: Mapping[str, np.ndarray], alternatives: Sequence[Sequence[ClipFeatures]]

@@ -28,6 +28,7 @@ from mer.evaluation.report import write_evaluation, write_tables
 from mer.evaluation.results import RUN_FIELDS, EvalResult, TablesReport
 from mer.evaluation.robustness import SECOND_SOUNDFONT, robustness_report
 from mer.evaluation.tables import find_artifact, run_tables, split_clips
+from mer.features import soundfont_path
 from mer.features.cache import FeatureCache
 from mer.model import MerModel
 from mer.model.artifact import load_artifact, save_artifact
@@ -376,6 +377,11 @@ def test_every_deep_row_is_recognised_from_the_configuration_it_trains() -> None
             base = dataclasses.replace(MerConfig(), training=dataclasses.replace(MerConfig().training,
                                                                                num_workers=workers))
             assert method_key(method_config(base, method, seed=seed)) == method.key, method.key
+    # A preset's model trained otherwise than any row says is no row (least of all the paper's "full").
+    default = method_config(MerConfig(), next(m for m in METHODS if m.key == "default"), seed=0)
+    for training in ({"epochs": 20}, {"extra_soundfonts": ("/elsewhere/piano.sf2",)}):
+        assert method_key(dataclasses.replace(default, training=dataclasses.replace(default.training, **training))
+                          ) == "custom"
 
 
 def small_emopia(root: Path, counts: dict[str, int]) -> Path:
@@ -418,7 +424,10 @@ def test_robustness_scores_each_model_on_both_timbres_and_their_ensemble(ray_clu
     # The second SoundFont's features were extracted for the test split (they are not the trained ones).
     second = dataclasses.replace(config.features, soundfont=SECOND_SOUNDFONT)
     assert all(cache.get(FeatureCache.key(c.midi_path.read_bytes(), config=second)) is not None
-               for c in load_split(emopia, "test"))
+               for split in ("test", "val") for c in load_split(emopia, split))
+    with pytest.raises(ConfigError, match="trained with"):  # a piano the models have heard is no timbre test
+        robustness_report(models, storage=storage, cache_dir=tmp_path / "cache", out=tmp_path / "heard",
+                          emopia=emopia, soundfont=str(soundfont_path(config.features)), progress=False)
 
     alone = robustness_report(models[:1], storage=storage, cache_dir=tmp_path / "cache", out=tmp_path / "one",
                               emopia=emopia, progress=False)
