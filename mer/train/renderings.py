@@ -61,17 +61,16 @@ def rendering_table(table: Mapping[str, np.ndarray], alternatives: Sequence[Sequ
     (N, K, 12, F) and ``renderings_mfcc`` (N, K, M, F): window i's frames in each of the K ``alternatives`` (one
     list of extracted clips per other SoundFont, any order, failed clips absent)."""
     out = dict(table)
-    names, windows = table["name"], table["window_index"]
-    for key in RENDERED:
-        stacked = np.repeat(table[key][:, None], len(alternatives), axis=1)  # (N, K, rows, F)
-        for k, clips in enumerate(alternatives):
-            frames = {(c.clip.name, w): getattr(c.features, key)[w]
-                      for c in clips for w in range(c.features.num_windows)}
-            for i, (name, window) in enumerate(zip(names, windows)):
-                found = frames.get((str(name), int(window)))
-                if found is not None and found.shape == stacked.shape[2:]:
-                    stacked[i, k] = found
-        out[f"renderings_{key}"] = stacked
+    stacked = {key: np.repeat(table[key][:, None], len(alternatives), axis=1) for key in RENDERED}  # (N, K, rows, F)
+    for k, clips in enumerate(alternatives):
+        found = {(c.clip.name, w): c.features for c in clips for w in range(c.features.num_windows)}
+        for i, (name, window) in enumerate(zip(table["name"], table["window_index"])):
+            features = found.get((str(name), int(window)))
+            for key in RENDERED if features is not None else ():
+                frames = getattr(features, key)[int(window)]
+                if frames.shape == stacked[key].shape[2:]:
+                    stacked[key][i, k] = frames
+    out.update({f"renderings_{key}": frames for key, frames in stacked.items()})
     return out
 
 
