@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--readme", metavar="HEADLINE_DIR", default=None,
                       help="rewrite README.md's 'Where we stand' from HEADLINE_DIR's report.json and "
                            "robustness*/robustness.json")
+    parser.add_argument("--rename", nargs="+", metavar="OLD=NEW", default=[],
+                        help="--merge: the runs of row OLD belong to row NEW now (a configuration renamed)")
     parser.add_argument("--emopia", default=os.environ.get("MER_EMOPIA"),
                         help="EMOPIA folder (env MER_EMOPIA; default ../shared/emopia)")
     parser.add_argument("--storage", default=os.environ.get("MER_STORAGE", "./mer_runs"),
@@ -104,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                                        emopia=args.emopia, endpoint_url=args.endpoint_url, progress=not args.quiet)
             print(json.dumps(report, indent=2))
         elif args.merge:
-            report = merge_reports(args.merge)
+            renames = dict(pair.split("=", 1) for pair in args.rename if "=" in pair)
+            if len(renames) != len(args.rename):
+                print(f"error: --rename takes OLD=NEW pairs, got {args.rename}", file=sys.stderr)
+                return 2
+            report = merge_reports(args.merge, renames)
             write_tables(report, args.out)
             print_tables(report)
         elif args.tables:

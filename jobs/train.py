@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-attention", action="store_true", help="the model without self-attention (ablation)")
     parser.add_argument("--extra-soundfont", dest="extra_soundfonts", action="append", default=None, metavar="SF2",
                         help="also train on renderings with this SoundFont (repeatable; default: the preset's)")
-    parser.add_argument("--mfcc-mean-norm", action="store_true", default=None,
+    parser.add_argument("--mfcc-mean-norm", action=argparse.BooleanOptionalAction, default=None,
                         help="centre each window's MFCCs per coefficient (tone branch; default: the preset's)")
     parser.add_argument("--subset", type=int, default=None, help="train on N clips (quick runs)")
     parser.add_argument("--run-name", default=None, help="run folder name (default: from config and data)")
@@ -81,7 +81,7 @@ def build_config(args: argparse.Namespace) -> MerConfig:
     for soundfont in given["extra_soundfonts"] or ():
         if not os.path.isfile(soundfont):
             raise ValueError(f"--extra-soundfont {soundfont}: no such file")
-    mean_norm = {} if args.mfcc_mean_norm is None else {"mfcc_mean_norm": True}
+    mean_norm = {} if args.mfcc_mean_norm is None else {"mfcc_mean_norm": args.mfcc_mean_norm}
     return dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, branches=branches, use_attention=not args.no_attention, **mean_norm),

@@ -187,11 +187,13 @@ def config_fingerprint(config: FeatureConfig) -> str:
 def preset(name: str) -> MerConfig:
     """A named configuration. ``"paper"``: the paper's model as we first built it (the dataclass defaults: Bi-GRU
     256 x 2 with mean pooling, 1024 tokens a window, 16 epochs, no key/mode input, no augmentation).
-    ``"default"``: the best configuration found on EMOPIA's validation split (README, "Where we stand"): a
+    ``"default"``: the best configuration found on EMOPIA's validation split, rendered with TimGM6mb and with
+    FluidR3_GM (README, "Where we stand"): a
     cheaper Bi-GRU (128 x 2 over the first 512 tokens of a window) with attention pooling, key/mode/note
     statistics by FiLM and by a summary head blended with the network's probabilities, transposition
-    augmentation of up to 6 semitones, 12 epochs. Both read the same features (one feature cache serves every
-    model version).
+    augmentation of up to 6 semitones, cepstral mean normalisation of the MFCCs (``mfcc_mean_norm``: it holds up
+    on a piano it never heard, README "Other piano timbres"), 12 epochs. Both read the same features (one feature
+    cache serves every model version).
 
     Raises:
         ValueError: an unknown name.
@@ -203,7 +205,8 @@ def preset(name: str) -> MerConfig:
         return dataclasses.replace(
             paper,
             model=dataclasses.replace(paper.model, gru_hidden=128, symbolic_pooling="attention",
-                                      symbolic_max_tokens=512, summary_film=True, summary_head=True),
+                                      symbolic_max_tokens=512, summary_film=True, summary_head=True,
+                                      mfcc_mean_norm=True),
             training=dataclasses.replace(paper.training, epochs=12, transpose_semitones=6),
         )
     raise ValueError(f"unknown preset {name!r}; known: {PRESETS}")

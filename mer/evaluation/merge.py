@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from mer.config import FeatureConfig, ModelConfig, TrainConfig
 from mer.errors import ConfigError
@@ -49,16 +49,24 @@ def _read(path: Path) -> dict[str, Any]:
     return report
 
 
-def merge_reports(paths: Sequence[str | os.PathLike]) -> TablesReport:
+def merge_reports(paths: Sequence[str | os.PathLike], renames: Mapping[str, str] | None = None) -> TablesReport:
     """Pool the runs of several ``report.json`` files (of :func:`mer.evaluation.tables.run_tables`) into one report.
 
-    A (method, seed) present in several reports must have the same test predictions (training is deterministic
-    per seed), and is kept once. Raises :class:`ConfigError` naming the file and the reason when a report cannot
-    be read, its setup differs from the first report's, or a run's recorded metrics do not follow from its
-    predictions.
+    ``renames`` maps a row key as written to the row it belongs to now, applied to every report at once (a swap is
+    fine): when a configuration changes its name, e.g. the default's old settings become a row of their own and a
+    candidate row becomes the default, its runs keep their numbers and move to the new row. A (method, seed)
+    present in several reports must have the same test predictions (training is deterministic per seed), and is
+    kept once. Raises :class:`ConfigError` naming the file and the reason when a report cannot be read, its setup
+    differs from the first report's, or a run's recorded metrics do not follow from its predictions, and naming
+    a rename to or from no row of :data:`METHODS`.
     """
     if not paths:
         raise ConfigError("no reports to merge")
+    renames = dict(renames or {})
+    known = {m.key for m in METHODS}
+    for old, new in renames.items():
+        if new not in known:
+            raise ConfigError(f"rename {old}={new}: {new!r} is no report row; known: {sorted(known)}")
     reports = [(Path(p), _read(Path(p))) for p in paths]
     first_path, first = reports[0]
     runs: dict[tuple[str, int], tuple[Path, EvalResult]] = {}
@@ -69,22 +77,23 @@ def merge_reports(paths: Sequence[str | os.PathLike]) -> TablesReport:
                                   f"({report['setup'].get(key)!r} vs {first['setup'].get(key)!r}); "
                                   "only reports of the same data and settings can be pooled")
         for method in report["methods"]:
+            key = renames.get(method["key"], method["key"])
             for run in method["runs"]:
-                result = EvalResult.from_dict(run)
+                result = dataclasses.replace(EvalResult.from_dict(run), method=key)
                 recorded = run["metrics"]
                 if any(abs(result.metrics[m] - recorded[m]) > 1e-9 for m in METRICS):
                     raise ConfigError(f"{path}: {method['key']} seed {run['seed']}: the recorded metrics "
                                       f"{recorded} do not follow from the recorded predictions")
-                seen = runs.get((method["key"], result.seed))
+                seen = runs.get((key, result.seed))
                 if seen is not None and (seen[1].names != result.names or (seen[1].pred != result.pred).any()):
-                    raise ConfigError(f"{path}: {method['key']} seed {result.seed} predicts differently from the "
+                    raise ConfigError(f"{path}: {key} seed {result.seed} predicts differently from the "
                                       f"same method and seed in {seen[0]}")
-                runs.setdefault((method["key"], result.seed), (path, result))
+                runs.setdefault((key, result.seed), (path, result))
 
     results = {m.key: [runs[k][1] for k in sorted(runs) if k[0] == m.key] for m in METHODS
                if any(k[0] == m.key for k in runs)}
     setup = {**first["setup"],
              "seeds": sorted({seed for _, seed in runs}),
              "seconds": round(sum(float(r["setup"].get("seconds", 0.0)) for _, r in reports), 1),
-             "merged_from": [str(p) for p, _ in reports]}
+             "merged_from": [str(p) for p, _ in reports], **({"renamed": renames} if renames else {})}
     return TablesReport(results=results, setup=setup)

@@ -125,6 +125,9 @@ def render_markdown(report: TablesReport) -> str:
               "- EMOPIA clips used: " + ", ".join(f"{s} {n}" for s, n in setup["clips"].items())
               + f"; data fingerprint {setup['data_fingerprint']}.",
               f"- Seeds {setup['seeds']}; wall time {setup['seconds']:.0f} s{pooled}.",
+              *([("- Rows renamed when pooled (a configuration's runs moved to the row it is now): "
+                  + ", ".join(f"`{a}` → `{b}`" for a, b in setup["renamed"].items()) + ".")]
+                if setup.get("renamed") else []),
               f"- Training: `{json.dumps(setup['training'], sort_keys=True)}`",
               "- The default configuration's row uses `mer.config.preset('default')` (its model and training "
               "settings) on these features; every other deep row the settings above.",

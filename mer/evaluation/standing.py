@@ -52,7 +52,16 @@ def _calm_errors(method: Mapping[str, Any]) -> str:
     return f"{total[q4]} of {sum(total)} sad (Q3) clips called relaxed (Q4), {total[q3]} right"
 
 
-def _robustness_rows(robustness: Sequence[Mapping[str, Any]]) -> tuple[dict[str, dict], list[dict]]:
+def _method_of(report: Mapping[str, Any], headline: Mapping[str, Any]) -> str:
+    """A robustness report's configuration: the headline row that holds its models (rows get renamed, e.g. when a
+    candidate becomes the default), else the ``method`` it recorded (``default`` for reports that predate it)."""
+    rows = {run["version"]: m["key"] for m in headline.get("methods", ()) for run in m["runs"]}
+    found = {rows[r["version"]] for r in report["rows"] if r["model"] != "ensemble" and r["version"] in rows}
+    return found.pop() if len(found) == 1 else report.get("method", "default")
+
+
+def _robustness_rows(robustness: Sequence[Mapping[str, Any]],
+                     headline: Mapping[str, Any]) -> tuple[dict[str, dict], list[dict]]:
     """Per-seed rows keyed by model version (a version scored twice keeps its first row), and the ensembles."""
     seeds: dict[str, dict] = {}
     ensembles: list[dict] = []
@@ -61,16 +70,15 @@ def _robustness_rows(robustness: Sequence[Mapping[str, Any]]) -> tuple[dict[str,
             if row["model"] == "ensemble":
                 seeds_of = [r["model"].removeprefix("seed ") for r in report["rows"] if r["model"] != "ensemble"]
                 ensembles.append({**row, "members": report["throughput_cpu"]["members"], "seeds": seeds_of,
-                                  "throughput": report["throughput_cpu"], "method": report.get("method", "default")})
+                                  "throughput": report["throughput_cpu"], "method": _method_of(report, headline)})
             else:
                 seeds.setdefault(row["version"], row)
     return seeds, ensembles
 
 
-def _timbre_table(robustness: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Per configuration (the ``method`` of each robustness report; ``default`` for reports that predate it),
-    its seed models' test 4Q on the trained SoundFont and on the second one, and what the change of timbre
-    costs, against :data:`TIMBRE_TARGET`."""
+def _timbre_table(robustness: Sequence[Mapping[str, Any]], headline: Mapping[str, Any]) -> list[str]:
+    """Per configuration (:func:`_method_of` each robustness report), its seed models' test 4Q on the trained
+    SoundFont and on the second one, and what the change of timbre costs, against :data:`TIMBRE_TARGET`."""
     by_method: dict[str, dict[str, Mapping[str, Any]]] = {}
     for report in robustness:
         second = Path(report.get("second_soundfont", "FluidR3_GM")).stem
@@ -78,7 +86,7 @@ def _timbre_table(robustness: Sequence[Mapping[str, Any]]) -> list[str]:
             continue
         for row in report["rows"]:
             if row["model"] != "ensemble":
-                by_method.setdefault(report.get("method", "default"), {}).setdefault(row["version"], row)
+                by_method.setdefault(_method_of(report, headline), {}).setdefault(row["version"], row)
     if not by_method:
         return []
     labels = {m.key: m.label for m in METHODS}
@@ -132,7 +140,7 @@ def where_we_stand(report: Mapping[str, Any], robustness: Sequence[Mapping[str, 
     lines += ["", "Arousal and valence are binary accuracies derived from the predicted quadrant (as the paper does); "
               "the logistic-regression baselines are deterministic, so their seeds agree (± 0).", ""]
     if default is not None:
-        seeds, ensembles = _robustness_rows(robustness)
+        seeds, ensembles = _robustness_rows(robustness, report)
         lines += ["**The default configuration, seed by seed.** Calibration: the temperature fitted on val, test NLL "
                   "and ECE before → after (it changes no label). FluidR3_GM: the test split rendered with Debian's "
                   "FluidR3_GM instead of the TimGM6mb the model was trained on.", "",
@@ -153,7 +161,7 @@ def where_we_stand(report: Mapping[str, Any], robustness: Sequence[Mapping[str, 
                           f"{second:.3f} ({second - run['metrics']['4q']:+.3f})"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        lines += _timbre_table(robustness)
+        lines += _timbre_table(robustness, report)
         for ensemble in ensembles:
             t = ensemble["trained SoundFont"]
             speed = ensemble["throughput"]

@@ -293,6 +293,20 @@ def test_reports_of_separate_seeds_pool_into_the_report_of_all_seeds(tables, tmp
                                                                    if p.suffix == ".png"}
 
 
+def test_a_renamed_configuration_moves_its_runs_to_its_new_row_and_says_so(tables, tmp_path: Path):
+    report, _, _ = tables
+    path = _report_of_seeds(report, SEEDS, tmp_path / "all")
+    swapped = merge_reports([path], {"full": "no_mhsa", "no_mhsa": "full"})  # both at once: a swap
+    for old, new in (("full", "no_mhsa"), ("no_mhsa", "full")):
+        assert [r.version for r in swapped.results[new]] == [r.version for r in report.results[old]]
+        assert {r.method for r in swapped.results[new]} == {new}
+        assert swapped.summary(new) == pytest.approx(report.summary(old))
+    markdown = write_tables(swapped, tmp_path / "swapped")["markdown"].read_text()
+    assert "`full` → `no_mhsa`" in markdown
+    with pytest.raises(ConfigError, match="'fulll' is no report row"):
+        merge_reports([path], {"full": "fulll"})
+
+
 def test_a_written_run_reads_back_with_its_own_fields_apart_from_the_extras(tables):
     report, _, _ = tables
     for runs in report.results.values():

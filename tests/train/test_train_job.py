@@ -24,10 +24,11 @@ def test_timbre_flags_reach_the_config_and_the_rest_stays_the_presets() -> None:
     job = train_job()
     plain = job.build_config(job.parse_args([]))
     assert plain == dataclasses.replace(preset("default"), training=plain.training)
-    assert plain.training.extra_soundfonts == () and not plain.model.mfcc_mean_norm
-    both = job.build_config(job.parse_args(["--extra-soundfont", MUSESCORE_LITE, "--mfcc-mean-norm"]))
-    assert both.training.extra_soundfonts == (MUSESCORE_LITE,) and both.model.mfcc_mean_norm
+    assert plain.training.extra_soundfonts == () and plain.model.mfcc_mean_norm  # the default centres MFCCs
+    both = job.build_config(job.parse_args(["--extra-soundfont", MUSESCORE_LITE, "--no-mfcc-mean-norm"]))
+    assert both.training.extra_soundfonts == (MUSESCORE_LITE,) and not both.model.mfcc_mean_norm
     assert both.features == plain.features  # validation and test stay on the feature config's SoundFont
+    assert job.build_config(job.parse_args(["--preset", "paper", "--mfcc-mean-norm"])).model.mfcc_mean_norm
 
 
 def test_a_missing_soundfont_is_named_and_nothing_starts(tmp_path: Path) -> None:
