@@ -58,7 +58,7 @@ def merge_reports(paths: Sequence[str | os.PathLike], renames: Mapping[str, str]
     present in several reports must have the same test predictions (training is deterministic per seed), and is
     kept once. Raises :class:`ConfigError` naming the file and the reason when a report cannot be read, its setup
     differs from the first report's, or a run's recorded metrics do not follow from its predictions, and naming
-    a rename to or from no row of :data:`METHODS`.
+    a rename to no row of :data:`METHODS`.
     """
     if not paths:
         raise ConfigError("no reports to merge")
