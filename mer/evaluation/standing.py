@@ -96,7 +96,7 @@ def _timbre_table(robustness: Sequence[Mapping[str, Any]], headline: Mapping[str
             continue
         for row in report["rows"]:
             if row["model"] != "ensemble":
-                by_method.setdefault(_method_of(report, headline), {}).setdefault(row["version"], row)
+                by_method.setdefault(_method_of(report, headline), {}).setdefault(_weights(row["version"]), row)
     if not by_method:
         return []
     lines = ["**Another piano timbre.** Each seed model's test 4Q on the TimGM6mb rendering it was trained with "
