@@ -57,6 +57,8 @@ METHODS: tuple[Method, ...] = (
     Method("default_no_cmn_two_pianos", "Default without cepstral mean normalisation, trained on two SoundFonts",
            "-", PAPER_FULL, preset="default", preset_changes=(("mfcc_mean_norm", False),),
            training_changes=(("extra_soundfonts", (MUSESCORE_LITE,)),)),
+    Method("default_symbolic", "Default configuration, MIDI only (symbolic branch with key and mode)", "-",
+           _paper(0.690, 0.833, 0.744), preset="default", preset_changes=(("branches", ("symbolic",)),)),
     Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
     Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
     Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),
