@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="one GPU per inference actor, even if no GPU node is up yet (autoscaling clusters); "
                              "default: when the cluster has GPUs at the start")
     parser.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=defaults.int8,
+                        help="CPU inference with int8 weights for the Bi-GRU and linear layers (default: on; "
+                             "GPUs always run float32)")
     parser.add_argument("--render-missing-audio", action="store_true",
                         help="render audio with FluidSynth for items without usable audio (all three branches)")
     parser.add_argument("--metrics-port", type=int, default=env("MER_METRICS_PORT", "9464"),
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     tagging = TagConfig(batch_size=args.batch_size, feature_concurrency=args.feature_concurrency,
                         inference_concurrency=args.inference_concurrency, use_gpu=args.use_gpu,
-                        page_size=args.page_size, heartbeat_seconds=args.heartbeat_seconds)
+                        page_size=args.page_size, heartbeat_seconds=args.heartbeat_seconds, int8=args.int8)
     try:
         summary = tag_store(
             args.store, catalog=args.catalog, model=args.model, storage=args.storage, prefix=args.prefix,

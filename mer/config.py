@@ -139,6 +139,7 @@ class TagConfig:
     page_size: int = 50_000  # keys listed and compared with the catalog at a time, and items per Ray Data pass
     heartbeat_seconds: float = 30.0  # a running run stamps runs.heartbeat_at (and pushes its heartbeat) this often
     dead_after_seconds: float = 300.0  # a 'running' run whose heartbeat is older is closed as failed by the next run
+    int8: bool = True  # CPU actors run the Bi-GRU and linear layers with int8 weights (mer.model.quantization)
 
 
 @dataclass(frozen=True)

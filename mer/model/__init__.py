@@ -16,6 +16,7 @@ _HOMES = {
     "ensemble": ("MerEnsemble",),
     "inference": ("EmotionPredictor", "PiecePrediction", "aggregate_windows", "group_rows", "predict_windows"),
     "network": ("MerModel", "ModelOutput"),
+    "quantization": ("Int8Unavailable", "quantize_int8"),
     "summary_head": ("SummaryHead",),
     "tensors": ("MODEL_INPUTS", "ROW_KEYS_TO_BATCH", "model_inputs", "pick_device", "to_tensors"),
 }
@@ -41,5 +42,6 @@ if TYPE_CHECKING:  # what the names are, for readers and type checkers (and the 
     from mer.model.ensemble import MerEnsemble
     from mer.model.inference import EmotionPredictor, PiecePrediction, aggregate_windows, group_rows, predict_windows
     from mer.model.network import MerModel, ModelOutput
+    from mer.model.quantization import Int8Unavailable, quantize_int8
     from mer.model.summary_head import SummaryHead
     from mer.model.tensors import MODEL_INPUTS, ROW_KEYS_TO_BATCH, model_inputs, pick_device, to_tensors

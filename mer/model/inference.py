@@ -11,6 +11,7 @@ concurrency=..., num_gpus=..., batch_size=...)``.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -21,6 +22,7 @@ from mer.config import BRANCHES, QUADRANTS
 from mer.labels import arousal_valence
 from mer.model.artifact import Artifact, load_artifact
 from mer.model.network import MerModel
+from mer.model.quantization import Int8Unavailable, quantize_int8
 from mer.model.tensors import model_inputs, pick_device, to_tensors
 
 
@@ -186,10 +188,13 @@ class EmotionPredictor:
         device: str | None = None,
         keep_inputs: bool = False,
         endpoint_url: str | None = None,
+        int8: bool = False,
     ) -> None:
         """``model``: an artifact path/URL, a version id (with ``storage``), or an already loaded
         :class:`mer.model.artifact.Artifact`. ``keep_inputs``: also return the feature arrays (normally dropped, so
-        the output rows stay small). ``endpoint_url``: S3-compatible endpoint for ``s3://`` artifacts."""
+        the output rows stay small). ``endpoint_url``: S3-compatible endpoint for ``s3://`` artifacts. ``int8``: on a
+        CPU, run the Bi-GRU and the linear layers with int8 weights (:mod:`mer.model.quantization`; ignored on a
+        GPU, and float32 with a warning where this torch cannot); :attr:`int8` says what runs."""
         self.device = pick_device(device)
         if isinstance(model, Artifact):
             artifact = model
@@ -197,13 +202,20 @@ class EmotionPredictor:
             artifact = load_artifact(model, storage=storage, device=self.device, endpoint_url=endpoint_url)
         self.artifact = artifact
         self.model = artifact.model.to(self.device).eval()
+        self.int8 = False
+        if int8 and self.device.type == "cpu":
+            try:
+                self.model = quantize_int8(self.model)
+                self.int8 = True
+            except Int8Unavailable as error:
+                warnings.warn(f"int8 inference unavailable, running float32: {error}", RuntimeWarning, stacklevel=2)
         self.keep_inputs = keep_inputs
 
     @classmethod
     def from_artifact(cls, model: str | Artifact, *, storage: str | None = None, device: str | None = None,
-                      endpoint_url: str | None = None) -> "EmotionPredictor":
+                      endpoint_url: str | None = None, int8: bool = False) -> "EmotionPredictor":
         """A predictor for local use (outside ``map_batches``), from an artifact path/URL/version or object."""
-        return cls(model, storage=storage, device=device, endpoint_url=endpoint_url)
+        return cls(model, storage=storage, device=device, endpoint_url=endpoint_url, int8=int8)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Window rows (numpy batch) -> the same rows plus the :func:`predict_windows` outputs."""

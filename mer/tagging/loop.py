@@ -42,7 +42,8 @@ def tag_store_local(
     predictor = None
     try:
         for todo in passes(plan, prefix=prefix, force=force, limit=limit, page_size=tagging.page_size):
-            predictor = predictor or WindowPredictor(plan.artifact_url, storage=storage, batch_size=tagging.batch_size)
+            predictor = predictor or WindowPredictor(plan.artifact_url, storage=storage, batch_size=tagging.batch_size,
+                                                      int8=tagging.int8)
             windows = WindowGrouper()
             for item in todo:
                 rows = extract_window_rows(item_row(item), store=plan.store, config=plan.config,

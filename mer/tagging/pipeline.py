@@ -253,7 +253,7 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
         .map_batches(
             WindowPredictor,
             fn_constructor_kwargs={"model": plan.artifact_url, "storage": storage, "endpoint_url": plan.endpoint_url,
-                                   "batch_size": tagging.batch_size,
+                                   "batch_size": tagging.batch_size, "int8": tagging.int8,
                                    "num_threads": None if gpus else max(1, int(INFERENCE_ACTOR_CPUS))},
             batch_size=tagging.batch_size * BUCKET_POOL,  # the actor sorts these by token length (bucketing)
             compute=_ray_compute(tagging.inference_concurrency, actor=True,

@@ -84,11 +84,12 @@ class WindowPredictor:
 
     def __init__(self, model: str, *, storage: str | None = None, endpoint_url: str | None = None,
                  device: str | None = None, num_threads: int | None = None, batch_size: int = 16,
-                 bucket: bool = True) -> None:
+                 bucket: bool = True, int8: bool = False) -> None:
         """``model``: artifact path/URL or version id (with ``storage``; ``endpoint_url`` for an S3-compatible
         server other than AWS, passed explicitly: an actor sees nothing of the driver's flags). ``num_threads``: torch intra-op threads
         (None: leave torch's default; an actor gets as many as the CPUs it reserves). ``batch_size``: windows per
-        model call."""
+        model call. ``int8``: int8 weights for the Bi-GRU and linear layers on a CPU (:mod:`mer.model.quantization`;
+        GPUs run float32)."""
         import torch
 
         from mer.model import EmotionPredictor
@@ -96,7 +97,8 @@ class WindowPredictor:
         if num_threads is not None:
             # Many threads on a small batch contend with the feature tasks on the same cores for no gain.
             torch.set_num_threads(max(1, int(num_threads)))
-        self.predictor = EmotionPredictor(model, storage=storage, device=device, endpoint_url=endpoint_url)
+        self.predictor = EmotionPredictor(model, storage=storage, device=device, endpoint_url=endpoint_url,
+                                          int8=int8)
         self.config = self.predictor.artifact.config
         self.heads = self.config.model.attention_heads
         self.batch_size = max(1, int(batch_size))

@@ -4,7 +4,7 @@
         [--cache-dir /tmp/mer-bench-tagging] [--out tests/benchmarks/results/tagging.json]
 
 Both sides tag the same local-folder store of EMOPIA pairs (MIDI + a WAV rendered with FluidSynth; rendered once
-into ``--cache-dir`` and reused) into fresh SQLite catalogs, with the same full-size model of the default config
+into ``--cache-dir`` and reused) into fresh SQLite catalogs, with the same full-size model of the paper's config (``MerConfig()``)
 (untrained — the weights do not change the cost). Every measurement runs in its own process with ``PYTHONPATH``
 set to its side's checkout, one after the other, A then B for each step, so both sides see the same machine:
 
@@ -18,7 +18,8 @@ set to its side's checkout, one after the other, A then B for each step, so both
 A measurement is timed end to end (model loading, listing, reading, features, inference, catalog writes, the
 pipeline's actor start-up); starting the local Ray cluster is not (a nightly job joins a running cluster) and is
 reported as ``ray_init_seconds``. Then, with the new side's code only, ``inference`` measures the model on the
-store's windows (one thread): windows/s for length-bucketed and arrival-order batches, and the FLOPs each
+store's windows (one thread): windows/s for length-bucketed and arrival-order batches in float32, and for
+length-bucketed batches with int8 weights (what a CPU actor runs by default), and the FLOPs each
 executes (``torch.utils.flop_counter``: the Bi-GRU's steps over padding count; the windows' own FLOPs are the
 useful part). Prints one JSON object (and writes it to ``--out``). Not collected by pytest.
 """
@@ -200,7 +201,7 @@ def inference(store: Path, model: str, feature_cache: str, *, batch_size: int) -
     batch = batch_of(rows)
     lengths = np.asarray(batch["token_length"])
     good = np.arange(len(rows))
-    predictor = WindowPredictor(model, batch_size=batch_size, num_threads=1)
+    predictor = WindowPredictor(model, batch_size=batch_size, num_threads=1, int8=False)
 
     def flops(chunks: list[np.ndarray]) -> float:
         counter = FlopCounterMode(display=False)
@@ -214,18 +215,21 @@ def inference(store: Path, model: str, feature_cache: str, *, batch_size: int) -
            "torch_threads": 1}
     useful = flops([np.array([i]) for i in good])
     out["gflop_per_window"] = round(useful / len(rows) / 1e9, 3)
-    for name, bucket in (("bucketed", True), ("arrival_order", False)):
-        predictor.bucket = bucket
+    int8 = WindowPredictor(model, batch_size=batch_size, num_threads=1, int8=True)  # what a CPU actor runs
+    for name, bucket, runner in (("bucketed", True, predictor), ("arrival_order", False, predictor),
+                                 ("bucketed_int8", True, int8)):
+        runner.bucket = bucket
         chunks = (length_buckets(lengths, good, batch_size) if bucket
                   else [good[i:i + batch_size] for i in range(0, len(good), batch_size)])
         executed = flops(chunks)
         start = time.perf_counter()
         for pool in range(0, len(rows), 4 * batch_size):  # what an actor gets per call (BUCKET_POOL batches)
-            predictor(batch_of(rows[pool:pool + 4 * batch_size]))
+            runner(batch_of(rows[pool:pool + 4 * batch_size]))
         seconds = time.perf_counter() - start
         out[name] = {"seconds": round(seconds, 2), "windows_per_second": round(len(rows) / seconds, 2),
                      "executed_gflop_per_window": round(executed / len(rows) / 1e9, 3),
                      "padded_share_of_flops": round(1 - useful / executed, 3),
+                     # int8: the float model's FLOPs, done with int8 weights in the GRU and linear layers
                      "gflop_per_second": round(useful / seconds / 1e9, 1)}
     return out
 

@@ -1,0 +1,45 @@
+"""int8 inference on CPU: the Bi-GRU and the linear layers with int8 weights, quantised once when a model loads.
+
+Most of a window's CPU time is the Bi-GRU (README, "At catalog scale"). Dynamic quantisation stores the weights of
+every ``nn.GRU`` and ``nn.Linear`` as int8 and quantises their inputs on the fly, step by step; the convolutional
+branches, the attention's output projection and everything else stay float32. On this machine it runs the
+paper's 2 x 256 Bi-GRU about 2.8 times as fast and the default's 2 x 128 about twice as fast (one thread), and the
+labels it gives agree with float32 inference on all but a few EMOPIA clips (measured on trained models:
+``tests/benchmarks/bench_int8.py``). GPUs run float32: this is for CPU actors only.
+
+torch 2.13 still ships ``torch.ao.quantization.quantize_dynamic`` and warns that it is deprecated (its successor,
+torchao, quantises linear layers only, not recurrent ones). When a later torch removes it, :func:`quantize_int8`
+raises :class:`Int8Unavailable` and the caller runs float32.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+
+class Int8Unavailable(RuntimeError):
+    """This torch build cannot quantise the model (no ``torch.ao.quantization.quantize_dynamic``, or no int8
+    kernels for this CPU)."""
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (a CPU model, put in eval mode) whose GRU and linear layers hold int8 weights; the
+    original keeps its float32 weights. Attributes set on the model (the calibration temperature, its config)
+    are kept.
+
+    Raises:
+        Int8Unavailable: this torch cannot do it.
+    """
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as error:
+        raise Int8Unavailable(f"torch {torch.__version__} has no dynamic quantisation: {error}") from error
+    if torch.backends.quantized.engine == "none":
+        raise Int8Unavailable(f"torch {torch.__version__} has no quantised kernels for this CPU")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*are deprecated.*")
+        return quantize_dynamic(model.eval(), {nn.GRU, nn.Linear}, dtype=torch.qint8)
