@@ -41,11 +41,17 @@ from sqlalchemy.engine import Connection, Engine
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Our own version table name, so the catalog can live in a database shared with other Alembic-managed apps.
 VERSION_TABLE = "mer_alembic_version"
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 MIGRATION_LOCK_KEY = 0x6D6572  # "mer": the PostgreSQL advisory lock that serialises schema migrations
 MODALITIES: tuple[str, ...] = ("midi", "audio")
 RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed")
 RUN_COUNTS: tuple[str, ...] = ("listed", "tagged", "skipped", "failed")
+INFERENCE_KINDS: tuple[str, ...] = ("float32", "int8")
+"""How a run's model computed its labels (``runs.inference``): float32, or int8 weights in the Bi-GRU and linear
+layers on CPU actors (mer.model.quantization)."""
+INFERENCE_COMMENT = ("'int8' when the run's CPU actors ran the Bi-GRU and linear layers with int8 weights "
+                     "(probabilities within about 0.05 of float32), 'float32' otherwise (GPUs, --no-int8); NULL "
+                     "for runs that ran no model or came before revision 0004")
 TIMELINE_KEYS: tuple[str, ...] = ("start_s", "quadrant", "p_q1", "p_q2", "p_q3", "p_q4", "arousal_prob", "valence_prob")
 """Keys of every window in ``labels.timeline``; ``arousal_prob``/``valence_prob`` as for the label (from the window's
 quadrant probabilities)."""
@@ -102,6 +108,7 @@ runs_table = sa.Table(
     sa.Column("heartbeat_at", _TIMESTAMP, nullable=True,
               comment="stamped every heartbeat (30 s by default) while the run lives; a 'running' run whose "
                       "heartbeat is minutes old was killed, and the next run closes it as failed"),
+    sa.Column("inference", sa.Text(), nullable=True, comment=INFERENCE_COMMENT),
     sa.CheckConstraint("status IN ('running', 'succeeded', 'failed')", name="ck_runs_status"),
 )
 

@@ -24,8 +24,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from mer.catalog.records import FailureRecord, LabelRecord, ListedItem
-from mer.catalog.schema import (RUN_COUNTS, RUN_STATUSES, catalog_url, create_catalog_engine, failures_table,
-                                items_table, labels_table, runs_table, upgrade_catalog)
+from mer.catalog.schema import (INFERENCE_KINDS, RUN_COUNTS, RUN_STATUSES, catalog_url, create_catalog_engine,
+                                failures_table, items_table, labels_table, runs_table, upgrade_catalog)
 
 DEAD_AFTER = timedelta(minutes=5)
 """A run still ``running`` whose heartbeat is older than this was killed; the next run closes it as ``failed``.
@@ -143,6 +143,13 @@ class CatalogWriter:
                 .values(heartbeat_at=_now())
             )
             return result.rowcount == 1
+
+    def record_inference(self, run_id: int, inference: str) -> None:
+        """Say how the run computes its labels (``runs.inference``): one of :data:`INFERENCE_KINDS`."""
+        if inference not in INFERENCE_KINDS:
+            raise ValueError(f"inference must be one of {INFERENCE_KINDS}, got {inference!r}")
+        with self.engine.begin() as conn:
+            conn.execute(runs_table.update().where(runs_table.c.id == run_id).values(inference=inference))
 
     def finish_run(self, run_id: int, *, status: str = "succeeded", counts: Mapping[str, int] | None = None) -> None:
         """Close a run: ``status`` is ``succeeded`` or ``failed``; ``counts`` any of listed/tagged/skipped/failed."""

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import librosa
 import numpy as np
 import scipy.fft
 
 from mer.config import FeatureConfig
 from mer.features.audio import DecodedAudio
+from mer.features.librosa_kernels import librosa, one_process_compiles  # numba kernels: one process at a time
 
 SPECTRAL_BLOCK_FRAMES = 4096
 """STFT frames transformed at a time (95 s at 22.05 kHz, hop 512: a 17-MB power block; librosa's tuning
@@ -62,6 +62,7 @@ def _power(segment: np.ndarray, *, config: FeatureConfig) -> np.ndarray:
     return np.abs(librosa.stft(segment, n_fft=config.n_fft, hop_length=config.hop_length, center=False)) ** 2
 
 
+@one_process_compiles
 def spectral_features(audio: DecodedAudio, *, config: FeatureConfig,
                       frames_per_block: int = SPECTRAL_BLOCK_FRAMES) -> tuple[np.ndarray, np.ndarray]:
     """A piece's chromagram and MFCCs from one STFT (two passes for audio too long to hold; module docstring).

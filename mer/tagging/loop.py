@@ -42,8 +42,10 @@ def tag_store_local(
     predictor = None
     try:
         for todo in passes(plan, prefix=prefix, force=force, limit=limit, page_size=tagging.page_size):
-            predictor = predictor or WindowPredictor(plan.artifact_url, storage=storage, batch_size=tagging.batch_size,
-                                                      int8=tagging.int8)
+            if predictor is None:
+                predictor = WindowPredictor(plan.artifact_url, storage=storage, batch_size=tagging.batch_size,
+                                            int8=tagging.int8)
+                plan.writer.record_inference(plan.run_id, "int8" if predictor.predictor.int8 else "float32")
             windows = WindowGrouper()
             for item in todo:
                 rows = extract_window_rows(item_row(item), store=plan.store, config=plan.config,

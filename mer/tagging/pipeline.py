@@ -236,6 +236,7 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
     context.max_errored_blocks = -1  # a block whose task died is skipped, its items recorded as failures below
     resources = ray.cluster_resources()
     gpus = use_gpus(tagging, resources)
+    plan.writer.record_inference(plan.run_id, "int8" if tagging.int8 and not gpus else "float32")
     actor_cpus = 1 if gpus else INFERENCE_ACTOR_CPUS
     rows = [item_row(item) for item in todo]
     blocks = _blocks_for(len(rows), tagging.feature_concurrency)

@@ -116,7 +116,7 @@ def test_migrations_create_the_schema_and_downgrade_removes_it(
                 "branches_used", "attn_symbolic", "attn_harmony", "attn_tone", "attention", "timeline",
                 "problems"} <= label_columns
         assert "deleted_at" in {c["name"] for c in inspector.get_columns("items")}
-        assert "heartbeat_at" in {c["name"] for c in inspector.get_columns("runs")}
+        assert {"heartbeat_at", "inference"} <= {c["name"] for c in inspector.get_columns("runs")}
         assert "partial" in {c["name"] for c in inspector.get_columns("latest_labels")}
 
         # The writer's table definitions and the migrated schema agree.
@@ -638,3 +638,23 @@ def test_a_labels_key_and_mode_reach_latest_labels_and_nonsense_modes_are_refuse
     assert (latest["unknown"]["key"], latest["unknown"]["mode"], latest["unknown"]["key_confidence"]) == (None,) * 3
     with pytest.raises(ValueError, match="mode"):
         dataclasses.replace(label("piece"), mode="dorian")
+
+
+def test_a_run_says_how_its_labels_were_computed_and_a_0003_catalog_keeps_its_runs(catalog_url: str) -> None:
+    upgrade_catalog(catalog_url, "0003")
+    engine = create_catalog_engine(catalog_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO runs (model_version, started_at, status) "
+                                 "VALUES ('old', CURRENT_TIMESTAMP, 'succeeded')"))
+    finally:
+        engine.dispose()
+    with CatalogWriter(catalog_url) as writer:  # opening the catalog migrates it to the head
+        run = writer.start_run("m1")
+        writer.record_inference(run, "int8")
+        with pytest.raises(ValueError, match="inference"):
+            writer.record_inference(run, "fp16")
+    runs = {r["model_version"]: r["inference"] for r in dict_rows(catalog_url, "SELECT * FROM runs")}
+    assert runs == {"old": None, "m1": "int8"}  # a run from before 0004 does not pretend to know
+    downgrade_catalog(catalog_url, "0003")
+    assert [r["model_version"] for r in dict_rows(catalog_url, "SELECT * FROM runs ORDER BY id")] == ["old", "m1"]

@@ -3,6 +3,10 @@ librosa's values exactly for a piece of one block, within a stated tolerance whe
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import librosa
@@ -97,3 +101,43 @@ def test_every_format_decodes_the_same_in_blocks(format: str, subtype: str, clip
     streamed = open_audio(io.BytesIO(data), name=CLIP, config=CONFIG, resident_samples=SR)
     assert not streamed.resident
     np.testing.assert_array_equal(streamed.waveform(), decode_audio(data, name=CLIP, config=CONFIG))
+
+
+CHROMA_IN_A_FRESH_PROCESS = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from mer.config import FeatureConfig
+from mer.features import chromagram
+ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+while not go.exists():  # every worker starts computing at the same instant
+    time.sleep(0.01)
+t = np.arange(22050 * 3) / 22050
+print(chromagram(np.sin(2 * np.pi * 440 * t).astype(np.float32), config=FeatureConfig()).argmax(axis=0)[40])
+"""
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_feature_workers_starting_together_on_an_empty_numba_cache_all_compute(tmp_path: Path, attempt: int) -> None:
+    # Four processes compute features at the same instant on a fresh install (an empty numba cache), then a fifth
+    # loads what they cached. librosa's cache written by two processes at once made every later process segfault
+    # in piptrack.
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    go = tmp_path / "go"
+
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", CHROMA_IN_A_FRESH_PROCESS, str(tmp_path / name), str(go)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    workers = [start(f"ready-{i}") for i in range(4)]
+    while not all((tmp_path / f"ready-{i}").exists() for i in range(4)):
+        assert all(w.poll() is None for w in workers), "a worker died before it was ready"
+        time.sleep(0.05)
+    go.touch()
+    results = [worker.communicate(timeout=600) for worker in workers]
+    later = start("ready-later")
+    results.append(later.communicate(timeout=600))
+    for worker, (out, err) in zip([*workers, later], results, strict=True):
+        assert worker.returncode == 0, err[-2000:]
+        assert out.strip() == "9"  # an A (440 Hz) is pitch class 9

@@ -177,6 +177,7 @@ def test_s3_bucket_into_postgresql_incrementally(ray_address, model, pieces, s3_
     assert sorted(items) == keys and all(r["modalities"] == "midi,audio" and r["duration_s"] > 25 for r in items.values())
     run = rows(catalog, "SELECT * FROM runs WHERE id = :id", id=first.run_id)[0]
     assert (run["status"], run["listed"], run["tagged"], run["skipped"], run["failed"]) == ("succeeded", 8, 8, 0, 0)
+    assert run["inference"] == "int8"  # CPU actors, the default
 
     # An unchanged bucket: nothing re-tagged, and the run is the listing and the catalog lookup (no Ray pass).
     again = tag_store(url, endpoint_url=s3_endpoint, catalog=catalog, model=model, progress=False)
@@ -217,6 +218,7 @@ def test_folder_into_sqlite_single_modalities_and_the_local_loop_agree(ray_addre
     summary = tag_store(str(tmp_path / "store"), catalog=catalog, model=model, tagging=exact, progress=False)
 
     assert (summary.listed, summary.tagged, summary.failed) == (6, 6, 0)
+    assert [r["inference"] for r in rows(catalog, "SELECT inference FROM runs")] == ["float32"]
     labels = labels_by_key(catalog)
     assert labels[f"midi only/{names[4]}"]["branches_used"] == "symbolic"
     assert labels[f"audio only/{names[5]}"]["branches_used"] == "harmony,tone"
@@ -229,6 +231,7 @@ def test_folder_into_sqlite_single_modalities_and_the_local_loop_agree(ray_addre
     loop_catalog = f"sqlite:///{tmp_path / 'loop.db'}"
     loop = tag_store_local(str(tmp_path / "store"), catalog=loop_catalog, model=model, tagging=exact)
     assert (loop.tagged, loop.failed) == (6, 0)
+    assert [r["inference"] for r in rows(loop_catalog, "SELECT inference FROM runs")] == ["float32"]
     for key, expected in labels_by_key(loop_catalog).items():
         got = labels[key]
         assert got["quadrant"] == expected["quadrant"] and got["branches_used"] == expected["branches_used"]

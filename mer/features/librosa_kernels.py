@@ -1,0 +1,72 @@
+"""librosa, with its numba kernels compiled by one process at a time on this machine.
+
+librosa compiles numba kernels when some of its modules are imported (zero crossings, piptrack's parabolic
+interpolation, peak picking) and others at their first call, and caches them beside its own files
+(``__pycache__/*.nbi``, ``*.nbc``). Two processes that compile into an empty cache at once — two Ray feature
+workers on a fresh install — can leave an index that points at the other's code, and from then on every process
+that loads it segfaults inside ``piptrack`` (seen on a fresh clone: the first training run's feature workers
+crashed again and again). So librosa is imported here under an exclusive lock on a file in the temp folder, and
+:func:`one_process_compiles` makes a feature function's first call in a process take the same lock: the first
+process compiles and writes the cache alone, the others wait, then load it.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import TypeVar
+
+LOCK_PATH = os.path.join(tempfile.gettempdir(), "mer-librosa-numba.lock")
+
+F = TypeVar("F", bound=Callable)
+
+
+@contextlib.contextmanager
+def compile_lock() -> Iterator[None]:
+    """Held by one process of this machine at a time (unlocked where the temp folder cannot be written)."""
+    try:
+        lock = open(LOCK_PATH, "a")  # noqa: SIM115 — held until the block ends
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def one_process_compiles(function: F) -> F:
+    """``function`` whose first successful call in this process runs under :func:`compile_lock` (the numba
+    kernels it reaches compile, or load from the cache, then)."""
+    warm = False
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        nonlocal warm
+        if warm:
+            return function(*args, **kwargs)
+        with compile_lock():
+            result = function(*args, **kwargs)
+        warm = True
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _import_librosa() -> ModuleType:
+    with compile_lock():
+        import librosa
+        import librosa.core.audio  # noqa: F401 — the modules whose import compiles or loads numba kernels
+        import librosa.core.pitch  # noqa: F401
+        import librosa.util.utils  # noqa: F401
+
+        return librosa
+
+
+librosa = _import_librosa()
