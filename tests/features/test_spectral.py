@@ -140,4 +140,4 @@ def test_feature_workers_starting_together_on_an_empty_numba_cache_all_compute(t
     results.append(later.communicate(timeout=600))
     for worker, (out, err) in zip([*workers, later], results, strict=True):
         assert worker.returncode == 0, err[-2000:]
-        assert out.strip() == "9"  # an A (440 Hz) is pitch class 9
+        assert out.split()[-1] == "9"  # an A (440 Hz) is pitch class 9 (pyfluidsynth may print a line before)
