@@ -2,10 +2,11 @@
 
 Most of a window's CPU time is the Bi-GRU (README, "At catalog scale"). Dynamic quantisation stores the weights of
 every ``nn.GRU`` and ``nn.Linear`` as int8 and quantises their inputs on the fly, step by step; the convolutional
-branches, the attention's output projection and everything else stay float32. On this machine it runs the
-paper's 2 x 256 Bi-GRU about 2.8 times as fast and the default's 2 x 128 about twice as fast (one thread), and the
-labels it gives agree with float32 inference on all but a few EMOPIA clips (measured on trained models:
-``tests/benchmarks/bench_int8.py``). GPUs run float32: this is for CPU actors only.
+branches, the attention's output projection and everything else stay float32. On this machine, one thread,
+it runs the paper's full-size model 2.1 times as fast, the default on MIDI alone 2.0 times and the fused default
+1.3 times (its convolutions now dominate), and the labels it gives agree with float32 inference on all but 4 of
+1,704 EMOPIA clip predictions of trained models (``tests/benchmarks/bench_int8.py``,
+``tests/benchmarks/results/int8.json``). GPUs run float32: this is for CPU actors only.
 
 torch 2.13 still ships ``torch.ao.quantization.quantize_dynamic`` and warns that it is deprecated (its successor,
 torchao, quantises linear layers only, not recurrent ones). When a later torch removes it, :func:`quantize_int8`

@@ -25,9 +25,6 @@ import torch
 
 from emit import emit
 
-HERE = Path(__file__).resolve()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True, help="model versions (or artifact paths)")
