@@ -62,6 +62,52 @@ def _power(segment: np.ndarray, *, config: FeatureConfig) -> np.ndarray:
     return np.abs(librosa.stft(segment, n_fft=config.n_fft, hop_length=config.hop_length, center=False)) ** 2
 
 
+def tuning_candidates(power: np.ndarray, *, sr: float, n_fft: int, fmin: float = 150.0, fmax: float = 4000.0,
+                      threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """The spectral peaks librosa's tuning estimate counts: ``pitch[pitch > 0]`` and ``magnitude[pitch > 0]`` of
+    ``librosa.piptrack(S=power, sr=sr, n_fft=n_fft)`` (its defaults), equal to them bit for bit (tested), in the
+    same order.
+
+    piptrack works on every bin and then keeps those in [fmin, fmax): 358 of 1025 at the defaults. This computes
+    the same peak test (above ``threshold`` times the frame's maximum over *all* bins, a local maximum across
+    frequency) and the same parabolic refinement only on those bins and their two neighbours, without piptrack's
+    full-size output arrays: a third of its cost, which was a third of a piece's feature extraction.
+
+    Args:
+        power: (1 + n_fft/2, frames) power spectrogram.
+
+    Returns:
+        pitch (peaks,) float32 in Hz, magnitude (peaks,) float32: bin by bin, frames in order within a bin.
+    """
+    freqs = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
+    inside = np.flatnonzero((max(fmin, 0.0) <= freqs) & (freqs < min(fmax, float(sr) / 2)))
+    if inside.size == 0 or inside[0] == 0 or inside[-1] >= power.shape[-2] - 1:  # no neighbour on one side
+        pitch, magnitude = librosa.piptrack(S=power, sr=sr, n_fft=n_fft, fmin=fmin, fmax=fmax, threshold=threshold)
+        found = pitch > 0
+        return pitch[found], magnitude[found]
+    low, high = int(inside[0]), int(inside[-1]) + 1
+    band = power[low - 1: high + 1]  # the kept bins and one neighbour on each side
+    centre, below, above = band[1:-1], band[:-2], band[2:]
+    loud = threshold * power.max(axis=-2, keepdims=True)
+    # util.localmax of S * (S > ref): greater than the bin below, at least the bin above.
+    gated = band * (band > loud)
+    peak = (gated[1:-1] > gated[:-2]) & (gated[1:-1] >= gated[2:])
+    rows, cols = np.nonzero(peak)
+    x0, x_below, x_above = centre[rows, cols], below[rows, cols], above[rows, cols]
+    # piptrack's parabolic shift (librosa's numba stencil, whose float32 inputs meet integer constants and so
+    # compute in float64), its gradient (float32) and the interpolated magnitude.
+    a = (x_above + x_below).astype(np.float64) - 2 * x0.astype(np.float64)
+    b = (x_above - x_below).astype(np.float64) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(np.abs(b) >= np.abs(a), 0.0, -b / a).astype(np.float32)
+    slope = (x_above - x_below) / np.float32(2.0)
+    pitch = ((rows + low) + shift.astype(np.float64)) * float(sr) / n_fft
+    magnitude = x0 + np.float32(0.5) * slope * shift
+    pitch = pitch.astype(power.dtype)
+    found = pitch > 0
+    return pitch[found], magnitude.astype(power.dtype)[found]
+
+
 @one_process_compiles
 def spectral_features(audio: DecodedAudio, *, config: FeatureConfig,
                       frames_per_block: int = SPECTRAL_BLOCK_FRAMES) -> tuple[np.ndarray, np.ndarray]:
@@ -80,10 +126,9 @@ def spectral_features(audio: DecodedAudio, *, config: FeatureConfig,
     pitches, magnitudes, mels, held = [], [], [], []
     for power in power_blocks(audio.blocks(), config=config, frames_per_block=frames_per_block):
         # Tuning candidates as librosa.estimate_tuning finds them (frame by frame), pooled over the piece.
-        pitch, magnitude = librosa.piptrack(S=power, sr=rate, n_fft=n_fft)  # (bins, frames) each
-        found = pitch > 0
-        pitches.append(pitch[found])
-        magnitudes.append(magnitude[found])
+        pitch, magnitude = tuning_candidates(power, sr=rate, n_fft=n_fft)
+        pitches.append(pitch)
+        magnitudes.append(magnitude)
         mels.append(np.einsum("...ft,mf->...mt", power, mel_basis, optimize=True))  # (n_mels, frames)
         if audio.resident:
             held.append(power)

@@ -17,7 +17,7 @@ import soundfile
 import mer.features.spectral as spectral
 from mer.config import FeatureConfig
 from mer.features import DecodedAudio, decode_audio, extract_features, open_audio, read_midi, render_audio
-from mer.features.spectral import power_blocks, spectral_features
+from mer.features.spectral import power_blocks, spectral_features, tuning_candidates
 
 CONFIG = FeatureConfig()
 SR, HOP = CONFIG.sample_rate, CONFIG.hop_length
@@ -57,6 +57,37 @@ def test_one_stft_gives_librosas_chromagram_and_mfccs_exactly(clip: np.ndarray, 
     expected_chroma, expected_mfcc = librosa_features(clip)
     np.testing.assert_array_equal(chroma, expected_chroma.astype(np.float32))
     np.testing.assert_array_equal(mfcc, expected_mfcc.astype(np.float32))
+
+
+def piptrack_peaks(power: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    pitch, magnitude = librosa.piptrack(S=power, sr=SR, n_fft=CONFIG.n_fft, **kwargs)
+    return pitch[pitch > 0], magnitude[pitch > 0]
+
+
+@pytest.mark.parametrize("clip_name", [CLIP, "Q2_-jJVb0xvbdg_1", "Q3_02t1bj7ZABY_2", "Q4_0c2dTJTDUR4_1"])
+def test_tuning_candidates_are_piptracks_peaks_bit_for_bit_on_emopia(clip_name: str, emopia: Path) -> None:
+    midi_path = emopia / "midis" / f"{clip_name}.mid"
+    audio = render_audio(read_midi(midi_path.read_bytes(), name=clip_name), config=CONFIG, name=clip_name)
+    power = np.abs(librosa.stft(audio, n_fft=CONFIG.n_fft, hop_length=HOP)) ** 2
+    pitch, magnitude = tuning_candidates(power, sr=SR, n_fft=CONFIG.n_fft)
+    expected_pitch, expected_magnitude = piptrack_peaks(power)
+    assert pitch.size > 1000  # a piano piece has peaks to count
+    np.testing.assert_array_equal(pitch, expected_pitch)
+    np.testing.assert_array_equal(magnitude, expected_magnitude)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(("fmin", "fmax"), [(150.0, 4000.0), (0.0, 4000.0), (150.0, 20_000.0), (3000.0, 3100.0)])
+def test_tuning_candidates_match_piptrack_on_any_spectrogram(seed: int, fmin: float, fmax: float) -> None:
+    rng = np.random.default_rng(seed)
+    power = (rng.random((1 + CONFIG.n_fft // 2, 60), dtype=np.float32) ** 6).astype(np.float32)
+    power[:, 5] = 0.0  # a silent frame
+    power[:, 9] = 1.0  # a flat one: ties everywhere
+    power[100:103, 20] = 7.0  # a plateau
+    pitch, magnitude = tuning_candidates(power, sr=SR, n_fft=CONFIG.n_fft, fmin=fmin, fmax=fmax)
+    expected_pitch, expected_magnitude = piptrack_peaks(power, fmin=fmin, fmax=fmax)
+    np.testing.assert_array_equal(pitch, expected_pitch)
+    np.testing.assert_array_equal(magnitude, expected_magnitude)
 
 
 @pytest.mark.parametrize("samples", [SR // 2, 3 * SR + 7, 10 * SR])
