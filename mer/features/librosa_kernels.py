@@ -5,9 +5,13 @@ interpolation, peak picking) and others at their first call, and caches them bes
 (``__pycache__/*.nbi``, ``*.nbc``). Two processes that compile into an empty cache at once — two Ray feature
 workers on a fresh install — can leave an index that points at the other's code, and from then on every process
 that loads it segfaults inside ``piptrack`` (seen on a fresh clone: the first training run's feature workers
-crashed again and again). So librosa is imported here under an exclusive lock on a file in the temp folder, and
-:func:`one_process_compiles` makes a feature function's first call in a process take the same lock: the first
-process compiles and writes the cache alone, the others wait, then load it.
+crashed again and again). So librosa is imported here, by :func:`load_librosa`, under an exclusive lock on a file
+in the temp folder, and :func:`one_process_compiles` makes a feature function's first call in a process take the
+same lock: the first process compiles and writes the cache alone, the others wait, then load it.
+
+The import happens at the first call, not when ``mer.features`` is imported: a process that never computes a
+spectrogram (an inference actor, the tagging driver) neither pays librosa's import (about a second on this
+machine) nor queues behind the feature workers for the lock.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import fcntl
 import functools
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import TypeVar
@@ -25,20 +30,37 @@ LOCK_PATH = os.path.join(tempfile.gettempdir(), "mer-librosa-numba.lock")
 F = TypeVar("F", bound=Callable)
 
 
+_in_process = threading.RLock()  # the file lock is taken once per process; nested holders pass through
+_depth = 0
+
+
 @contextlib.contextmanager
 def compile_lock() -> Iterator[None]:
-    """Held by one process of this machine at a time (unlocked where the temp folder cannot be written)."""
-    try:
-        lock = open(LOCK_PATH, "a")  # noqa: SIM115 — held until the block ends
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
+    """Held by one process of this machine at a time (unlocked where the temp folder cannot be written).
+    Re-entrant within a process: a feature function that holds it may import librosa under it."""
+    global _depth
+    with _in_process:
+        if _depth:
+            _depth += 1
+            try:
+                yield
+            finally:
+                _depth -= 1
+            return
+        try:
+            lock = open(LOCK_PATH, "a")  # noqa: SIM115 — held until the block ends
+        except OSError:
+            lock = None
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            _depth = 1
+            yield
+        finally:
+            _depth = 0
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                lock.close()
 
 
 def one_process_compiles(function: F) -> F:
@@ -59,7 +81,9 @@ def one_process_compiles(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _import_librosa() -> ModuleType:
+@functools.cache
+def load_librosa() -> ModuleType:
+    """librosa, imported (its numba kernels compiled or loaded) under :func:`compile_lock` the first time."""
     with compile_lock():
         import librosa
         import librosa.core.audio  # noqa: F401 — the modules whose import compiles or loads numba kernels
@@ -67,6 +91,3 @@ def _import_librosa() -> ModuleType:
         import librosa.util.utils  # noqa: F401
 
         return librosa
-
-
-librosa = _import_librosa()

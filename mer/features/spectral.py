@@ -22,7 +22,7 @@ import scipy.fft
 
 from mer.config import FeatureConfig
 from mer.features.audio import DecodedAudio
-from mer.features.librosa_kernels import librosa, one_process_compiles  # numba kernels: one process at a time
+from mer.features.librosa_kernels import load_librosa, one_process_compiles  # numba kernels: one process at a time
 
 SPECTRAL_BLOCK_FRAMES = 4096
 """STFT frames transformed at a time (95 s at 22.05 kHz, hop 512: a 17-MB power block; librosa's tuning
@@ -59,6 +59,7 @@ def power_blocks(blocks: Iterable[np.ndarray], *, config: FeatureConfig,
 
 def _power(segment: np.ndarray, *, config: FeatureConfig) -> np.ndarray:
     """Power spectrogram of the frames that fit in ``segment`` (no padding): (1 + n_fft/2, frames) float32."""
+    librosa = load_librosa()
     return np.abs(librosa.stft(segment, n_fft=config.n_fft, hop_length=config.hop_length, center=False)) ** 2
 
 
@@ -79,6 +80,7 @@ def tuning_candidates(power: np.ndarray, *, sr: float, n_fft: int, fmin: float =
     Returns:
         pitch (peaks,) float32 in Hz, magnitude (peaks,) float32: bin by bin, frames in order within a bin.
     """
+    librosa = load_librosa()
     freqs = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
     inside = np.flatnonzero((max(fmin, 0.0) <= freqs) & (freqs < min(fmax, float(sr) / 2)))
     if inside.size == 0 or inside[0] == 0 or inside[-1] >= power.shape[-2] - 1:  # no neighbour on one side
@@ -121,6 +123,7 @@ def spectral_features(audio: DecodedAudio, *, config: FeatureConfig,
         chroma (12, T) float32, pitch classes C..B, each frame max-normalised to 1; mfcc (n_mfcc, T) float32;
         ``T = 1 + samples // hop_length``.
     """
+    librosa = load_librosa()
     rate, n_fft = config.sample_rate, config.n_fft
     mel_basis = librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=config.n_mels)  # (n_mels, 1 + n_fft/2)
     pitches, magnitudes, mels, held = [], [], [], []

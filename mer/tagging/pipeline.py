@@ -131,14 +131,21 @@ def feature_task_cpus(cluster_cpus: float, *, tagging: TagConfig, actor_cpus: fl
     return max(0.25, min(FEATURE_TASK_CPUS, spare / max(1, tagging.feature_concurrency)))
 
 
-def _ray_compute(size: int, actor: bool, *, start: int | None = None) -> Any:
-    """Tasks: ``size`` at a time. Actors: ``start`` of them at first (default ``size``), at least one, at most
-    ``size`` (Ray Data adds actors while work queues up and the resources allow; one GPU is enough to run)."""
+def _ray_compute(size: int, actor: bool, *, gpus: bool = False, start: int | None = None) -> Any:
+    """Tasks: ``size`` at a time. CPU actors: a fixed pool of ``size``. GPU actors: ``start`` of them at first
+    (default ``size``), at least one, at most ``size`` (Ray Data adds actors while work queues up and the
+    resources allow; one GPU is enough to run).
+
+    A CPU pool does not shrink: Ray Data's autoscaler retires an actor that sits idle while the first features
+    are extracted, then starts a new one (torch imported and the model loaded again) once windows queue up, by
+    which time one actor has taken every batch."""
     import ray.data
 
-    if actor:
-        return ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=max(1, min(size, start or size)))
-    return ray.data.TaskPoolStrategy(size=size)
+    if not actor:
+        return ray.data.TaskPoolStrategy(size=size)
+    if not gpus:
+        return ray.data.ActorPoolStrategy(size=size)
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=max(1, min(size, start or size)))
 
 
 def _blocks_for(items: int, concurrency: int) -> int:
@@ -234,6 +241,10 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
     context.enable_progress_bars = progress
     context.enable_operator_progress_bars = progress
     context.max_errored_blocks = -1  # a block whose task died is skipped, its items recorded as failures below
+    # No per-operator CPU reservation: both stages are already bounded (feature_concurrency tasks, a pool of
+    # inference actors), and Ray Data's reservation (half the cluster, split between the two stages) let only
+    # one feature task run at a time on a 2-core machine while the actors waited for windows.
+    context.op_resource_reservation_enabled = False
     resources = ray.cluster_resources()
     gpus = use_gpus(tagging, resources)
     plan.writer.record_inference(plan.run_id, "int8" if tagging.int8 and not gpus else "float32")
@@ -257,7 +268,7 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
                                    "batch_size": tagging.batch_size, "int8": tagging.int8,
                                    "num_threads": None if gpus else max(1, int(INFERENCE_ACTOR_CPUS))},
             batch_size=tagging.batch_size * BUCKET_POOL,  # the actor sorts these by token length (bucketing)
-            compute=_ray_compute(tagging.inference_concurrency, actor=True,
+            compute=_ray_compute(tagging.inference_concurrency, actor=True, gpus=gpus,
                                  start=int(resources.get("GPU", 0)) if gpus else None),
             num_gpus=1 if gpus else 0,
             num_cpus=actor_cpus,

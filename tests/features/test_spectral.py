@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import soundfile
 
-import mer.features.spectral as spectral
 from mer.config import FeatureConfig
 from mer.features import DecodedAudio, decode_audio, extract_features, open_audio, read_midi, render_audio
 from mer.features.spectral import power_blocks, spectral_features, tuning_candidates
@@ -51,7 +50,7 @@ def stereo_wav_44k(audio: np.ndarray) -> bytes:
 def test_one_stft_gives_librosas_chromagram_and_mfccs_exactly(clip: np.ndarray, monkeypatch) -> None:
     calls = []
     stft = librosa.stft
-    monkeypatch.setattr(spectral.librosa, "stft", lambda *a, **k: calls.append(1) or stft(*a, **k))
+    monkeypatch.setattr(librosa, "stft", lambda *a, **k: calls.append(1) or stft(*a, **k))
     chroma, mfcc = spectral_features(DecodedAudio.from_waveform(clip, sample_rate=SR), config=CONFIG)
     assert len(calls) == 1  # shared by both features
     expected_chroma, expected_mfcc = librosa_features(clip)
@@ -172,3 +171,13 @@ def test_feature_workers_starting_together_on_an_empty_numba_cache_all_compute(t
     for worker, (out, err) in zip([*workers, later], results, strict=True):
         assert worker.returncode == 0, err[-2000:]
         assert out.split()[-1] == "9"  # an A (440 Hz) is pitch class 9 (pyfluidsynth may print a line before)
+
+
+def test_a_process_holding_the_compile_lock_can_import_librosa_under_it() -> None:
+    # spectral_features takes the lock for its first call and imports librosa inside it: a lock that is not
+    # re-entrant within a process hangs there forever.
+    code = ("from mer.features.librosa_kernels import compile_lock, load_librosa\n"
+            "with compile_lock():\n    with compile_lock():\n        print(load_librosa().__name__)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "librosa"
