@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mer.tagging.loop import tag_store_local
 from mer.tagging.metrics import STAGES, JobMetrics
-from mer.tagging.pipeline import feature_task_cpus, tag_store, use_gpus
+from mer.tagging.pipeline import feature_task_cpus, inference_actors, tag_store, use_gpus
 from mer.tagging.plan import TagSummary
 from mer.tagging.predictor import WindowPredictor
 from mer.tagging.prepare import PreparedItem, extract_window_rows, item_row, prepare_item
@@ -12,5 +12,5 @@ from mer.tagging.storage import Item, Reject, list_items
 
 __all__ = [
     "Item", "JobMetrics", "PreparedItem", "Reject", "STAGES", "TagSummary", "WindowPredictor", "extract_window_rows",
-    "feature_task_cpus", "item_row", "list_items", "prepare_item", "tag_store", "tag_store_local", "use_gpus",
+    "feature_task_cpus", "inference_actors", "item_row", "list_items", "prepare_item", "tag_store", "tag_store_local", "use_gpus",
 ]

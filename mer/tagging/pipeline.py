@@ -148,6 +148,16 @@ def _ray_compute(size: int, actor: bool, *, gpus: bool = False, start: int | Non
     return ray.data.ActorPoolStrategy(min_size=1, max_size=size, initial_size=max(1, min(size, start or size)))
 
 
+def inference_actors(items: int, *, tagging: TagConfig, gpus: bool) -> int:
+    """Inference actors for a pass of ``items``: ``inference_concurrency``, but on CPUs no more than the pass has
+    model calls for (each item gives at least one window, a call takes ``batch_size * BUCKET_POOL``): a second
+    actor for a handful of items only pays a second start-up (torch and the model loaded) for nothing."""
+    if gpus:
+        return tagging.inference_concurrency
+    calls = math.ceil(items / (tagging.batch_size * BUCKET_POOL))
+    return max(1, min(tagging.inference_concurrency, calls))
+
+
 def _blocks_for(items: int, concurrency: int) -> int:
     """Input blocks (= feature tasks): about four per concurrent task keeps the cores busy to the end without
     paying a task's overhead per item on big stores."""
@@ -268,7 +278,7 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
                                    "batch_size": tagging.batch_size, "int8": tagging.int8,
                                    "num_threads": None if gpus else max(1, int(INFERENCE_ACTOR_CPUS))},
             batch_size=tagging.batch_size * BUCKET_POOL,  # the actor sorts these by token length (bucketing)
-            compute=_ray_compute(tagging.inference_concurrency, actor=True, gpus=gpus,
+            compute=_ray_compute(inference_actors(len(rows), tagging=tagging, gpus=gpus), actor=True, gpus=gpus,
                                  start=int(resources.get("GPU", 0)) if gpus else None),
             num_gpus=1 if gpus else 0,
             num_cpus=actor_cpus,

@@ -44,6 +44,7 @@ from mer.storage import LocalStore, ObjectStore, S3Store
 from mer.tagging import (
     WindowPredictor,
     feature_task_cpus,
+    inference_actors,
     item_row,
     prepare_item,
     tag_store,
@@ -51,6 +52,7 @@ from mer.tagging import (
     use_gpus,
 )
 from mer.tagging.metrics import JobMetrics
+from mer.tagging.predictor import BUCKET_POOL
 from mer.tagging.prepare import batch_of
 from mer.tagging.recorder import Recorder, WindowGrouper
 from mer.tagging.storage import list_items
@@ -844,6 +846,19 @@ def test_re_emitted_window_rows_change_no_label_and_fail_no_item(model, pieces, 
         assert retried["n_windows"] == clean_label["n_windows"] and retried["quadrant"] == clean_label["quadrant"]
         for column in ("p_q1", "p_q2", "p_q3", "p_q4", "arousal_prob", "valence_prob", "va_head_arousal_prob"):
             assert retried[column] == pytest.approx(clean_label[column], abs=1e-9), (key, column)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 8])
+@pytest.mark.parametrize("items", [1, 5, 63, 64, 65, 200, 10_000])
+def test_a_pass_starts_no_more_cpu_actors_than_it_has_model_calls_for(items: int, concurrency: int) -> None:
+    tagging = TagConfig(inference_concurrency=concurrency, batch_size=16)
+    actors = inference_actors(items, tagging=tagging, gpus=False)
+    calls_at_least = -(-items // (16 * BUCKET_POOL))  # every item gives one window or more
+    assert 1 <= actors <= concurrency
+    assert actors <= calls_at_least  # no actor that no model call can reach
+    if calls_at_least >= concurrency:  # work for all of them: all of them
+        assert actors == concurrency
+    assert inference_actors(items, tagging=tagging, gpus=True) == concurrency  # GPU pools autoscale from one
 
 
 def test_feature_tasks_share_a_small_machine_but_take_whole_cpus_on_a_cluster() -> None:
