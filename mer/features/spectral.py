@@ -72,7 +72,8 @@ def tuning_candidates(power: np.ndarray, *, sr: float, n_fft: int, fmin: float =
     piptrack works on every bin and then keeps those in [fmin, fmax): 358 of 1025 at the defaults. This computes
     the same peak test (above ``threshold`` times the frame's maximum over *all* bins, a local maximum across
     frequency) and the same parabolic refinement only on those bins and their two neighbours, without piptrack's
-    full-size output arrays: a third of its cost, which was a third of a piece's feature extraction.
+    full-size output arrays: about a tenth of its time, which was over half of a clip's chromagram and MFCCs
+    (``tests/benchmarks/bench_tuning.py``, ``tests/benchmarks/results/tuning.json``).
 
     Args:
         power: (1 + n_fft/2, frames) power spectrogram.

@@ -12,5 +12,6 @@ from mer.tagging.storage import Item, Reject, list_items
 
 __all__ = [
     "Item", "JobMetrics", "PreparedItem", "Reject", "STAGES", "TagSummary", "WindowPredictor", "extract_window_rows",
-    "feature_task_cpus", "inference_actors", "item_row", "list_items", "prepare_item", "tag_store", "tag_store_local", "use_gpus",
+    "feature_task_cpus", "inference_actors", "item_row", "list_items", "prepare_item", "tag_store", "tag_store_local",
+    "use_gpus",
 ]

@@ -5,8 +5,9 @@
 
 Both sides tag the same local-folder store of EMOPIA pairs (MIDI + a WAV rendered with FluidSynth; rendered once
 into ``--cache-dir`` and reused) into fresh SQLite catalogs, with the same full-size model of the paper's config
-(``MerConfig()``; untrained — the weights do not change the cost). Every measurement runs in its own process with ``PYTHONPATH``
-set to its side's checkout, one after the other, A then B for each step, so both sides see the same machine:
+(``MerConfig()``; untrained — the weights do not change the cost). Every measurement runs in its own process with
+``PYTHONPATH`` set to its side's checkout, one after the other, A then B for each step, so both sides see the same
+machine:
 
 1. ``pipeline`` — :func:`mer.tagging.tag_store` (feature tasks + inference actors on Ray Data), a first model
    version over the store; the new side starts with an empty feature cache and fills it.
