@@ -66,6 +66,12 @@ METHODS: tuple[Method, ...] = (
     Method("default_symbolic_no_key", "MIDI-only default without key, mode and note statistics (no FiLM, no summary "
            "head)", "-", _paper(0.690, 0.833, 0.744), preset="default",
            preset_changes=(("branches", ("symbolic",)), ("summary_film", False), ("summary_head", False))),
+    Method("default_symbolic_no_film", "MIDI-only default without FiLM (key, mode and note statistics only in the "
+           "summary head)", "-", _paper(0.690, 0.833, 0.744), preset="default",
+           preset_changes=(("branches", ("symbolic",)), ("summary_film", False))),
+    Method("default_symbolic_no_head", "MIDI-only default without the summary head (key, mode and note statistics "
+           "only by FiLM)", "-", _paper(0.690, 0.833, 0.744), preset="default",
+           preset_changes=(("branches", ("symbolic",)), ("summary_head", False))),
     Method("default_symbolic_no_transpose", "MIDI-only default without transposition augmentation", "-",
            _paper(0.690, 0.833, 0.744), preset="default", preset_changes=(("branches", ("symbolic",)),),
            training_changes=(("transpose_semitones", 0),)),
