@@ -61,8 +61,9 @@ FORBIDDEN_LIBRARIES: dict[str, tuple[str, ...]] = {
 }
 """Libraries a layer never imports (feature tasks and the catalog stay light; the model runs without Ray)."""
 
-RAY_ONLY_IN = frozenset({"mer.train.dataset", "mer.train.loop", "mer.tagging.pipeline"})
-"""Ray is imported only where it is used: extraction tasks, Ray Train, the Ray Data pipeline."""
+RAY_ONLY_IN = frozenset({"mer.train.dataset", "mer.train.loop", "mer.tagging.pipeline", "mer.tagging.attempts"})
+"""Ray is imported only where it is used: extraction tasks, Ray Train, the Ray Data pipeline (and its feature
+tasks' attempt ledger)."""
 
 ONE_STORAGE_STACK: dict[str, frozenset[str]] = {
     "boto3": frozenset({"mer.storage"}),

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import numpy as np
-import scipy.fft
 
 from mer.config import FeatureConfig
 from mer.features.audio import DecodedAudio
@@ -147,6 +146,8 @@ def spectral_features(audio: DecodedAudio, *, config: FeatureConfig,
         for power in powers
     ], axis=1)  # (12, T)
     log_mel = librosa.power_to_db(np.concatenate(mels, axis=1))  # (n_mels, T), 80 dB below the piece's peak
+    import scipy.fft  # here, not above: a worker that reads cached features never pays for importing it
+
     coefficients = scipy.fft.dct(log_mel, axis=-2, type=2, norm="ortho")[: config.n_mfcc]  # (n_mfcc, T)
     return chroma.astype(np.float32), coefficients.astype(np.float32)
 

@@ -52,9 +52,10 @@ from mer.catalog import FailureRecord
 from mer.config import MerConfig, TagConfig
 from mer.features import FeatureCache
 from mer.storage import ObjectStore
+from mer.tagging.attempts import AttemptLedger, extract_window_rows_counted
 from mer.tagging.plan import Plan, TagSummary, begin_run, end_run, passes
 from mer.tagging.predictor import BUCKET_POOL, WindowPredictor
-from mer.tagging.prepare import extract_window_rows, failed_item_rows, item_row
+from mer.tagging.prepare import item_row
 from mer.tagging.recorder import WindowGrouper
 from mer.tagging.storage import Item
 
@@ -68,48 +69,6 @@ INFERENCE_ACTOR_CPUS = 0.5
 small GRU batches gain little and, on a busy machine, spin). On a 2-core machine the two actors and the two
 feature tasks share the cores: while items need features the tasks get most of them, and when the features come
 from the cache, inference gets both."""
-
-FEATURE_ATTEMPTS = 3
-"""Attempts at one item's features before it fails as "the worker died". Ray Data retries a feature task whose
-worker died without limit (and Ray 2.60 offers no supported per-operator limit: ``max_retries`` would go through
-the remote-args pass-through that Ray 2.64 removes), so one file that crashes a decoder natively would hang the
-night's run. Each item's attempts are counted instead, in an :class:`AttemptLedger` actor: the retried task skips
-an item that has already begun this many times without ending, and the rest of its block is tagged."""
-
-
-class AttemptLedger:
-    """Per pass, the items whose feature work began and the ones that ended (a Ray actor; zero CPUs). A worker
-    that dies leaves its item begun and not ended; when Ray retries the task, :meth:`begin` says how often."""
-
-    def __init__(self) -> None:
-        self.unfinished: dict[str, int] = {}
-
-    def begin(self, key: str) -> int:
-        """Count an attempt at ``key``; returns the attempts so far that did not end, this one included."""
-        self.unfinished[key] = self.unfinished.get(key, 0) + 1
-        return self.unfinished[key]
-
-    def end(self, key: str) -> None:
-        self.unfinished.pop(key, None)
-
-
-def extract_window_rows_counted(row: dict[str, Any], *, ledger: Any, config: MerConfig,
-                                **kwargs: Any) -> list[dict[str, Any]]:
-    """:func:`~mer.tagging.prepare.extract_window_rows`, unless this item's worker already died
-    :data:`FEATURE_ATTEMPTS` times: then its failure row (transient, so the next run tries it again)."""
-    import ray
-
-    key = str(row["key"])
-    attempts = ray.get(ledger.begin.remote(key))
-    if attempts > FEATURE_ATTEMPTS:
-        rows = failed_item_rows(row, config=config, stage="features", reason=(
-            f"the worker processing this item died {attempts - 1} times (a crash in a decoder, or out of memory); "
-            "retried by the next run"))
-    else:
-        rows = extract_window_rows(row, config=config, **kwargs)
-    ray.get(ledger.end.remote(key))
-    return rows
-
 
 def use_gpus(tagging: TagConfig, resources: Mapping[str, float]) -> bool:
     """Whether inference actors take a GPU each: ``tagging.use_gpu`` when set (True on an autoscaling cluster whose
