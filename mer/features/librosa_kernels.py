@@ -9,6 +9,12 @@ crashed again and again). So librosa is imported here, by :func:`load_librosa`, 
 in the temp folder, and :func:`one_process_compiles` makes a feature function's first call in a process take the
 same lock: the first process compiles and writes the cache alone, the others wait, then load it.
 
+Once a process has made its first call under the lock, it leaves a marker in the numba cache's folder (librosa's
+``__pycache__`` or ``NUMBA_CACHE_DIR``, so it goes when the cache goes; named after the librosa and numba
+versions). Later processes that find it only
+load what is cached, which any number of processes may do at once: they skip the lock, and the feature workers
+of a run no longer start one after the other.
+
 The import happens at the first call, not when ``mer.features`` is imported: a process that never computes a
 spectrogram (an inference actor, the tagging driver) neither pays librosa's import (about a second on this
 machine) nor queues behind the feature workers for the lock.
@@ -18,10 +24,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import importlib.metadata
+import importlib.util
 import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
 
@@ -63,18 +72,46 @@ def compile_lock() -> Iterator[None]:
                 lock.close()
 
 
+def cached_marker() -> Path | None:
+    """The file that says librosa's numba cache holds every kernel the features use (None where librosa is not
+    installed). numba caches librosa's kernels under ``NUMBA_CACHE_DIR`` when it is set, else beside librosa."""
+    spec = importlib.util.find_spec("librosa")
+    if spec is None or spec.origin is None:
+        return None
+    root = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(spec.origin), "__pycache__")
+    versions = f"{importlib.metadata.version('librosa')}-{importlib.metadata.version('numba')}"
+    return Path(root) / f"mer-kernels-cached-librosa-{versions}"
+
+
+def _kernels_cached() -> bool:
+    marker = cached_marker()
+    return marker is not None and marker.exists()
+
+
+def _mark_kernels_cached() -> None:
+    marker = cached_marker()
+    try:
+        if marker is not None and marker.parent.is_dir():
+            marker.touch()
+    except OSError:  # a read-only install: every process keeps taking the lock, as before
+        pass
+
+
 def one_process_compiles(function: F) -> F:
     """``function`` whose first successful call in this process runs under :func:`compile_lock` (the numba
-    kernels it reaches compile, or load from the cache, then)."""
+    kernels it reaches compile, or load from the cache, then), unless a process already did so since the cache was
+    made (:func:`cached_marker`); after that first call the cache is marked complete."""
     warm = False
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         nonlocal warm
-        if warm:
-            return function(*args, **kwargs)
-        with compile_lock():
+        if warm or _kernels_cached():
             result = function(*args, **kwargs)
+        else:
+            with compile_lock():
+                result = function(*args, **kwargs)
+            _mark_kernels_cached()
         warm = True
         return result
 
@@ -83,8 +120,9 @@ def one_process_compiles(function: F) -> F:
 
 @functools.cache
 def load_librosa() -> ModuleType:
-    """librosa, imported (its numba kernels compiled or loaded) under :func:`compile_lock` the first time."""
-    with compile_lock():
+    """librosa, imported (its numba kernels compiled or loaded) under :func:`compile_lock` the first time, or
+    without it where the cache is already complete."""
+    with contextlib.nullcontext() if _kernels_cached() else compile_lock():
         import librosa
         import librosa.core.audio  # noqa: F401 — the modules whose import compiles or loads numba kernels
         import librosa.core.pitch  # noqa: F401

@@ -2,6 +2,7 @@
 librosa's values exactly for a piece of one block, within a stated tolerance when split (block-wise vs whole)."""
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import subprocess
@@ -16,6 +17,7 @@ import soundfile
 
 from mer.config import FeatureConfig
 from mer.features import DecodedAudio, decode_audio, extract_features, open_audio, read_midi, render_audio
+from mer.features.librosa_kernels import LOCK_PATH
 from mer.features.spectral import power_blocks, spectral_features, tuning_candidates
 
 CONFIG = FeatureConfig()
@@ -171,6 +173,30 @@ def test_feature_workers_starting_together_on_an_empty_numba_cache_all_compute(t
     for worker, (out, err) in zip([*workers, later], results, strict=True):
         assert worker.returncode == 0, err[-2000:]
         assert out.split()[-1] == "9"  # an A (440 Hz) is pitch class 9 (pyfluidsynth may print a line before)
+
+
+def test_once_the_cache_is_complete_a_worker_does_not_wait_for_the_compile_lock(tmp_path: Path) -> None:
+    # The first worker compiles under the lock and marks the cache complete; after that, a worker computes
+    # features while another process holds the lock (before the marker it would wait for it).
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    go = tmp_path / "go"
+    go.touch()
+
+    def worker(name: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", CHROMA_IN_A_FRESH_PROCESS, str(tmp_path / name), str(go)],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    first = worker("ready-first")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert list((tmp_path / "numba-cache").glob("mer-kernels-cached-*")), "the first worker left no marker"
+    with open(LOCK_PATH, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held by "another process" for as long as the second worker runs
+        try:
+            second = worker("ready-second")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.split()[-1] == "9"
 
 
 def test_a_process_holding_the_compile_lock_can_import_librosa_under_it() -> None:
