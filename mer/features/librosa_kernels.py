@@ -11,9 +11,8 @@ same lock: the first process compiles and writes the cache alone, the others wai
 
 Once a process has made its first call under the lock, it leaves a marker in the numba cache's folder (librosa's
 ``__pycache__`` or ``NUMBA_CACHE_DIR``, so it goes when the cache goes; named after the librosa and numba
-versions). Later processes that find it only
-load what is cached, which any number of processes may do at once: they skip the lock, and the feature workers
-of a run no longer start one after the other.
+versions). Later processes that find it only load what is cached, which any number of processes may do at once:
+they skip the lock, and the feature workers of a run no longer start one after the other.
 
 The import happens at the first call, not when ``mer.features`` is imported: a process that never computes a
 spectrogram (an inference actor, the tagging driver) neither pays librosa's import (about a second on this
