@@ -102,7 +102,8 @@ def _timbre_table(robustness: Sequence[Mapping[str, Any]], headline: Mapping[str
         return []
     lines = ["**Another piano timbre.** Each seed model's test 4Q on the TimGM6mb rendering it was trained with "
              "and on Debian's FluidR3_GM rendering of the same MIDI (no model here was trained on FluidR3_GM); the "
-             f"drop is TimGM6mb minus FluidR3_GM, in points of 4Q (target ≤ {100 * TIMBRE_TARGET:.0f}). Val 4Q on "
+             f"drop is TimGM6mb minus FluidR3_GM, in points of 4Q (target ≤ {100 * TIMBRE_TARGET:.0f}, judged on "
+             f"{MIN_SEEDS} seeds or more). Val 4Q on "
              "both renderings where the report has it (reports from before it was measured leave it blank).", "",
              "| Configuration | Seeds | Val TimGM6mb | Val FluidR3_GM | Test TimGM6mb | Test FluidR3_GM "
              "| Drop (points) | Target |", "|---|---|---|---|---|---|---|---|"]

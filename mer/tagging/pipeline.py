@@ -6,7 +6,7 @@ One run, :func:`tag_store`::
              then, page by page (TagConfig.page_size keys): list ─ look the page's keys up in the catalog ─ skip
              what this model already tagged at the same object version (unless ``force``) ─ once a pass's worth
              of items is due, one Ray Data pass over them:
-    Ray:     from_items ─ flat_map(extract_window_rows)        parallel CPU tasks, one item at a time
+    Ray:     from_items ─ flat_map(extract_window_rows_counted) parallel CPU tasks, one item at a time
                                                                 (attempts per item counted: AttemptLedger):
                               read → feature cache? → decode in blocks / [render] → extract_features → window rows
                         ─ map_batches(WindowPredictor)          actor pool, one GPU per actor when GPUs exist;

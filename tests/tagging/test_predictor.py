@@ -99,3 +99,17 @@ def test_window_rows_are_compact(tmp_path: Path, config, model, window_rows) -> 
     out = WindowPredictor(model, batch_size=2, num_threads=1)(batch_of([*rows["midi only"], failure, *window_rows[:3]]))
     assert list(out["failed_stage"]) == [""] * len(rows["midi only"]) + ["read"] + [""] * 3
 
+
+
+@pytest.mark.parametrize("module", ["mer.tagging.attempts", "mer.tagging.predictor"])
+def test_a_worker_imports_neither_the_catalog_nor_the_metrics_nor_the_fft(module: str) -> None:
+    # A Ray Data feature task unpickles a function of mer.tagging.attempts, an inference actor the predictor: four
+    # such processes start per pass on two cores, and each import before the first item delays the pass.
+    import subprocess
+    import sys
+
+    unwanted = ("mer.catalog", "sqlalchemy", "prometheus_client", "mer.tagging.plan", "scipy.fft", "librosa")
+    code = f"import sys, {module}; print(' '.join(m for m in {unwanted!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [], f"{module} imports {done.stdout.strip()}"
