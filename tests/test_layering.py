@@ -18,6 +18,7 @@ RULES: tuple[tuple[str, str], ...] = (
     ("mer", "root"),
     ("mer.config", "config"),
     ("mer.errors", "errors"),
+    ("mer.lazy", "lazy"),
     ("mer.labels", "labels"),
     ("mer.storage", "storage"),
     ("mer.features", "features"),
@@ -39,20 +40,22 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "root": frozenset(),
     "config": frozenset(),
     "errors": frozenset(),
+    "lazy": frozenset(),
     "labels": frozenset({"config"}),
     "storage": frozenset({"config", "errors"}),
     "features": frozenset({"config", "errors", "labels", "storage"}),
-    "model": frozenset({"config", "errors", "labels", "storage", "features"}),
+    "model": frozenset({"config", "errors", "lazy", "labels", "storage", "features"}),
     "catalog": frozenset({"config", "errors", "labels"}),
     "train": frozenset({"config", "errors", "labels", "storage", "features", "model"}),
     "evaluation": frozenset({"config", "errors", "labels", "storage", "features", "model", "train"}),
-    "tagging": frozenset({"config", "errors", "labels", "storage", "features", "model", "catalog"}),
+    "tagging": frozenset({"config", "errors", "lazy", "labels", "storage", "features", "model", "catalog"}),
 }
 """The layers of ours each layer may import, besides modules of its own subpackage."""
 
 FORBIDDEN_LIBRARIES: dict[str, tuple[str, ...]] = {
     "config": ("torch", "ray"),
     "errors": ("torch", "ray"),
+    "lazy": ("torch", "ray"),
     "labels": ("torch", "ray"),
     "storage": ("torch", "ray"),
     "features": ("torch", "ray"),

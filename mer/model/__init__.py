@@ -6,10 +6,11 @@ meta.json, :func:`read_artifact`: what a tagging driver plans a run with) does n
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-_HOMES = {
+from mer.lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
     "artifact": ("LATEST", "MODELS_DIR", "Artifact", "ArtifactInfo", "is_url", "join", "latest_version",
                  "load_artifact", "read_artifact", "save_artifact"),
     "calibration": ("clip_probabilities", "expected_calibration_error", "fit_temperature", "nll", "reliability"),
@@ -19,20 +20,7 @@ _HOMES = {
     "quantization": ("Int8Unavailable", "quantize_int8"),
     "summary_head": ("SummaryHead",),
     "tensors": ("MODEL_INPUTS", "ROW_KEYS_TO_BATCH", "model_inputs", "pick_device", "to_tensors"),
-}
-_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
-
-__all__ = sorted(_HOME_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOME_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mer.model' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"mer.model.{module}"), name)
-    globals()[name] = value
-    return value
-
+})
 
 if TYPE_CHECKING:  # what the names are, for readers and type checkers (and the layering test)
     from mer.model.artifact import (LATEST, MODELS_DIR, Artifact, ArtifactInfo, is_url, join,

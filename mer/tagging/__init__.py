@@ -7,10 +7,11 @@ metrics or the driver's planning it never runs.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-_HOMES = {
+from mer.lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
     "loop": ("tag_store_local",),
     "metrics": ("STAGES", "JobMetrics"),
     "pipeline": ("feature_task_cpus", "inference_actors", "tag_store", "use_gpus"),
@@ -18,20 +19,7 @@ _HOMES = {
     "predictor": ("WindowPredictor",),
     "prepare": ("PreparedItem", "extract_window_rows", "item_row", "prepare_item"),
     "storage": ("Item", "Reject", "list_items"),
-}
-_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
-
-__all__ = sorted(_HOME_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOME_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mer.tagging' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"mer.tagging.{module}"), name)
-    globals()[name] = value
-    return value
-
+})
 
 if TYPE_CHECKING:  # what the names are, for readers and type checkers (and the layering test)
     from mer.tagging.loop import tag_store_local
