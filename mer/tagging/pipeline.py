@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mer.catalog import FailureRecord
-from mer.config import MerConfig, TagConfig
+from mer.config import TagConfig
 from mer.features import FeatureCache
 from mer.storage import ObjectStore
 from mer.tagging.attempts import AttemptLedger, extract_window_rows_counted
