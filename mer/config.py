@@ -122,6 +122,9 @@ class TrainConfig:
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     va_loss_weight: float = 1.0  # weight of the binary arousal/valence losses beside the 4Q loss
     transpose_semitones: int = 0  # > 0: each training window is moved by a random k in [-n, n] (key changes, label not)
+    # With ModelConfig.symbolic_max_tokens > 0: each training window's Bi-GRU reads that many consecutive tokens
+    # from a random offset (mer.features.crop) instead of always the window's beginning; inference reads the beginning.
+    token_crop: bool = False
     # More piano timbres: each training window takes its audio features from a rendering with one of these
     # SoundFonts or the feature config's, drawn at every step (mer.train.renderings). Val and test stay on the
     # feature config's SoundFont.

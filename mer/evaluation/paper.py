@@ -75,6 +75,9 @@ METHODS: tuple[Method, ...] = (
     Method("default_symbolic_no_transpose", "MIDI-only default without transposition augmentation", "-",
            _paper(0.690, 0.833, 0.744), preset="default", preset_changes=(("branches", ("symbolic",)),),
            training_changes=(("transpose_semitones", 0),)),
+    Method("default_symbolic_token_crop", "MIDI-only default with token crops (each training window's 512 tokens "
+           "from a random offset)", "-", _paper(0.690, 0.833, 0.744), preset="default",
+           preset_changes=(("branches", ("symbolic",)),), training_changes=(("token_crop", True),)),
     Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
     Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
     Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),

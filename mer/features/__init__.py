@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mer.features.audio import DecodedAudio, check_audio, decode_audio, open_audio, peak_normalise
 from mer.features.cache import FeatureCache
+from mer.features.crop import crop_batch
 from mer.features.key import (
     PITCH_CLASS_NAMES, SUMMARY_SIZE, Key, estimate_key, key_correlations, pitch_class_histogram, summary_descriptors,
 )
@@ -16,6 +17,7 @@ from mer.features.transpose import transpose_batch
 
 __all__ = [
     "PITCH_CLASS_NAMES", "SUMMARY_SIZE", "DecodedAudio", "FeatureCache", "ItemFeatures", "Key", "check_audio", "chromagram",
+    "crop_batch",
     "decode_audio", "estimate_key", "extract_features", "key_correlations", "loaded_soundfont", "mfcc", "midi_like_tokens",
     "notes_from_tokens", "open_audio", "pad_id", "peak_normalise", "piano_notes", "pitch_class_histogram",
     "read_midi", "render_audio", "soundfont_path", "spectral_features", "summary_descriptors", "token_dtype",

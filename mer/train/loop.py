@@ -46,7 +46,7 @@ import torch.distributed as dist
 
 from mer.config import MerConfig, TrainConfig
 from mer.errors import ConfigError, MerError
-from mer.features import FeatureCache, transpose_batch
+from mer.features import FeatureCache, crop_batch, transpose_batch
 from mer.model import MerModel, is_url, join, save_artifact
 from mer.storage import open_store
 from mer.train.calibrate import calibration_on_val
@@ -138,16 +138,19 @@ def evaluate_split(
 
 
 def training_batch(table: Mapping[str, np.ndarray], rows: np.ndarray, *, training: TrainConfig, epoch: int,
-                   step: int, rank: int) -> dict[str, np.ndarray]:
+                   step: int, rank: int, max_tokens: int = 0) -> dict[str, np.ndarray]:
     """Rows ``rows`` of the training table as one augmented batch: each window's rendering drawn first (a
-    SoundFont per window and step), then its key moved (the chroma it rolls is the drawn rendering's). The draws
-    depend only on (seed, epoch, step, rank), so a resumed epoch replays them."""
+    SoundFont per window and step), then its key moved (the chroma it rolls is the drawn rendering's), then, with
+    ``training.token_crop``, its tokens cropped to ``max_tokens`` (the model's ``symbolic_max_tokens``) from a
+    random offset. The draws depend only on (seed, epoch, step, rank), so a resumed epoch replays them."""
     batch = take(table, rows)
     if training.extra_soundfonts:
         batch = pick_renderings(batch, rng=np.random.default_rng([training.seed, epoch, step, rank, 1]))
     if training.transpose_semitones:
         batch = transpose_batch(batch, limit=training.transpose_semitones,
                                 rng=np.random.default_rng([training.seed, epoch, step, rank]))
+    if training.token_crop and max_tokens:
+        batch = crop_batch(batch, span=max_tokens, rng=np.random.default_rng([training.seed, epoch, step, rank, 2]))
     return batch
 
 
@@ -219,7 +222,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         bar = progress_bar(total=len(chunks), desc=f"[train] epoch {epoch + 1}/{training.epochs}", unit="step",
                            enabled=progress)
         for step, chunk in enumerate(chunks, start=1):
-            batch = training_batch(train_table, chunk, training=training, epoch=epoch, step=step, rank=rank)
+            batch = training_batch(train_table, chunk, training=training, epoch=epoch, step=step, rank=rank,
+                                   max_tokens=config.model.symbolic_max_tokens)
             loss = train_step(model, optimizer, batch, device=device, va_loss_weight=training.va_loss_weight)
             schedule.scheduler.step()
             total, count = total + loss * len(chunk), count + len(chunk)
