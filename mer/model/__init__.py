@@ -2,7 +2,8 @@
 Imports torch and the configuration, never Ray, the training loop, the catalog or the tagger.
 
 Names are imported from their module on first use, so what needs no torch (reading an artifact's config.json and
-meta.json, :func:`read_artifact`: what a tagging driver plans a run with) does not pay for importing it.
+meta.json, :func:`read_artifact`: what a tagging driver plans a run with; merging window predictions into pieces,
+:func:`aggregate_windows`: what it records them with) does not pay for importing it.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ __getattr__, __all__ = lazy_exports(__name__, {
                  "load_artifact", "read_artifact", "save_artifact"),
     "calibration": ("clip_probabilities", "expected_calibration_error", "fit_temperature", "nll", "reliability"),
     "ensemble": ("MerEnsemble",),
-    "inference": ("EmotionPredictor", "PiecePrediction", "aggregate_windows", "group_rows", "predict_windows"),
+    "folding": ("fold_for_inference",),
+    "inference": ("EmotionPredictor", "predict_windows"),
     "network": ("MerModel", "ModelOutput"),
+    "pieces": ("PiecePrediction", "aggregate_windows", "group_rows"),
     "quantization": ("Int8Unavailable", "quantize_int8"),
     "summary_head": ("SummaryHead",),
     "tensors": ("MODEL_INPUTS", "ROW_KEYS_TO_BATCH", "model_inputs", "pick_device", "to_tensors"),
@@ -28,8 +31,10 @@ if TYPE_CHECKING:  # what the names are, for readers and type checkers (and the 
     from mer.model.calibration import (clip_probabilities, expected_calibration_error, fit_temperature, nll,
                                        reliability)
     from mer.model.ensemble import MerEnsemble
-    from mer.model.inference import EmotionPredictor, PiecePrediction, aggregate_windows, group_rows, predict_windows
+    from mer.model.folding import fold_for_inference
+    from mer.model.inference import EmotionPredictor, predict_windows
     from mer.model.network import MerModel, ModelOutput
+    from mer.model.pieces import PiecePrediction, aggregate_windows, group_rows
     from mer.model.quantization import Int8Unavailable, quantize_int8
     from mer.model.summary_head import SummaryHead
     from mer.model.tensors import MODEL_INPUTS, ROW_KEYS_TO_BATCH, model_inputs, pick_device, to_tensors

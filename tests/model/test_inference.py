@@ -8,7 +8,8 @@ import torch
 
 from mer.config import MerConfig
 from mer.model import MerModel
-from mer.model.inference import EmotionPredictor, aggregate_windows, predict_windows
+from mer.model.inference import EmotionPredictor, predict_windows
+from mer.model.pieces import aggregate_windows
 from mer.train.scores import clip_quadrants, split_metrics
 from tiny import tiny_config as tiny
 

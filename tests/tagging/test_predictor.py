@@ -114,3 +114,24 @@ def test_a_worker_imports_neither_the_catalog_nor_the_metrics_nor_the_fft(module
     assert done.returncode == 0, done.stderr[-2000:]
     imported = done.stdout.strip().splitlines()[-1]  # pyfluidsynth may print a line of its own before
     assert imported == "imported:", f"{module} {imported}"
+
+
+def test_the_driver_merges_windows_into_pieces_without_importing_torch() -> None:
+    # The tagging driver shares the machine with the inference actors; importing torch to average a piece's windows
+    # cost it 1.3 s of CPU in the middle of every pass. It plans with read_artifact and records with
+    # aggregate_windows, neither of which needs torch.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, mer.tagging.pipeline, mer.tagging.recorder\n"
+        "from mer.model import aggregate_windows, read_artifact\n"
+        "probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]], dtype=np.float32)\n"
+        "(piece,) = aggregate_windows({'name': np.array(['a', 'a']), 'window_index': np.array([1, 0]),\n"
+        "    'window_start': np.array([30.0, 0.0]), 'quadrant_probs': probs, 'arousal_prob': np.array([0.9, 0.1]),\n"
+        "    'valence_prob': np.array([0.5, 0.5]), 'attention': np.zeros((2, 4, 3, 3))})\n"
+        "print(piece.window_starts.tolist(), round(float(piece.arousal_prob), 3), 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[0.0, 30.0] 0.5 False"

@@ -23,7 +23,8 @@ from mer.evaluation.robustness import SECOND_SOUNDFONT
 from mer.features.cache import FeatureCache
 from mer.model import MerModel
 from mer.model.artifact import latest_version, load_artifact
-from mer.model.inference import EmotionPredictor, aggregate_windows, predict_windows
+from mer.model.inference import EmotionPredictor, predict_windows
+from mer.model.pieces import aggregate_windows
 from mer.train.dataset import extract_clips, labelled_rows, window_dataset, window_table
 from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.loop import CHECKPOINT_FILE, TrainResult, select_clips, train_model

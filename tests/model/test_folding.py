@@ -1,0 +1,74 @@
+"""Folding BatchNorm into the convolutions (and the harmony CNN in channels-last order) changes no output."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mer.config import preset
+from mer.model import MerEnsemble, MerModel, fold_for_inference, predict_windows
+from mer.train.dataset import clip_features
+
+TOLERANCE = 1e-4  # float rounding: a folded weight is the product of a conv weight and a BN scale
+
+
+def trained_like(model: nn.Module, seed: int) -> nn.Module:
+    """Random BatchNorm statistics and affine parameters, as a trained model has (a fresh BN is the identity,
+    which would make folding trivially right)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) * 2 + 0.2)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def emopia_windows(emopia: Path) -> dict[str, np.ndarray]:
+    config = preset("default").features
+    items = [clip_features(path.stem, path.read_bytes(), config=config)
+             for path in (sorted((emopia / "midis").glob("Q2_*.mid"))[0],
+                          sorted((emopia / "midis").glob("Q4_*.mid"))[0])]
+    return {
+        "tokens": np.concatenate([f.tokens for f in items]),
+        "token_length": np.concatenate([f.token_lengths for f in items]),
+        "chroma": np.concatenate([f.chroma for f in items]),
+        "mfcc": np.concatenate([f.mfcc for f in items]),
+        "present": np.concatenate([np.tile(f.present, (f.num_windows, 1)) for f in items]),
+        "summary": np.concatenate([f.summary for f in items]),
+    }
+
+
+@pytest.mark.parametrize("name", ["default", "paper"])
+def test_a_folded_model_gives_the_same_outputs_and_the_original_is_untouched(
+        name: str, emopia_windows: dict[str, np.ndarray]) -> None:
+    torch.manual_seed(0)
+    model = trained_like(MerModel(preset(name)), seed=1)
+    model.quadrant_temperature = 0.7
+    before = predict_windows(model, emopia_windows, device="cpu")
+
+    folded = fold_for_inference(model)
+    out = predict_windows(folded, emopia_windows, device="cpu")
+
+    for key in ("quadrant_probs", "arousal_prob", "valence_prob", "attention"):
+        np.testing.assert_allclose(out[key], before[key], atol=TOLERANCE, err_msg=key)
+    assert not any(isinstance(m, nn.modules.batchnorm.BatchNorm2d) for m in folded.encoders.modules()
+                   if m is not folded.encoders["harmony"].input_bn and m is not folded.encoders["tone"].input_bn), \
+        "every conv block's BatchNorm is folded away"
+    assert folded.quadrant_temperature == 0.7
+    after = predict_windows(model, emopia_windows, device="cpu")
+    for key in ("quadrant_probs", "attention"):
+        np.testing.assert_array_equal(after[key], before[key])  # folding made a copy
+
+
+def test_an_ensemble_folds_member_by_member(emopia_windows: dict[str, np.ndarray]) -> None:
+    torch.manual_seed(0)
+    ensemble = trained_like(MerEnsemble(preset("default"), members=2), seed=2)
+    before = predict_windows(ensemble, emopia_windows, device="cpu")
+    out = predict_windows(fold_for_inference(ensemble), emopia_windows, device="cpu")
+    np.testing.assert_allclose(out["quadrant_probs"], before["quadrant_probs"], atol=TOLERANCE)
