@@ -5,10 +5,10 @@ In eval mode a BatchNorm after a convolution is a fixed per-channel scale and sh
 convolution's weights and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``): one pass over the activations
 instead of two. The harmony branch's activations (32 channels x 12 pitch classes x 1,292 frames a window) are
 large; oneDNN runs its (12, 1) and (1, 48) kernels faster over channels-last tensors. The tone ResNet is not
-converted: on this machine channels-last made it slower. On 16 windows, one thread, the harmony branch went from
-136 to 75 ms and the tone branch from 67 to 55 ms (``tests/benchmarks/bench_tagging.py`` measures the whole
-model). Outputs agree with the unfolded model within float rounding (tested); a model being trained is never
-folded (its BatchNorm statistics still move).
+converted: on this machine channels-last made it slower. int8 on one thread, EMOPIA windows: the paper's model
+1.19 times as fast, the default's 1.43 times (``tests/benchmarks/bench_folding.py``, ``results/folding.json``).
+Outputs agree with the unfolded model within float rounding (tested); a model being trained is never folded (its
+BatchNorm statistics still move).
 """
 from __future__ import annotations
 

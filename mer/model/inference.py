@@ -77,12 +77,15 @@ class EmotionPredictor:
         keep_inputs: bool = False,
         endpoint_url: str | None = None,
         int8: bool = False,
+        fold: bool = True,
     ) -> None:
         """``model``: an artifact path/URL, a version id (with ``storage``), or an already loaded
         :class:`mer.model.artifact.Artifact`. ``keep_inputs``: also return the feature arrays (normally dropped, so
         the output rows stay small). ``endpoint_url``: S3-compatible endpoint for ``s3://`` artifacts. ``int8``: on a
         CPU, run the Bi-GRU and the linear layers with int8 weights (:mod:`mer.model.quantization`; ignored on a
-        GPU, and float32 with a warning where this torch cannot); :attr:`int8` says what runs."""
+        GPU, and float32 with a warning where this torch cannot); :attr:`int8` says what runs. ``fold``: BatchNorm
+        folded into the convolutions (:mod:`mer.model.folding`; the same outputs, less work); False runs the model
+        as trained, for comparison."""
         self.device = pick_device(device)
         if isinstance(model, Artifact):
             artifact = model
@@ -90,7 +93,9 @@ class EmotionPredictor:
             artifact = load_artifact(model, storage=storage, device=self.device, endpoint_url=endpoint_url)
         self.artifact = artifact
         # BatchNorm folded into the convolutions, the harmony CNN channels-last: the same labels, less work.
-        self.model = fold_for_inference(artifact.model.to(self.device))
+        self.model = artifact.model.to(self.device).eval()
+        if fold:
+            self.model = fold_for_inference(self.model)
         self.int8 = False
         if int8 and self.device.type == "cpu":
             try:

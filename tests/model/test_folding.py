@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from mer.config import preset
-from mer.model import MerEnsemble, MerModel, fold_for_inference, predict_windows
+from mer.model import EmotionPredictor, MerEnsemble, MerModel, fold_for_inference, predict_windows
+from mer.model.artifact import Artifact
 from mer.train.dataset import clip_features
 
 TOLERANCE = 1e-4  # float rounding: a folded weight is the product of a conv weight and a BN scale
@@ -72,3 +73,14 @@ def test_an_ensemble_folds_member_by_member(emopia_windows: dict[str, np.ndarray
     before = predict_windows(ensemble, emopia_windows, device="cpu")
     out = predict_windows(fold_for_inference(ensemble), emopia_windows, device="cpu")
     np.testing.assert_allclose(out["quadrant_probs"], before["quadrant_probs"], atol=TOLERANCE)
+
+
+def test_the_predictor_folds_unless_told_not_to(emopia_windows: dict[str, np.ndarray]) -> None:
+    torch.manual_seed(0)
+    config = preset("default")
+    artifact = Artifact(model=trained_like(MerModel(config), seed=3), config=config, meta={}, url="memory")
+    folded, as_trained = EmotionPredictor(artifact), EmotionPredictor(artifact, fold=False)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in as_trained.model.encoders["tone"].blocks.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.model.encoders["tone"].blocks.modules())
+    np.testing.assert_allclose(folded(dict(emopia_windows))["quadrant_probs"],
+                               as_trained(dict(emopia_windows))["quadrant_probs"], atol=TOLERANCE)
