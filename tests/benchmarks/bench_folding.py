@@ -29,22 +29,15 @@ def window_batches(clips: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]
     """The test clips' windows (default features) and their batches of 16, sorted by token length."""
     from mer.config import preset
     from mer.tagging.predictor import length_buckets
-    from mer.train.dataset import clip_features
+    from mer.train.dataset import clip_features, stack_rows
     from mer.train.emopia import emopia_root, load_split
 
     config = preset("default").features
     items = [clip_features(c.name, c.midi_path.read_bytes(), config=config)
              for c in load_split(emopia_root(), "test")[:clips]]
-    windows = {
-        "tokens": np.concatenate([f.tokens for f in items]),
-        "token_length": np.concatenate([f.token_lengths for f in items]),
-        "chroma": np.concatenate([f.chroma for f in items]),
-        "mfcc": np.concatenate([f.mfcc for f in items]),
-        "present": np.concatenate([np.tile(f.present, (f.num_windows, 1)) for f in items]),
-        "summary": np.concatenate([f.summary for f in items]),
-    }
-    rows = np.arange(len(windows["token_length"]))
-    return windows, length_buckets(windows["token_length"], rows, 16)
+    windows = stack_rows([row for item in items for row in item.window_rows()])
+    rows = np.arange(len(windows["token_lengths"]))
+    return windows, length_buckets(windows["token_lengths"], rows, 16)
 
 
 def trained_like(model: nn.Module) -> nn.Module:
@@ -68,7 +61,7 @@ def main() -> int:
 
     torch.set_num_threads(1)  # as an inference actor runs
     windows, batches = window_batches(args.clips)
-    result: dict = {"clips": args.clips, "windows": int(len(windows["token_length"])), "batch_size": 16,
+    result: dict = {"clips": args.clips, "windows": int(len(windows["token_lengths"])), "batch_size": 16,
                     "torch_threads": 1, "int8": True, "presets": {}}
 
     def run(model: nn.Module) -> tuple[float, np.ndarray]:

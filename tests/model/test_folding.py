@@ -11,7 +11,7 @@ from torch import nn
 from mer.config import preset
 from mer.model import EmotionPredictor, MerEnsemble, MerModel, fold_for_inference, predict_windows
 from mer.model.artifact import Artifact
-from mer.train.dataset import clip_features
+from mer.train.dataset import clip_features, stack_rows
 
 TOLERANCE = 1e-4  # float rounding: a folded weight is the product of a conv weight and a BN scale
 
@@ -35,14 +35,7 @@ def emopia_windows(emopia: Path) -> dict[str, np.ndarray]:
     items = [clip_features(path.stem, path.read_bytes(), config=config)
              for path in (sorted((emopia / "midis").glob("Q2_*.mid"))[0],
                           sorted((emopia / "midis").glob("Q4_*.mid"))[0])]
-    return {
-        "tokens": np.concatenate([f.tokens for f in items]),
-        "token_length": np.concatenate([f.token_lengths for f in items]),
-        "chroma": np.concatenate([f.chroma for f in items]),
-        "mfcc": np.concatenate([f.mfcc for f in items]),
-        "present": np.concatenate([np.tile(f.present, (f.num_windows, 1)) for f in items]),
-        "summary": np.concatenate([f.summary for f in items]),
-    }
+    return stack_rows([row for item in items for row in item.window_rows()])
 
 
 @pytest.mark.parametrize("name", ["default", "paper"])

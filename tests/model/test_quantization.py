@@ -10,7 +10,7 @@ import torch
 from mer.config import preset
 from mer.model import EmotionPredictor, MerEnsemble, MerModel, predict_windows, quantize_int8
 from mer.model.artifact import Artifact
-from mer.train.dataset import clip_features
+from mer.train.dataset import clip_features, stack_rows
 
 PROBABILITY_TOLERANCE = 0.05  # int8 weights move a window's probabilities by a few thousandths on EMOPIA
 
@@ -22,16 +22,7 @@ def emopia_windows(emopia: Path) -> dict[str, np.ndarray]:
     items = [clip_features(path.stem, path.read_bytes(), config=config)
              for path in (sorted((emopia / "midis").glob("Q3_*.mid"))[0],
                           sorted((emopia / "midis").glob("Q1_*.mid"))[0])]
-    return {
-        "name": np.concatenate([[f.name] * f.num_windows for f in items]),
-        "window_start": np.concatenate([f.window_starts for f in items]),
-        "tokens": np.concatenate([f.tokens for f in items]),
-        "token_length": np.concatenate([f.token_lengths for f in items]),
-        "chroma": np.concatenate([f.chroma for f in items]),
-        "mfcc": np.concatenate([f.mfcc for f in items]),
-        "present": np.concatenate([np.tile(f.present, (f.num_windows, 1)) for f in items]),
-        "summary": np.concatenate([f.summary for f in items]),
-    }
+    return stack_rows([row for item in items for row in item.window_rows()])
 
 
 @pytest.mark.parametrize("name", ["default", "paper"])
