@@ -121,7 +121,8 @@ ITEMS_PER_BLOCK = 16
 """Items per input block (= per feature task), where the pass is long enough. Each task costs Ray Data a fixed
 overhead — scheduling, building its output block, the executor's bookkeeping in the driver — that on 2 cores is
 worth reading a few cached items: over 200 EMOPIA pairs, blocks of 16 instead of 4 items took a first pass from
-21.6 to 19.6 s and a re-tag from cached features from 13.2 to 11.7 s (README, "At catalog scale")."""
+21.6 to 19.6 s and a re-tag from cached features from 13.2 to 11.7 s (two runs each by hand, not kept as JSON;
+README, "Benchmarks")."""
 
 
 def _blocks_for(items: int, concurrency: int) -> int:
