@@ -57,6 +57,11 @@ METHODS: tuple[Method, ...] = (
     Method("default_no_cmn_two_pianos", "Default without cepstral mean normalisation, trained on two SoundFonts",
            "-", PAPER_FULL, preset="default", preset_changes=(("mfcc_mean_norm", False),),
            training_changes=(("extra_soundfonts", (MUSESCORE_LITE,)),)),
+    # The symbolic additions ablated on the fused default too (the MIDI-only rows below are the cheaper screen).
+    Method("default_mean_pool", "Default with mean pooling of the Bi-GRU instead of attention pooling", "-",
+           PAPER_FULL, preset="default", preset_changes=(("symbolic_pooling", "mean"),)),
+    Method("default_no_transpose", "Default without transposition augmentation", "-", PAPER_FULL, preset="default",
+           training_changes=(("transpose_semitones", 0),)),
     Method("default_symbolic", "Default configuration, MIDI only (symbolic branch with key and mode)", "-",
            _paper(0.690, 0.833, 0.744), preset="default", preset_changes=(("branches", ("symbolic",)),)),
     # What each symbolic addition buys, ablated on the MIDI-only default (cheaper than the fused model, README).
