@@ -129,8 +129,9 @@ def render_markdown(report: TablesReport) -> str:
                   + ", ".join(f"`{a}` → `{b}`" for a, b in setup["renamed"].items()) + ".")]
                 if setup.get("renamed") else []),
               f"- Training: `{json.dumps(setup['training'], sort_keys=True)}`",
-              "- The default configuration's row uses `mer.config.preset('default')` (its model and training "
-              "settings) on these features; every other deep row the settings above.",
+              "- The rows of the default configuration (keys `default...`) use `mer.config.preset('default')` (its "
+              "model and training settings, with the row's own changes) on these features; every other deep row the "
+              "settings above.",
               f"- Features: window {setup['features']['window_seconds']} s, hop {setup['features']['hop_seconds']} s, "
               f"max {setup['features']['max_tokens']} tokens, {setup['features']['sample_rate']} Hz, "
               f"{setup['features']['n_mfcc']} MFCCs from {setup['features']['n_mels']} mel bands.",

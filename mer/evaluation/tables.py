@@ -134,7 +134,8 @@ def run_tables(
     cache = FeatureCache(os.path.abspath(cache_dir))
     splits = split_clips(root, subset=subset)
     log(f"EMOPIA {root}: " + ", ".join(f"{s} {len(c)} clips" for s, c in splits.items())
-        + f"; methods {[m.key for m in chosen]}; seeds {list(seeds)}; epochs {base.training.epochs}")
+        + f"; methods {[m.key for m in chosen]}; seeds {list(seeds)}; epochs "
+        + ", ".join(f"{m.key} {method_config(base, m, seed=0).training.epochs}" for m in chosen if m.deep))
 
     # Features of every split once (the model variants share the feature config); the test split's are the
     # ones every model is scored on.
