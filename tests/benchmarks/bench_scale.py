@@ -1,19 +1,32 @@
 """Benchmark: a nightly run over a store of many keys — the listing, the catalog comparison, the driver's memory.
 
-    .venv/bin/python tests/benchmarks/bench_scale.py [--keys 100000] [--backends local s3] [--baseline ../wt-base]
-        [--out tests/benchmarks/results/scale.json]
+    .venv/bin/python tests/benchmarks/bench_scale.py [--keys 100000] [--backends local s3 s3rver]
+        [--baseline ../wt-base] [--out tests/benchmarks/results/scale.json]
 
 A synthetic store of ``--keys`` tiny objects (``shard-NNN/piece-NNNNNNN.mid``, 1,000 to a folder, a few bytes
-each: the listing and the catalog, not the features, are measured), in a local folder and in S3 (moto's server,
-over HTTP), and a SQLite catalog. For each backend, each in a fresh process (its peak RSS is the driver's):
+each: the listing and the catalog, not the features, are measured), and a SQLite catalog. Backends:
+
+- ``local``: a local folder;
+- ``s3``: moto's S3 server, over HTTP. Its ListObjectsV2 scans and sorts the whole bucket for every page of 1,000
+  keys, so its listing grows with keys x pages, where S3 pages from an index;
+- ``s3rver``: the npm package s3rver (Node.js; installed on demand under ``--cache-dir``), another S3 server over
+  HTTP, which keeps objects as files and lists a page by walking its folders in key order from the continuation
+  key: a page costs about a page (and a folder), as on S3, so its listing grows with the keys only (each key
+  is a stat and two file reads, so a page is still slower than on S3).
+
+For each backend, each in a fresh process (its peak RSS is the driver's):
 
 - ``first_night``: list the store and compare it with an empty catalog (everything is new): the planning a
   first run does before any Ray work (the passes are planned, not processed);
 - ``unchanged_night``: :func:`mer.tagging.tag_store` end to end over a catalog that already holds every item's
   label at its object version (written directly, as a finished night would have): listing, catalog
   comparison, the run's bookkeeping, no Ray. ``process_seconds`` adds the interpreter and imports.
-- S3 only, ``raw_listing_seconds``: plain boto3 paging through the same keys — the server's own cost of the
+- S3 servers only, ``raw_listing_seconds``: plain boto3 paging through the same keys — the server's own cost of the
   listing, which no tagger avoids (moto's server is far slower per LIST page than S3 itself).
+
+``store_build_seconds``: the local folder and the s3rver store are kept under ``--cache-dir`` and reused by later
+runs (then about 0); moto's is put straight into its in-process backend each run; s3rver's is PUT over HTTP
+(about 3 minutes for 100,000 keys on 2 busy cores; three files a key on disk, 1.2 GB).
 
 With ``--baseline``, the unchanged night is also run by that checkout (it lists the store into one list and loads
 the catalog's labels whole). The 10-million-key estimate scales the measured seconds linearly (listing and the
@@ -25,10 +38,14 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from emit import emit
@@ -38,6 +55,9 @@ HERE = Path(__file__).resolve()
 NEW = HERE.parents[2]
 MODEL_VERSION = "20260101-000000-bench000"
 PER_FOLDER = 1000
+BACKENDS = ("local", "s3", "s3rver")
+BUCKET = "bench"
+PUT_THREADS = 32
 
 
 def key_of(index: int) -> str:
@@ -54,7 +74,7 @@ def build_local(root: Path, keys: int) -> None:
     (root / ".complete").write_text(str(keys))
 
 
-def build_s3(endpoint: str, bucket: str, keys: int) -> None:
+def build_moto(endpoint: str, bucket: str, keys: int) -> None:
     """The store's objects, put straight into the in-process moto server's backend: building the store is not what
     is measured, and 100,000 PUTs over HTTP take moto a quarter of an hour."""
     import boto3
@@ -65,6 +85,57 @@ def build_s3(endpoint: str, bucket: str, keys: int) -> None:
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
     for index in range(keys):
         backend.put_object(bucket, f"pieces/{key_of(index)}", b"MThd tiny")
+
+
+def build_s3rver(endpoint: str, directory: Path, bucket: str, keys: int) -> None:
+    """The store's objects PUT over HTTP (``PUT_THREADS`` at a time) into the s3rver serving ``directory``, unless
+    ``directory/.complete`` says an earlier run built them all; an unfinished build is deleted first."""
+    import boto3
+    from botocore.config import Config
+
+    marker = directory / ".complete"  # s3rver takes only folders for buckets
+    if marker.exists() and int(marker.read_text()) == keys:
+        return
+    shutil.rmtree(directory / bucket, ignore_errors=True)  # s3rver keeps no state but its files
+    client = boto3.client("s3", endpoint_url=endpoint, config=Config(max_pool_connections=PUT_THREADS))
+    client.create_bucket(Bucket=bucket)
+
+    def put(indices: range) -> None:
+        for index in indices:
+            client.put_object(Bucket=bucket, Key=f"pieces/{key_of(index)}", Body=b"MThd tiny")
+
+    with ThreadPoolExecutor(PUT_THREADS) as pool:
+        list(pool.map(put, [range(first, keys, PUT_THREADS) for first in range(PUT_THREADS)]))
+    marker.write_text(str(keys))
+
+
+@contextmanager
+def serve(backend: str, cache: Path, keys: int) -> Iterator[str | None]:
+    """The backend's server for the measurements of it: its endpoint URL (None for the local folder). s3rver is
+    installed under ``cache`` first if it is not there."""
+    from s3server import install_s3rver, moto_s3_server, s3rver_server
+
+    if backend == "local":
+        yield None
+    elif backend == "s3":
+        with moto_s3_server() as endpoint:
+            yield endpoint
+    else:
+        with s3rver_server(install_s3rver(cache / "s3rver"), cache / f"s3rver-store-{keys}") as endpoint:
+            yield endpoint
+
+
+def build(backend: str, endpoint: str | None, cache: Path, keys: int) -> str:
+    """The backend's store of ``keys`` objects, built (or found in the cache): its URL."""
+    if backend == "local":
+        root = cache / f"store-{keys}"
+        build_local(root, keys)
+        return str(root)
+    if backend == "s3":
+        build_moto(endpoint, BUCKET, keys)
+    else:
+        build_s3rver(endpoint, cache / f"s3rver-store-{keys}", BUCKET, keys)
+    return f"s3://{BUCKET}/pieces"
 
 
 def raw_listing_seconds(endpoint: str, bucket: str) -> float:
@@ -163,10 +234,43 @@ def run_measure(tree: Path, what: str, *, store: str, catalog: str, model: str, 
     return result
 
 
+def measure_backend(backend: str, args: argparse.Namespace, *, cache: Path, scratch: Path, model: str,
+                    endpoint_url: str | None) -> dict:
+    """One backend's store built (or reused), its catalogs filled, and its nights measured."""
+    start = time.perf_counter()
+    store = build(backend, endpoint_url, cache, args.keys)
+    built = time.perf_counter() - start
+    print(f"{backend}: store of {args.keys} keys ready in {built:.1f} s", file=sys.stderr)
+    empty = f"sqlite:///{scratch / f'{backend}-empty.db'}"
+    full = f"sqlite:///{scratch / f'{backend}-full.db'}"
+    fill_catalog(full, store, endpoint_url)
+    out = {"store_build_seconds": round(built, 1), "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    out["first_night"] = run_measure(NEW, "first_night", store=store, catalog=empty, model=model,
+                                     endpoint_url=endpoint_url)
+    out["unchanged_night"] = run_measure(NEW, "unchanged_night", store=store, catalog=full, model=model,
+                                         endpoint_url=endpoint_url)
+    if endpoint_url:  # an S3 server: its own listing cost, to tell ours from the server's
+        out["raw_listing_seconds"] = raw_listing_seconds(endpoint_url, BUCKET)
+        out["unchanged_night_beyond_raw_listing_seconds"] = round(
+            out["unchanged_night"]["seconds"] - out["raw_listing_seconds"], 2)
+    if args.baseline:
+        out["baseline_unchanged_night"] = run_measure(args.baseline.resolve(), "unchanged_night", store=store,
+                                                      catalog=full, model=model, endpoint_url=endpoint_url)
+    scale = 10_000_000 / args.keys
+    out["estimate_10m_keys"] = {
+        "first_night_planning_seconds": round(out["first_night"]["seconds"] * scale),
+        "unchanged_night_seconds": round(out["unchanged_night"]["seconds"] * scale),
+        "driver_peak_rss_mib": out["unchanged_night"]["driver_peak_rss_mib"],
+    }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=100_000)
-    parser.add_argument("--backends", nargs="+", choices=("local", "s3"), default=["local", "s3"])
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=["local", "s3"],
+                        help="default: local s3 (s3rver, which needs Node.js and npm, builds its 100,000-key store "
+                             "in minutes the first time)")
     parser.add_argument("--baseline", type=Path, help="checkout to run the unchanged night with as well")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "mer-bench-scale"))
     parser.add_argument("--out", type=Path)
@@ -183,48 +287,23 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(NEW))
     sys.path.insert(0, str(NEW / "tests"))
-    from s3server import fake_aws_env, moto_s3_server
+    from s3server import fake_aws_env
 
-    cache = Path(args.cache_dir)
+    cache = Path(args.cache_dir).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     model = build_model(Path(tempfile.mkdtemp(dir=cache)))
     result: dict = {"keys": args.keys, "cpus": os.cpu_count(), "per_folder": PER_FOLDER, "catalog": "sqlite",
                     "load_average_before": [round(x, 2) for x in os.getloadavg()]}
-    with fake_aws_env(), tempfile.TemporaryDirectory(dir=cache) as scratch, moto_s3_server() as endpoint:
+    with fake_aws_env(), tempfile.TemporaryDirectory(dir=cache) as scratch:
         for backend in args.backends:
-            start = time.perf_counter()
-            if backend == "local":
-                root = cache / f"store-{args.keys}"
-                build_local(root, args.keys)
-                store, endpoint_url = str(root), None
-            else:
-                build_s3(endpoint, "bench", args.keys)
-                store, endpoint_url = "s3://bench/pieces", endpoint
-            built = time.perf_counter() - start
-            empty = f"sqlite:///{Path(scratch) / f'{backend}-empty.db'}"
-            full = f"sqlite:///{Path(scratch) / f'{backend}-full.db'}"
-            fill_catalog(full, store, endpoint_url)
-            out = {"store_build_seconds": round(built, 1)}
-            out["first_night"] = run_measure(NEW, "first_night", store=store, catalog=empty, model=model,
-                                             endpoint_url=endpoint_url)
-            out["unchanged_night"] = run_measure(NEW, "unchanged_night", store=store, catalog=full, model=model,
-                                                 endpoint_url=endpoint_url)
-            if backend == "s3":  # the server's own listing cost, to tell ours from moto's
-                out["raw_listing_seconds"] = raw_listing_seconds(endpoint, "bench")
-                out["unchanged_night_beyond_raw_listing_seconds"] = round(
-                    out["unchanged_night"]["seconds"] - out["raw_listing_seconds"], 2)
-            if args.baseline:
-                out["baseline_unchanged_night"] = run_measure(args.baseline.resolve(), "unchanged_night",
-                                                              store=store, catalog=full, model=model,
-                                                              endpoint_url=endpoint_url)
-            scale = 10_000_000 / args.keys
-            out["estimate_10m_keys"] = {
-                "first_night_planning_seconds": round(out["first_night"]["seconds"] * scale),
-                "unchanged_night_seconds": round(out["unchanged_night"]["seconds"] * scale),
-                "driver_peak_rss_mib": out["unchanged_night"]["driver_peak_rss_mib"],
-            }
-            result[backend] = out
-    result["unchanged_night_seconds"] = max(result[b]["unchanged_night"]["seconds"] for b in args.backends)
+            with serve(backend, cache, args.keys) as endpoint_url:
+                result[backend] = measure_backend(backend, args, cache=cache, scratch=Path(scratch), model=model,
+                                                  endpoint_url=endpoint_url)
+    result["unchanged_night_seconds"] = {b: result[b]["unchanged_night"]["seconds"] for b in args.backends}
+    for backend in args.backends:
+        if "raw_listing_seconds" in result[backend]:
+            result["unchanged_night_seconds"][f"{backend}_beyond_raw_listing"] = \
+                result[backend]["unchanged_night_beyond_raw_listing_seconds"]
     result["driver_peak_rss_mib"] = max(max(result[b][m]["driver_peak_rss_mib"]
                                             for m in ("first_night", "unchanged_night")) for b in args.backends)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
