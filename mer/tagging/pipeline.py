@@ -48,6 +48,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from mer.catalog import FailureRecord
 from mer.config import TagConfig
 from mer.features import FeatureCache
@@ -224,7 +226,6 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
     context.op_resource_reservation_enabled = False
     resources = ray.cluster_resources()
     gpus = use_gpus(tagging, resources)
-    plan.writer.record_inference(plan.run_id, "int8" if tagging.int8 and not gpus else "float32")
     actor_cpus = 1 if gpus else INFERENCE_ACTOR_CPUS
     rows = [item_row(item) for item in todo]
     blocks = _blocks_for(len(rows), tagging.feature_concurrency)
@@ -252,9 +253,14 @@ def _run_pipeline(plan: Plan, todo: list[Item], *, tagging: TagConfig, render_mi
         )
     )
     windows = WindowGrouper()
+    ran_int8: set[bool] = set()  # what the actors report; a torch without int8 kernels falls back to float32
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        ran_int8.update(bool(v) for v in np.unique(batch["int8"]))
         for done in windows.add_batch(batch):
             plan.recorder.finish_item(done)
+    if ran_int8:  # float32 as soon as one actor of one pass ran it
+        plan.inference = "int8" if ran_int8 == {True} and plan.inference in (None, "int8") else "float32"
+        plan.writer.record_inference(plan.run_id, plan.inference)
     if windows.open:  # every window of an item comes back before the dataset ends; if not, do not lose the item
         for key, rows_ in windows.open.items():  # {window index: row}, distinct windows only
             first = next(iter(rows_.values()))

@@ -145,6 +145,7 @@ class Plan:
     skipped: int = 0
     deferred: int = 0
     passes: int = 0
+    inference: str | None = None  # how the model computed the labels so far (runs.inference), as the actors report
 
 
 def begin_run(

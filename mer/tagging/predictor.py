@@ -23,8 +23,10 @@ import numpy as np
 from mer.config import BRANCHES, QUADRANTS, MerConfig
 from mer.tagging.prepare import ITEM_COLUMNS, WINDOW_COLUMNS, describe_error
 
-PREDICTION_COLUMNS: tuple[str, ...] = ("quadrant_probs", "arousal_prob", "valence_prob", "attention", "inference_seconds")
-"""Columns :class:`WindowPredictor` adds; it drops the feature arrays so the rows coming back stay small."""
+PREDICTION_COLUMNS: tuple[str, ...] = ("quadrant_probs", "arousal_prob", "valence_prob", "attention", "inference_seconds",
+                                       "int8")
+"""Columns :class:`WindowPredictor` adds (``int8``: whether the actor's model ran with int8 weights, which the driver
+records as the run's ``inference``); it drops the feature arrays so the rows coming back stay small."""
 
 BUCKET_POOL = 4
 """Model batches' worth of windows an inference actor receives per call and sorts by token length (Ray Data's
@@ -148,6 +150,7 @@ class WindowPredictor:
         out["quadrant_probs"], out["arousal_prob"], out["valence_prob"], out["attention"] = (
             quadrant_probs, arousal, valence, attention)
         out["inference_seconds"] = seconds
+        out["int8"] = np.full(n, self.predictor.int8)  # what ran, not what was asked: int8 can fall back to float32
         if "pitch_classes" in batch:  # the piece's pitch classes go on to the recorder (the label's key and mode)
             out["pitch_classes"] = np.asarray(batch["pitch_classes"])
         return out

@@ -10,6 +10,7 @@ import torch
 from mer.config import BRANCHES
 from mer.model import MerModel
 from mer.model.artifact import save_artifact
+from mer.model.quantization import Int8Unavailable
 from mer.storage import LocalStore
 from mer.tagging.predictor import WindowPredictor, length_buckets
 from mer.features import token_dtype
@@ -60,6 +61,22 @@ def test_bucketed_batches_give_the_labels_of_unbucketed_ones(model, window_rows)
         np.testing.assert_allclose(bucketed[column], arrival[column], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(bucketed[column], alone[column], rtol=1e-5, atol=1e-6)
     assert np.array_equal(bucketed["quadrant_probs"].argmax(axis=1), alone["quadrant_probs"].argmax(axis=1))
+
+
+def test_rows_say_whether_int8_ran_and_a_torch_without_it_says_float32(model, window_rows, monkeypatch) -> None:
+    batch = batch_of(window_rows[:4])
+    assert WindowPredictor(model, int8=True, num_threads=1)(batch)["int8"].all()
+    assert not WindowPredictor(model, int8=False, num_threads=1)(batch)["int8"].any()
+
+    def no_int8_kernels(model):  # what quantize_int8 raises where torch.backends.quantized.engine is "none"
+        raise Int8Unavailable("no quantised kernels for this CPU")
+
+    monkeypatch.setattr("mer.model.inference.quantize_int8", no_int8_kernels)
+    with pytest.warns(RuntimeWarning, match="int8 inference unavailable"):
+        fallback = WindowPredictor(model, int8=True, num_threads=1)
+    out = fallback(batch)
+    assert not out["int8"].any()  # the driver records the run as float32, as it ran
+    assert set(out["failed_stage"]) == {""}
 
 
 def test_length_buckets_pad_less_than_arrival_order_and_use_every_window_once(window_rows) -> None:
