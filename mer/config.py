@@ -77,6 +77,9 @@ class ModelConfig:
     gru_layers: int = 2
     symbolic_pooling: str = "mean"  # "mean" over the valid steps, or "attention" (learned weights per step)
     symbolic_max_tokens: int = 0  # > 0: the Bi-GRU reads only a window's first N tokens (0: all of them)
+    # Dropout on the token embeddings and on each Bi-GRU layer's output, in training only: with ~1,250 training
+    # windows the branch fits its training set within a few epochs.
+    symbolic_dropout: float = 0.0
     # Harmony branch: 3 convolutions with (12, 1) kernels, then 3 with (1, 48) kernels.
     harmony_channels: int = 32  # not fixed by the paper; 32 keeps training within budget on 2 CPU cores
     harmony_time_kernel: int = 48
@@ -103,6 +106,8 @@ class ModelConfig:
         unknown = [b for b in self.branches if b not in BRANCHES]
         if not self.branches or unknown:
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {self.branches!r}")
+        if not 0.0 <= self.symbolic_dropout < 1.0:
+            raise ValueError(f"symbolic_dropout must be in [0, 1), got {self.symbolic_dropout!r}")
         if self.symbolic_pooling not in ("mean", "attention"):
             raise ValueError(f"symbolic_pooling must be 'mean' or 'attention', got {self.symbolic_pooling!r}")
         # Keep the canonical order so attention token i always means the same branch.

@@ -83,6 +83,12 @@ METHODS: tuple[Method, ...] = (
     Method("default_symbolic_token_crop", "MIDI-only default with token crops (each training window's 512 tokens "
            "from a random offset)", "-", _paper(0.690, 0.833, 0.744), preset="default",
            preset_changes=(("branches", ("symbolic",)),), training_changes=(("token_crop", True),)),
+    Method("default_symbolic_dropout", "MIDI-only default with dropout 0.3 on the token embeddings and the Bi-GRU "
+           "layers' outputs", "-", _paper(0.690, 0.833, 0.744), preset="default",
+           preset_changes=(("branches", ("symbolic",)), ("symbolic_dropout", 0.3))),
+    Method("default_symbolic_weight_decay", "MIDI-only default with weight decay 0.05 (instead of 1e-4)", "-",
+           _paper(0.690, 0.833, 0.744), preset="default", preset_changes=(("branches", ("symbolic",)),),
+           training_changes=(("weight_decay", 0.05),)),
     Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
     Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
     Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),

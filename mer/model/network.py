@@ -196,15 +196,16 @@ class SymbolicEncoder(nn.Module):
         self.out_features = 2 * model.gru_hidden
         self.pooling = AttentionPooling(self.out_features) if model.symbolic_pooling == "attention" else None
         self.max_tokens = model.symbolic_max_tokens
+        self.dropout = nn.Dropout(model.symbolic_dropout)  # no-op in eval mode and at p = 0
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (N, L) long, lengths (N,) long, each in 1..L -> (N, 2 * gru_hidden)."""
         if self.max_tokens:  # read only the window's beginning (a cheaper GRU; the features stay the same)
             lengths = lengths.clamp(max=self.max_tokens)
         tokens = tokens[:, : int(lengths.max())]  # (N, L'): padding past the longest sequence is never computed
-        x = self.embedding(tokens)  # (N, L', E)
+        x = self.dropout(self.embedding(tokens))  # (N, L', E)
         for layer in self.layers:
-            x = layer(x, lengths)  # (N, L', 2H)
+            x = self.dropout(layer(x, lengths))  # (N, L', 2H)
         valid = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)  # (N, L')
         if self.pooling is not None:
             return self.pooling(x, valid)  # (N, 2H)

@@ -23,8 +23,8 @@ import numpy as np
 from mer.config import BRANCHES, QUADRANTS, MerConfig
 from mer.tagging.prepare import ITEM_COLUMNS, WINDOW_COLUMNS, describe_error
 
-PREDICTION_COLUMNS: tuple[str, ...] = ("quadrant_probs", "arousal_prob", "valence_prob", "attention", "inference_seconds",
-                                       "int8")
+PREDICTION_COLUMNS: tuple[str, ...] = ("quadrant_probs", "arousal_prob", "valence_prob", "attention",
+                                       "inference_seconds", "int8")
 """Columns :class:`WindowPredictor` adds (``int8``: whether the actor's model ran with int8 weights, which the driver
 records as the run's ``inference``); it drops the feature arrays so the rows coming back stay small."""
 

@@ -188,6 +188,20 @@ def test_padding_tokens_do_not_change_the_output(rng):
     torch.testing.assert_close(model(**alone).quadrant_logits, reference[2:3], rtol=0, atol=1e-6)
 
 
+def test_symbolic_dropout_acts_in_training_only(rng):
+    model = build(tiny(branches=("symbolic",), symbolic_dropout=0.5, dropout=0.0))
+    plain = build(tiny(branches=("symbolic",), dropout=0.0))
+    plain.load_state_dict(model.state_dict())  # dropout adds no weights: the same artifact loads either way
+    batch = make_batch(rng)
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(**batch).quadrant_logits, plain(**batch).quadrant_logits, rtol=0, atol=0)
+    model.train(), plain.train()
+    assert torch.equal(plain(**batch).quadrant_logits, plain(**batch).quadrant_logits)  # nothing random without it
+    assert not torch.equal(model(**batch).quadrant_logits, model(**batch).quadrant_logits)
+    with pytest.raises(ValueError, match="symbolic_dropout"):
+        tiny(symbolic_dropout=1.0)
+
+
 def test_harmony_branch_does_not_depend_on_the_key(rng):
     # Pitch-class rows wrap (circular padding) and are max-pooled: a transposed piece gives the same feature.
     encoder = build(tiny(branches=("harmony",))).encoders["harmony"]
