@@ -6,7 +6,7 @@ The default configuration's errors are mostly calm pieces: sad (Q3) clips called
 low-arousal pieces is what major vs minor signals most directly, so this asks how well it can: for every window of
 the two splits (the model's 30-s windows), the Krumhansl-Kessler key finder's mode (``is_minor``) and the margin
 of the best major over the best minor correlation (``major_minus_minor``), as the model's summary descriptors hold
-them (:func:`mer.features.key.summary_descriptors`). Then a one-feature logistic regression on that margin, fitted
+them (:func:`mer.features.extract_features`, MIDI only). Then a one-feature logistic regression on that margin, fitted
 on the train windows, scored per clip on val (a clip's windows averaged): Q3 against Q4 among the calm clips,
 and valence over all clips. MIDI only; the test split is not read.
 """
@@ -19,9 +19,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from mer.config import QUADRANTS, FeatureConfig
-from mer.features import piano_notes, read_midi
-from mer.features.extract import window_notes, window_starts
-from mer.features.key import SUMMARY_NAMES, summary_descriptors
+from mer.features import extract_features, read_midi
+from mer.features.key import SUMMARY_NAMES
 from mer.train import emopia_root, load_split
 from emit import emit
 
@@ -34,15 +33,12 @@ def split_windows(root: Path, split: str, config: FeatureConfig) -> tuple[np.nda
     minor, margin, clip_of, quadrants = [], [], [], []
     for index, clip in enumerate(load_split(root, split)):
         midi = read_midi(clip.midi_path.read_bytes(), name=clip.name)
-        notes = piano_notes(midi, config=config)
+        features = extract_features(name=clip.name, midi=midi, audio=None, config=config)
         quadrants.append(clip.quadrant)
-        for start in window_starts(midi.get_end_time(), config=config):
-            inside = window_notes(notes, start, config.window_seconds)
-            if inside.shape[0]:
-                summary = summary_descriptors(notes=inside, chroma=None)
-                minor.append(summary[IS_MINOR])
-                margin.append(summary[MARGIN])
-                clip_of.append(index)
+        summary = features.summary[features.token_lengths > 0]  # the windows with notes, as the model sees them
+        minor.extend(summary[:, IS_MINOR])
+        margin.extend(summary[:, MARGIN])
+        clip_of.extend([index] * summary.shape[0])
     return np.array(minor), np.array(margin), np.array(clip_of), np.array(quadrants)
 
 
