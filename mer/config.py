@@ -134,6 +134,9 @@ class TrainConfig:
     # SoundFonts or the feature config's, drawn at every step (mer.train.renderings). Val and test stay on the
     # feature config's SoundFont.
     extra_soundfonts: tuple[str, ...] = ()
+    # > 0: an exponential moving average of the weights (and BatchNorm statistics), updated after every step with
+    # this decay, is what each epoch evaluates on val and checkpoints (mer.train.steps.weight_average); 0: off.
+    weight_average_decay: float = 0.0
 
 
 @dataclass(frozen=True)

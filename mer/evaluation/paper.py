@@ -62,6 +62,8 @@ METHODS: tuple[Method, ...] = (
            PAPER_FULL, preset="default", preset_changes=(("symbolic_pooling", "mean"),)),
     Method("default_no_transpose", "Default without transposition augmentation", "-", PAPER_FULL, preset="default",
            training_changes=(("transpose_semitones", 0),)),
+    Method("default_weight_average", "Default with an exponential moving average of the weights (decay 0.98 a step)",
+           "-", PAPER_FULL, preset="default", training_changes=(("weight_average_decay", 0.98),)),
     Method("default_symbolic", "Default configuration, MIDI only (symbolic branch with key and mode)", "-",
            _paper(0.690, 0.833, 0.744), preset="default", preset_changes=(("branches", ("symbolic",)),)),
     # What each symbolic addition buys, ablated on the MIDI-only default (cheaper than the fused model, README).

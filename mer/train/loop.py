@@ -55,7 +55,7 @@ from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.scores import split_metrics
 from mer.train.progress import progress_bar, progress_line
 from mer.train.renderings import extract_renderings, pick_renderings, rendering_table
-from mer.train.steps import eval_step, lr_schedule, rank_batches, train_step
+from mer.train.steps import eval_step, lr_schedule, rank_batches, train_step, weight_average
 from mer.train.summary_head import fit_summary_head
 
 CHECKPOINT_FILE = "state.pt"
@@ -192,10 +192,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "this run's checkpoints come from a different model, feature configuration, seed or data set; "
                 "resume only with the same settings (epochs may grow), or pass another run name or --no-resume"
             )
-        model.load_state_dict(state["model"])
+        # With weight averaging, "model" holds the average (what was evaluated) and "trained_model" the weights
+        # training goes on from.
+        model.load_state_dict(state.get("trained_model", state["model"]))
         start_epoch, history = int(state["epoch"]) + 1, list(state["history"])
         progress_line(f"[train] resuming after epoch {start_epoch} of {training.epochs}", enabled=progress)
     model = ray.train.torch.prepare_model(model)  # to the worker's device, DDP when world_size > 1
+    averaged = weight_average(getattr(model, "module", model), training.weight_average_decay)  # None: off
+    if averaged is not None and state is not None:
+        averaged.load_state_dict(state["averaged"])
+    evaluated = averaged.module if averaged is not None else model  # what val scores and the checkpoint keeps
     optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
     # Every epoch has the same number of steps (the batches' sizes depend on the window count only).
     steps_per_epoch = len(rank_batches(train_table["token_lengths"], training.batch_size, seed=training.seed,
@@ -226,12 +232,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                    max_tokens=config.model.symbolic_max_tokens)
             loss = train_step(model, optimizer, batch, device=device, va_loss_weight=training.va_loss_weight)
             schedule.scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(getattr(model, "module", model))
             total, count = total + loss * len(chunk), count + len(chunk)
             bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
             bar.update()
         bar.close()
         train_loss = _mean_across_ranks(total, count, world_size)
-        val = evaluate_split(model, val_table, batch_size=per_worker_batch * 2, device=device, rank=rank,
+        val = evaluate_split(evaluated, val_table, batch_size=per_worker_batch * 2, device=device, rank=rank,
                              world_size=world_size)
         row = {
             "epoch": epoch + 1,
@@ -250,7 +258,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:  # one copy of the weights is enough; the other ranks hold the same
                 state = {
-                    "model": getattr(model, "module", model).state_dict(),
+                    "model": getattr(evaluated, "module", evaluated).state_dict(),
+                    **({"trained_model": getattr(model, "module", model).state_dict(),
+                        "averaged": averaged.state_dict()} if averaged is not None else {}),
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),
                     "epoch": epoch,

@@ -28,7 +28,7 @@ from mer.model.pieces import aggregate_windows
 from mer.train.dataset import extract_clips, labelled_rows, window_dataset, window_table
 from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.loop import CHECKPOINT_FILE, TrainResult, select_clips, train_model
-from mer.train.steps import batches, length_bucketed_batches, rank_batches, train_step
+from mer.train.steps import batches, length_bucketed_batches, rank_batches, train_step, weight_average
 from tiny import tiny_config as tiny
 
 BROKEN = "Q1_brokenclip_0"
@@ -240,12 +240,11 @@ def test_emotion_predictor_on_ray_data_matches_direct_prediction(first_run: Trai
                                    atol=1e-5)
 
 
-def test_train_step_overfits_one_batch() -> None:
-    config = tiny_config(summary_film=False, summary_head=False)  # a batch without the summary input
-    rng = np.random.default_rng(0)
+def one_batch(config: MerConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Four labelled windows of ``config``'s shapes, one per quadrant, without the summary input."""
     features = config.features
     frames = features.frames_per_window
-    batch = {
+    return {
         "tokens": rng.integers(0, features.vocab_size - 1, (4, features.max_tokens)),
         "token_lengths": np.array([64, 40, 20, 5]),
         "chroma": rng.random((4, 12, frames), dtype=np.float32),
@@ -253,12 +252,44 @@ def test_train_step_overfits_one_batch() -> None:
         "present": np.ones((4, 3), dtype=bool),
         "quadrant": np.array([0, 1, 2, 3]),
     }
+
+
+def test_train_step_overfits_one_batch() -> None:
+    config = tiny_config(summary_film=False, summary_head=False)  # a batch without the summary input
+    batch = one_batch(config, np.random.default_rng(0))
     torch.manual_seed(0)
     model = MerModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = [train_step(model, optimizer, batch, device=torch.device("cpu"), va_loss_weight=1.0)
               for _ in range(40)]
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_averaged_weights_follow_training_but_lag_behind_it() -> None:
+    config = tiny_config(summary_film=False, summary_head=False)
+    batch = one_batch(config, np.random.default_rng(1))
+    torch.manual_seed(0)
+    model = MerModel(config)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    averaged = weight_average(model, 0.9)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(20):
+        train_step(model, optimizer, batch, device=torch.device("cpu"), va_loss_weight=1.0)
+        averaged.update_parameters(model)
+
+    trained, average = model.state_dict(), averaged.module.state_dict()
+    assert average.keys() == trained.keys()  # a model like the trained one: it loads where that one does
+    floats = [name for name, value in trained.items() if value.is_floating_point()]
+
+    def moved(state: dict[str, torch.Tensor], names: list[str]) -> float:
+        return float(torch.cat([(state[n] - start[n]).flatten() for n in names]).norm())
+
+    statistics = [name for name in floats if "running_" in name]  # BatchNorm's: averaged too
+    assert statistics and 0 < moved(average, statistics) < moved(trained, statistics)
+    assert 0 < moved(average, floats) < moved(trained, floats)
+    assert weight_average(model, 0.0) is None
+    with pytest.raises(ConfigError, match="weight_average_decay"):
+        weight_average(model, 1.0)
 
 
 def test_subsets_are_balanced_over_quadrants() -> None:
