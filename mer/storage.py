@@ -46,6 +46,10 @@ SPOOL_BYTES = 64 * 1024**2
 DELETE_BATCH = 1000
 """Keys per S3 ``DeleteObjects`` request (the API's maximum)."""
 
+FIRST_LEVEL_PAGE = 1000
+"""An S3 listing walks the prefix folder by folder when its first level (folders and keys) fits in one page of
+this many entries (S3's largest), else it lists the prefix flat (:meth:`S3Store._listing`)."""
+
 # LocalStore.write's temporary files; listing skips them so a half-written object is never seen.
 _TEMP_MARKER = ".mer-tmp-"
 
@@ -472,20 +476,45 @@ class S3Store(ObjectStore):
         # A versioned bucket is listed by version: the current version of each key (IsLatest), with its VersionId.
         # Keys whose newest entry is a delete marker have no current version and are not listed.
         operation, entries = ("list_object_versions", "Versions") if versioned else ("list_objects_v2", "Contents")
-        paginator = self.client.get_paginator(operation)
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-                for entry in page.get(entries, []):
-                    key = entry["Key"][len(self.prefix):]
-                    if not key or key.endswith("/") or (versioned and not entry["IsLatest"]):
-                        continue  # "folder" marker objects made by consoles; older versions
-                    yield StoredObject(key=key, size=int(entry["Size"]), version=entry["ETag"].strip('"'),
-                                       version_id=entry.get("VersionId", "") if versioned else "",
-                                       modified=entry["LastModified"].timestamp())
+            for entry in self._listing(operation, entries, self.prefix + prefix):
+                key = entry["Key"][len(self.prefix):]
+                if not key or key.endswith("/") or (versioned and not entry["IsLatest"]):
+                    continue  # "folder" marker objects made by consoles; older versions
+                yield StoredObject(key=key, size=int(entry["Size"]), version=entry["ETag"].strip('"'),
+                                   version_id=entry.get("VersionId", "") if versioned else "",
+                                   modified=entry["LastModified"].timestamp())
         except ClientError as error:
             if self._missing(error):
                 raise FileNotFoundError(f"{self.url}: bucket does not exist") from None
             raise
+
+    def _listing(self, operation: str, entries: str, prefix: str) -> Iterator[dict[str, Any]]:
+        """The ``entries`` of a listing of ``prefix`` in key order, folder by folder where that is cheap.
+
+        One request with ``Delimiter="/"`` shows the prefix's first level. If it fits in that one page (at most
+        :data:`FIRST_LEVEL_PAGE` folders and keys), each folder is listed on its own, in key order, with its keys: one request more
+        than a flat listing per folder, and a folder's page costs a server that filters by prefix before it sorts
+        (moto) a sort of that folder instead of the whole bucket's. Otherwise (many small folders, where the walk
+        would multiply the requests) the prefix is listed flat. Either way the keys come in S3's order, page by
+        page, never held whole.
+        """
+        paginator = self.client.get_paginator(operation)
+        top = getattr(self.client, operation)(Bucket=self.bucket, Prefix=prefix, Delimiter="/",
+                                              MaxKeys=FIRST_LEVEL_PAGE)
+        if top.get("IsTruncated"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get(entries, [])
+            return
+        # A folder's keys all sort between it and the next name of the first level: merging keeps S3's order.
+        first_level = [(entry["Key"], entry) for entry in top.get(entries, [])]
+        first_level += [(folder["Prefix"], None) for folder in top.get("CommonPrefixes", [])]
+        for name, entry in sorted(first_level, key=lambda pair: pair[0]):  # stable: a key's versions keep order
+            if entry is not None:
+                yield entry
+                continue
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=name):
+                yield from page.get(entries, [])
 
     def read(self, key: str, *, version: str | None = None, version_id: str = "") -> bytes:
         _check_key(key)

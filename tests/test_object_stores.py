@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import mer.storage
 from mer.storage import LocalStore, ObjectStore, S3Store, open_store
 
 KEYS = ("a.bin", "ab.bin", "run/x.bin", "run/sub/y.bin", "run2/z.bin", "runs/w.bin")
@@ -76,6 +77,29 @@ def test_list_folders_gives_the_common_prefixes_one_level_down(store: ObjectStor
         list(store.list_folders("run"))
     store.delete_prefix("run/sub/")
     assert list(store.list_folders("run/")) == []  # a folder is there while an object is
+
+
+@pytest.mark.parametrize("first_level_page", [1000, 3])
+def test_an_s3_listing_is_the_whole_prefix_in_s3s_key_order_folder_by_folder_or_flat(
+        monkeypatch, s3_endpoint: str, s3_bucket: str, first_level_page: int) -> None:
+    # 1000: the first level fits one page, so each folder is listed on its own; 3: it does not, so flat.
+    monkeypatch.setattr(mer.storage, "FIRST_LEVEL_PAGE", first_level_page)
+    store = open_store(f"s3://{s3_bucket}/root", endpoint_url=s3_endpoint)
+    # Keys beside folders of nearly the same name ('.' and '-' sort before '/', '0' after), nested folders, a key
+    # right under the root, and a folder marker object as consoles make them.
+    names = ["run.bin", "run-a.bin", "run/x.bin", "run/sub/y.bin", "run/sub/z/w.bin", "run0.bin", "run0/v.bin",
+             "a.bin", "zz/deep/er/u.bin"]
+    for key in names:
+        store.write(key, b"x")
+    store.client.put_object(Bucket=s3_bucket, Key="root/marker/", Body=b"")
+    flat = [entry["Key"].removeprefix("root/")
+            for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix="root/")
+            for entry in page.get("Contents", []) if not entry["Key"].endswith("/")]
+    assert flat == sorted(names)
+    assert keys(store) == flat
+    assert keys(store, "run") == [key for key in flat if key.startswith("run")]  # a string prefix, as in S3
+    assert keys(store, "run/sub/") == ["run/sub/y.bin", "run/sub/z/w.bin"]
+    assert keys(store, "nothing/") == []
 
 
 def test_a_folder_with_no_objects_is_no_folder(tmp_path: Path) -> None:
