@@ -202,9 +202,10 @@ def preset(name: str) -> MerConfig:
     ``"default"``: the best configuration found on EMOPIA's validation split, rendered with TimGM6mb and with
     FluidR3_GM (README, "Where we stand"): a
     cheaper Bi-GRU (128 x 2 over the first 512 tokens of a window) with attention pooling, key/mode/note
-    statistics by FiLM and by a summary head blended with the network's probabilities, transposition
-    augmentation of up to 6 semitones, cepstral mean normalisation of the MFCCs (``mfcc_mean_norm``: it holds up
-    on a piano it never heard, README "Other piano timbres"), 12 epochs. Both read the same features (one feature
+    statistics by FiLM and by a summary head blended with the network's probabilities, cepstral mean
+    normalisation of the MFCCs (``mfcc_mean_norm``: it holds up on a piano it never heard, README "Other piano
+    timbres"), 12 epochs. No transposition augmentation since 2026-12-06 (``transpose_semitones``: val was higher
+    without it on every seed, README "Where we stand"). Both read the same features (one feature
     cache serves every model version).
 
     Raises:
@@ -219,7 +220,7 @@ def preset(name: str) -> MerConfig:
             model=dataclasses.replace(paper.model, gru_hidden=128, symbolic_pooling="attention",
                                       symbolic_max_tokens=512, summary_film=True, summary_head=True,
                                       mfcc_mean_norm=True),
-            training=dataclasses.replace(paper.training, epochs=12, transpose_semitones=6),
+            training=dataclasses.replace(paper.training, epochs=12),
         )
     raise ValueError(f"unknown preset {name!r}; known: {PRESETS}")
 
