@@ -61,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also train on renderings with this SoundFont (repeatable; default: the preset's)")
     parser.add_argument("--mfcc-mean-norm", action=argparse.BooleanOptionalAction, default=None,
                         help="centre each window's MFCCs per coefficient (tone branch; default: the preset's)")
+    parser.add_argument("--transpose-semitones", type=int, default=None, metavar="N",
+                        help="move each training window by a random k in [-N, N] semitones (0: off; default: the "
+                             "preset's, off in both)")
+    parser.add_argument("--weight-average", dest="weight_average_decay", type=float, default=None, metavar="DECAY",
+                        help="score and keep an exponential moving average of the weights, this decay a step "
+                             "(0: off; default: the preset's, off in both)")
     parser.add_argument("--subset", type=int, default=None, help="train on N clips (quick runs)")
     parser.add_argument("--run-name", default=None, help="run folder name (default: from config and data)")
     parser.add_argument("--resume", dest="resume", action="store_true", default=True,
@@ -76,6 +82,7 @@ def build_config(args: argparse.Namespace) -> MerConfig:
     config = preset(args.preset)
     branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
+             "transpose_semitones": args.transpose_semitones, "weight_average_decay": args.weight_average_decay,
              "extra_soundfonts": None if args.extra_soundfonts is None
              else tuple(os.path.abspath(sf) for sf in args.extra_soundfonts)}  # every node reads the same path
     for soundfont in given["extra_soundfonts"] or ():

@@ -31,6 +31,18 @@ def test_timbre_flags_reach_the_config_and_the_rest_stays_the_presets() -> None:
     assert job.build_config(job.parse_args(["--preset", "paper", "--mfcc-mean-norm"])).model.mfcc_mean_norm
 
 
+def test_training_flags_reach_the_config_and_default_to_the_presets() -> None:
+    job = train_job()
+    for name in ("default", "paper"):
+        plain = job.build_config(job.parse_args(["--preset", name]))
+        assert plain.training.transpose_semitones == preset(name).training.transpose_semitones
+        assert plain.training.weight_average_decay == preset(name).training.weight_average_decay
+    chosen = job.build_config(job.parse_args(["--transpose-semitones", "6", "--weight-average", "0.98"]))
+    assert chosen.training.transpose_semitones == 6 and chosen.training.weight_average_decay == 0.98
+    assert dataclasses.replace(chosen.training, transpose_semitones=0, weight_average_decay=0.0) == \
+        job.build_config(job.parse_args([])).training  # nothing else moved
+
+
 def test_a_missing_soundfont_is_named_and_nothing_starts(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.sf2"
     done = subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), "--extra-soundfont", str(missing),
