@@ -495,9 +495,9 @@ class S3Store(ObjectStore):
         One request with ``Delimiter="/"`` shows the prefix's first level. If it fits in that one page (at most
         :data:`FIRST_LEVEL_PAGE` folders and keys), each folder is listed on its own, in key order, with its keys:
         at most one request more than a flat listing per folder, and a folder's page costs a server that filters by
-        prefix before it sorts (moto) a sort of that folder instead of the whole bucket's. Otherwise (many small folders, where the walk
-        would multiply the requests) the prefix is listed flat. Either way the keys come in S3's order, page by
-        page, never held whole.
+        prefix before it sorts (moto) a sort of that folder instead of the whole bucket's. Otherwise (many small
+        folders, where the walk would multiply the requests) the prefix is listed flat. Either way the keys come in
+        S3's order, page by page, never held whole.
         """
         paginator = self.client.get_paginator(operation)
         top = getattr(self.client, operation)(Bucket=self.bucket, Prefix=prefix, Delimiter="/",

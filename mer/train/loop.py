@@ -198,7 +198,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start_epoch, history = int(state["epoch"]) + 1, list(state["history"])
         progress_line(f"[train] resuming after epoch {start_epoch} of {training.epochs}", enabled=progress)
     model = ray.train.torch.prepare_model(model)  # to the worker's device, DDP when world_size > 1
-    averaged = weight_average(getattr(model, "module", model), training.weight_average_decay)  # None: off
+    network = getattr(model, "module", model)  # without the DDP wrapper: what is averaged and saved
+    averaged = weight_average(network, training.weight_average_decay)  # None: off
     if averaged is not None and state is not None:
         averaged.load_state_dict(state["averaged"])
     evaluated = averaged.module if averaged is not None else model  # what val scores and the checkpoint keeps
@@ -233,7 +234,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             loss = train_step(model, optimizer, batch, device=device, va_loss_weight=training.va_loss_weight)
             schedule.scheduler.step()
             if averaged is not None:
-                averaged.update_parameters(getattr(model, "module", model))
+                averaged.update_parameters(network)
             total, count = total + loss * len(chunk), count + len(chunk)
             bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
             bar.update()
@@ -259,7 +260,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if rank == 0:  # one copy of the weights is enough; the other ranks hold the same
                 state = {
                     "model": getattr(evaluated, "module", evaluated).state_dict(),
-                    **({"trained_model": getattr(model, "module", model).state_dict(),
+                    **({"trained_model": network.state_dict(),
                         "averaged": averaged.state_dict()} if averaged is not None else {}),
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),

@@ -32,9 +32,10 @@ For each backend, each in a fresh process (its peak RSS is the driver's):
 runs (then about 0); moto's is put straight into its in-process backend each run; s3rver's is PUT over HTTP
 (about 3 minutes for 100,000 keys on 2 busy cores; three files a key on disk, 1.2 GB).
 
-With ``--baseline``, the unchanged night is also run by that checkout (for example the commit before a change to
-the listing), on the same store and catalog in the same run. The 10-million-key estimate scales the measured seconds linearly (listing and the
-catalog lookups are per key) and takes the driver's memory as measured (pages bound it). Not collected by pytest.
+With ``--baseline``, the unchanged night is also run by that checkout (for example the commit before a change to the
+listing), on the same store and catalog in the same run. The 10-million-key estimate scales the measured seconds
+linearly (listing and the catalog lookups are per key) and takes the driver's memory as measured (pages bound it).
+Not collected by pytest.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""``python tests/train/tiny_run.py EMOPIA STORAGE CACHE RAY_TEMP``: :func:`mer.train.train_model` on the tests'
-tiny configuration (3 epochs, 2 workers, seed 7, weights averaged) and 16 EMOPIA train clips, in a local Ray of its own whose files
-lie under RAY_TEMP. The command the interrupt test runs, kills and runs again (tests/train/test_interrupt.py)."""
+"""``python tests/train/tiny_run.py EMOPIA STORAGE CACHE RAY_TEMP``: :func:`mer.train.train_model` on the tests' tiny
+configuration (3 epochs, 2 workers, seed 7, weights averaged) and 16 EMOPIA train clips, in a local Ray of its own
+whose files lie under RAY_TEMP. The command the interrupt test runs, kills and runs again
+(tests/train/test_interrupt.py)."""
 from __future__ import annotations
 
 import sys
