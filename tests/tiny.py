@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
+from torch import nn
 
 from mer.config import BRANCHES, SUMMARY_SIZE, MerConfig
 
@@ -36,3 +38,16 @@ def random_windows(config: MerConfig, rng: np.random.Generator, n: int) -> dict[
         "present": np.ones((n, len(BRANCHES)), dtype=bool),
         "summary": rng.standard_normal((n, SUMMARY_SIZE)).astype(np.float32),
     }
+
+
+def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` in eval mode with random BatchNorm statistics and affine parameters, as a trained model has (a fresh
+    BN is the identity, which would make folding it trivially right)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) * 2 + 0.2)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+    return model.eval()

@@ -177,20 +177,18 @@ def method_config(base: MerConfig, method: Method, *, seed: int) -> MerConfig:
     )
 
 
-_DEFAULT_TRAINING = preset("default").training
-
-
 def caveats(setup: dict[str, Any]) -> list[str]:
     """The report's caveats, in words, for this run's setup."""
     training, features = setup["training"], setup["features"]
+    default_training = preset("default").training
     test_clips = setup["clips"]["test"]
     notes = [
         CAVEAT_AUDIO,
         f"**Training budget.** Each deep model of the paper's rows: {training['epochs']} epoch(s), global batch "
         f"{training['batch_size']}, AdamW lr {training['learning_rate']}, weight decay {training['weight_decay']}, "
         f"{training['num_workers']} Ray Train worker(s); the rows of the default configuration (keys `default...`) "
-        f"train with `mer.config.preset('default')`'s settings ({_DEFAULT_TRAINING.epochs} epochs, global batch "
-        f"{_DEFAULT_TRAINING.batch_size}, AdamW lr {_DEFAULT_TRAINING.learning_rate}) and their row's changes. "
+        f"train with `mer.config.preset('default')`'s settings ({default_training.epochs} epochs, global batch "
+        f"{default_training.batch_size}, AdamW lr {default_training.learning_rate}) and their row's changes. "
         "Every run keeps the checkpoint with the best val 4Q accuracy. "
         f"Inputs are cut into {features['window_seconds']:g} s windows (hop {features['hop_seconds']:g} s), at most "
         f"{features['max_tokens']} MIDI-like tokens per window; a clip's prediction is the mean of its windows'. "

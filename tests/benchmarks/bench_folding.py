@@ -24,6 +24,9 @@ from torch import nn
 
 from emit import emit
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared tiny helpers
+from tiny import trained_like  # noqa: E402
+
 
 def window_batches(clips: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
     """The test clips' windows (default features) and their batches of 16, sorted by token length."""
@@ -38,15 +41,6 @@ def window_batches(clips: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]
     windows = stack_rows([row for item in items for row in item.window_rows()])
     rows = np.arange(len(windows["token_lengths"]))
     return windows, length_buckets(windows["token_lengths"], rows, 16)
-
-
-def trained_like(model: nn.Module) -> nn.Module:
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 2 - 1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) * 2 + 0.2)
-    return model.eval()
 
 
 def main() -> int:

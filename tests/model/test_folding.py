@@ -12,21 +12,9 @@ from mer.config import preset
 from mer.model import EmotionPredictor, MerEnsemble, MerModel, fold_for_inference, predict_windows
 from mer.model.artifact import Artifact
 from mer.train.dataset import clip_features, stack_rows
+from tiny import trained_like
 
 TOLERANCE = 1e-4  # float rounding: a folded weight is the product of a conv weight and a BN scale
-
-
-def trained_like(model: nn.Module, seed: int) -> nn.Module:
-    """Random BatchNorm statistics and affine parameters, as a trained model has (a fresh BN is the identity,
-    which would make folding trivially right)."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 2 - 1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) * 2 + 0.2)
-            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
