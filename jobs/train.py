@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight-average", dest="weight_average_decay", type=float, default=None, metavar="DECAY",
                         help="score and keep an exponential moving average of the weights, this decay a step "
                              "(0: off; default: the preset's, off in both)")
+    parser.add_argument("--label-smoothing", type=float, default=None, metavar="S",
+                        help="smooth the training targets by S in [0, 1) (0: off; default: the preset's, off in both)")
     parser.add_argument("--subset", type=int, default=None, help="train on N clips (quick runs)")
     parser.add_argument("--run-name", default=None, help="run folder name (default: from config and data)")
     parser.add_argument("--resume", dest="resume", action="store_true", default=True,
@@ -83,6 +85,7 @@ def build_config(args: argparse.Namespace) -> MerConfig:
     branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
              "transpose_semitones": args.transpose_semitones, "weight_average_decay": args.weight_average_decay,
+             "label_smoothing": args.label_smoothing,
              "extra_soundfonts": None if args.extra_soundfonts is None
              else tuple(os.path.abspath(sf) for sf in args.extra_soundfonts)}  # every node reads the same path
     for soundfont in given["extra_soundfonts"] or ():

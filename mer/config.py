@@ -137,6 +137,13 @@ class TrainConfig:
     # > 0: an exponential moving average of the weights (and BatchNorm statistics), updated after every step with
     # this decay, is what each epoch evaluates on val and checkpoints (mer.train.steps.weight_average); 0: off.
     weight_average_decay: float = 0.0
+    # > 0: the training loss's targets are smoothed (4Q: 1 - s + s/4 on the true quadrant, s/4 elsewhere; arousal
+    # and valence: 1 - s/2 and s/2), so the network is not pushed to certainty on ~1,250 windows; val loss is not.
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
 
 @dataclass(frozen=True)

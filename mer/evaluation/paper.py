@@ -54,6 +54,8 @@ METHODS: tuple[Method, ...] = (
     Method("default", "Default configuration (best on val)", "-", PAPER_FULL, preset="default"),
     Method("default_transpose", "Default with transposition augmentation (±6 semitones; the default until "
            "2026-12-06)", "-", PAPER_FULL, preset="default", training_changes=TRANSPOSED),
+    Method("default_label_smoothing", "Default with label smoothing (0.1) of the training targets", "-", PAPER_FULL,
+           preset="default", training_changes=(("label_smoothing", 0.1),)),
     # Rows trained while the default had transposition augmentation (until 2026-12-06): each names it.
     Method("default_no_cmn", "Default without cepstral mean normalisation (the default until 2026-12-01)", "-",
            PAPER_FULL, preset="default", preset_changes=(("mfcc_mean_norm", False),), training_changes=TRANSPOSED),

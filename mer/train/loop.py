@@ -231,7 +231,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for step, chunk in enumerate(chunks, start=1):
             batch = training_batch(train_table, chunk, training=training, epoch=epoch, step=step, rank=rank,
                                    max_tokens=config.model.symbolic_max_tokens)
-            loss = train_step(model, optimizer, batch, device=device, va_loss_weight=training.va_loss_weight)
+            loss = train_step(model, optimizer, batch, device=device, va_loss_weight=training.va_loss_weight,
+                              label_smoothing=training.label_smoothing)
             schedule.scheduler.step()
             if averaged is not None:
                 averaged.update_parameters(network)

@@ -3,7 +3,8 @@
 :mod:`mer.train.loop` runs these on every Ray Train worker.
 
 Loss (per window): ``CE(quadrant) + va_loss_weight * (BCE(arousal) + BCE(valence))``, the binary targets
-derived from the quadrant (:data:`mer.labels.QUADRANT_AROUSAL_VALENCE`). AdamW; the learning rate warms up over
+derived from the quadrant (:data:`mer.labels.QUADRANT_AROUSAL_VALENCE`), all of them smoothed in training when
+``TrainConfig.label_smoothing`` is set. AdamW; the learning rate warms up over
 the first epoch and decays along a cosine (:func:`lr_schedule`: torch's ``LinearLR`` then ``CosineAnnealingLR``).
 Batches hold windows of similar token length (:func:`length_bucketed_batches`), and every rank of a step takes its
 slice of the same global batch (:func:`rank_batches`).
@@ -35,14 +36,16 @@ BUCKET_POOL = 8  # batches sorted together by token length (see length_bucketed_
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def emotion_loss(output: ModelOutput, quadrant: torch.Tensor, *, va_loss_weight: float) -> torch.Tensor:
+def emotion_loss(output: ModelOutput, quadrant: torch.Tensor, *, va_loss_weight: float,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean over the batch of ``CE(4Q) + va_loss_weight * (BCE(arousal) + BCE(valence))``.
 
-    ``quadrant`` (B,) long 0..3; arousal target = Q1/Q2, valence target = Q1/Q4.
+    ``quadrant`` (B,) long 0..3; arousal target = Q1/Q2, valence target = Q1/Q4. ``label_smoothing`` s in [0, 1)
+    mixes every target with the uniform one: ``(1 - s) * target + s / classes`` (torch's own for the CE).
     """
     table = torch.as_tensor(QUADRANT_AROUSAL_VALENCE, dtype=output.va_logits.dtype, device=quadrant.device)  # (4, 2)
-    va_target = table[quadrant]  # (B, 2) arousal, valence
-    loss = F.cross_entropy(output.quadrant_logits, quadrant)
+    va_target = table[quadrant] * (1 - label_smoothing) + label_smoothing / 2  # (B, 2) arousal, valence
+    loss = F.cross_entropy(output.quadrant_logits, quadrant, label_smoothing=label_smoothing)
     if va_loss_weight:
         # Sum of the two binary losses, each a mean over the batch.
         loss = loss + va_loss_weight * 2 * F.binary_cross_entropy_with_logits(output.va_logits, va_target)
@@ -56,6 +59,7 @@ def train_step(
     *,
     device: torch.device,
     va_loss_weight: float,
+    label_smoothing: float = 0.0,
 ) -> float:
     """One optimisation step on a labelled numpy batch (keys of :func:`mer.train.dataset.window_table`).
 
@@ -65,7 +69,7 @@ def train_step(
     tensors = to_tensors(batch, device=device)
     optimizer.zero_grad(set_to_none=True)
     output = model(**model_inputs(tensors))
-    loss = emotion_loss(output, tensors["quadrant"], va_loss_weight=va_loss_weight)
+    loss = emotion_loss(output, tensors["quadrant"], va_loss_weight=va_loss_weight, label_smoothing=label_smoothing)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
     optimizer.step()

@@ -21,14 +21,15 @@ from mer.config import QUADRANTS, MerConfig
 from mer.errors import ConfigError
 from mer.evaluation.robustness import SECOND_SOUNDFONT
 from mer.features.cache import FeatureCache
-from mer.model import MerModel
+from mer.model import MerModel, ModelOutput
 from mer.model.artifact import latest_version, load_artifact
 from mer.model.inference import EmotionPredictor, predict_windows
 from mer.model.pieces import aggregate_windows
 from mer.train.dataset import extract_clips, labelled_rows, window_dataset, window_table
 from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.loop import CHECKPOINT_FILE, TrainResult, select_clips, train_model
-from mer.train.steps import batches, length_bucketed_batches, rank_batches, train_step, weight_average
+from mer.train.steps import (batches, emotion_loss, length_bucketed_batches, rank_batches, train_step,
+                             weight_average)
 from tiny import tiny_config as tiny
 
 BROKEN = "Q1_brokenclip_0"
@@ -290,6 +291,35 @@ def test_averaged_weights_follow_training_but_lag_behind_it() -> None:
     assert weight_average(model, 0.0) is None
     with pytest.raises(ConfigError, match="weight_average_decay"):
         weight_average(model, 1.0)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_the_smoothed_loss_is_least_at_the_smoothed_targets_not_at_certainty(smoothing: float) -> None:
+    quadrant = torch.tensor([0, 1, 2, 3])
+    quadrant_logits = torch.zeros(4, 4, requires_grad=True)
+    va_logits = torch.zeros(4, 2, requires_grad=True)
+    optimizer = torch.optim.LBFGS([quadrant_logits, va_logits], max_iter=500, tolerance_grad=1e-10,
+                                  tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = emotion_loss(ModelOutput(quadrant_logits, va_logits, None), quadrant, va_loss_weight=1.0,
+                            label_smoothing=smoothing)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        optimizer.step(closure)
+    p_true = torch.softmax(quadrant_logits, dim=1).gather(1, quadrant[:, None]).detach()  # (4, 1)
+    va = torch.sigmoid(va_logits).detach()  # (4, 2): P(high arousal), P(positive valence)
+    va_true = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # Q1..Q4
+    if smoothing:
+        assert torch.allclose(p_true, torch.full_like(p_true, 1 - smoothing + smoothing / 4), atol=1e-3)
+        assert torch.allclose(va, va_true * (1 - smoothing) + smoothing / 2, atol=1e-3)
+    else:  # unsmoothed targets pull towards certainty
+        assert bool((p_true > 0.99).all()) and bool(((va - va_true).abs() < 0.01).all())
+    with pytest.raises(ValueError, match="label_smoothing"):
+        dataclasses.replace(tiny().training, label_smoothing=1.0)
 
 
 def test_subsets_are_balanced_over_quadrants() -> None:

@@ -37,9 +37,13 @@ def test_training_flags_reach_the_config_and_default_to_the_presets() -> None:
         plain = job.build_config(job.parse_args(["--preset", name]))
         assert plain.training.transpose_semitones == preset(name).training.transpose_semitones
         assert plain.training.weight_average_decay == preset(name).training.weight_average_decay
-    chosen = job.build_config(job.parse_args(["--transpose-semitones", "6", "--weight-average", "0.98"]))
+        assert plain.training.label_smoothing == preset(name).training.label_smoothing
+    chosen = job.build_config(job.parse_args(["--transpose-semitones", "6", "--weight-average", "0.98",
+                                              "--label-smoothing", "0.1"]))
     assert chosen.training.transpose_semitones == 6 and chosen.training.weight_average_decay == 0.98
-    assert dataclasses.replace(chosen.training, transpose_semitones=0, weight_average_decay=0.0) == \
+    assert chosen.training.label_smoothing == 0.1
+    assert dataclasses.replace(chosen.training, transpose_semitones=0, weight_average_decay=0.0,
+                               label_smoothing=0.0) == \
         job.build_config(job.parse_args([])).training  # nothing else moved
 
 
