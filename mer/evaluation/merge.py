@@ -55,7 +55,8 @@ def merge_reports(paths: Sequence[str | os.PathLike], renames: Mapping[str, str]
     ``renames`` maps a row key as written to the row it belongs to now, applied to every report at once (a swap is
     fine): when a configuration changes its name, e.g. the default's old settings become a row of their own and a
     candidate row becomes the default, its runs keep their numbers and move to the new row. A (method, seed)
-    present in several reports must have the same test predictions (training is deterministic per seed), and is
+    present in several reports must have the same test predictions (training is deterministic per seed on one
+    machine; a seed retrained elsewhere is another model and belongs in no pooled report), and is
     kept once. Raises :class:`ConfigError` naming the file and the reason when a report cannot be read, its setup
     differs from the first report's, or a run's recorded metrics do not follow from its predictions, and naming
     a rename to no row of :data:`METHODS`.
