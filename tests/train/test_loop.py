@@ -318,8 +318,12 @@ def test_the_smoothed_loss_is_least_at_the_smoothed_targets_not_at_certainty(smo
         assert torch.allclose(va, va_true * (1 - smoothing) + smoothing / 2, atol=1e-3)
     else:  # unsmoothed targets pull towards certainty
         assert bool((p_true > 0.99).all()) and bool(((va - va_true).abs() < 0.01).all())
-    with pytest.raises(ValueError, match="label_smoothing"):
-        dataclasses.replace(tiny().training, label_smoothing=1.0)
+
+
+def test_label_smoothing_outside_its_range_is_refused_with_the_config() -> None:
+    for value in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            dataclasses.replace(tiny().training, label_smoothing=value)
 
 
 def test_subsets_are_balanced_over_quadrants() -> None:
