@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--transpose-semitones", type=int, default=None, metavar="N",
                         help="move each training window by a random k in [-N, N] semitones (0: off; default: the "
                              "preset's, off in both)")
+    parser.add_argument("--transpose-audio", choices=("rolled", "rendered"), default=None,
+                        help="with --transpose-semitones: roll the chromagram and keep the MFCCs (rolled), or take "
+                             "both from a rendering of the transposed MIDI, extracted once per shift (rendered; "
+                             "default: the preset's, rolled)")
     parser.add_argument("--weight-average", dest="weight_average_decay", type=float, default=None, metavar="DECAY",
                         help="score and keep an exponential moving average of the weights, this decay a step "
                              "(0: off; default: the preset's, off in both)")
@@ -85,7 +89,7 @@ def build_config(args: argparse.Namespace) -> MerConfig:
     branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
              "transpose_semitones": args.transpose_semitones, "weight_average_decay": args.weight_average_decay,
-             "label_smoothing": args.label_smoothing,
+             "label_smoothing": args.label_smoothing, "transpose_audio": args.transpose_audio,
              "extra_soundfonts": None if args.extra_soundfonts is None
              else tuple(os.path.abspath(sf) for sf in args.extra_soundfonts)}  # every node reads the same path
     for soundfont in given["extra_soundfonts"] or ():

@@ -127,6 +127,9 @@ class TrainConfig:
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     va_loss_weight: float = 1.0  # weight of the binary arousal/valence losses beside the 4Q loss
     transpose_semitones: int = 0  # > 0: each training window is moved by a random k in [-n, n] (key changes, label not)
+    # How a transposed window's audio features move: "rolled" (chroma rolled by k, MFCCs unchanged: free) or
+    # "rendered" (chroma and MFCCs of the transposed MIDI's rendering, extracted once per k: mer.train.renderings).
+    transpose_audio: str = "rolled"
     # With ModelConfig.symbolic_max_tokens > 0: each training window's Bi-GRU reads that many consecutive tokens
     # from a random offset (mer.features.crop) instead of always the window's beginning; inference reads the beginning.
     token_crop: bool = False
@@ -144,6 +147,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.transpose_audio not in ("rolled", "rendered"):
+            raise ValueError(f"transpose_audio must be 'rolled' or 'rendered', got {self.transpose_audio!r}")
+        if self.transpose_audio == "rendered" and self.extra_soundfonts:
+            # A window's SoundFont is drawn first; its transposed renderings exist for the primary SoundFont only.
+            raise ValueError("transpose_audio='rendered' renders with the feature config's SoundFont only; "
+                             "it cannot be combined with extra_soundfonts")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,9 @@ METHODS: tuple[Method, ...] = (
     Method("default", "Default configuration (best on val)", "-", PAPER_FULL, preset="default"),
     Method("default_transpose", "Default with transposition augmentation (±6 semitones; the default until "
            "2026-12-06)", "-", PAPER_FULL, preset="default", training_changes=TRANSPOSED),
+    Method("default_transpose_rendered", "Default with transposition augmentation (±6 semitones), audio rendered "
+           "from the transposed MIDI", "-", PAPER_FULL, preset="default",
+           training_changes=(*TRANSPOSED, ("transpose_audio", "rendered"))),
     Method("default_label_smoothing", "Default with label smoothing (0.1) of the training targets", "-", PAPER_FULL,
            preset="default", training_changes=(("label_smoothing", 0.1),)),
     # Rows trained while the default had transposition augmentation (until 2026-12-06): each names it.

@@ -13,7 +13,7 @@ from mer.features.midi import piano_notes, read_midi
 from mer.features.render import loaded_soundfont, render_audio, soundfont_path
 from mer.features.spectral import chromagram, mfcc, spectral_features
 from mer.features.tokens import midi_like_tokens, notes_from_tokens, pad_id, token_dtype
-from mer.features.transpose import transpose_batch
+from mer.features.transpose import transpose_batch, transpose_midi
 
 __all__ = [
     "PITCH_CLASS_NAMES", "SUMMARY_SIZE", "DecodedAudio", "FeatureCache", "ItemFeatures", "Key", "check_audio", "chromagram",
@@ -21,5 +21,5 @@ __all__ = [
     "decode_audio", "estimate_key", "extract_features", "key_correlations", "loaded_soundfont", "mfcc", "midi_like_tokens",
     "notes_from_tokens", "open_audio", "pad_id", "peak_normalise", "piano_notes", "pitch_class_histogram",
     "read_midi", "render_audio", "soundfont_path", "spectral_features", "summary_descriptors", "token_dtype",
-    "transpose_batch", "window_starts",
+    "transpose_batch", "transpose_midi", "window_starts",
 ]

@@ -27,7 +27,7 @@ import torch
 
 from mer.config import FeatureConfig
 from mer.errors import MerError
-from mer.features import FeatureCache, ItemFeatures, extract_features, read_midi, render_audio
+from mer.features import FeatureCache, ItemFeatures, extract_features, read_midi, render_audio, transpose_midi
 from mer.model import ROW_KEYS_TO_BATCH, to_tensors
 from mer.train.emopia import Clip
 from mer.train.progress import progress_bar, progress_line
@@ -99,6 +99,7 @@ def extract_clips(
     config: FeatureConfig,
     cache: FeatureCache,
     progress: bool = True,
+    semitones: int = 0,
 ) -> Extraction:
     """Features of every clip, from the cache or computed in parallel Ray tasks (one task per clip).
 
@@ -109,6 +110,8 @@ def extract_clips(
         config: the feature configuration (part of every cache key).
         cache: the feature cache; must be reachable at the same path from every node that runs a task.
         progress: a progress bar (:func:`mer.train.progress.progress_bar`), and the failures at the end.
+        semitones: extract the clips' MIDI moved by this many semitones (:func:`mer.features.transpose_midi`;
+            the moved bytes are what the cache is keyed by). Bytes mido cannot parse raise ``BadInputError``.
 
     Returns:
         An :class:`Extraction`; its ``clips`` keep the input order.
@@ -117,6 +120,8 @@ def extract_clips(
     keys, refs = [], []
     for clip in clips:
         data = clip.midi_path.read_bytes()
+        if semitones:
+            data = transpose_midi(data, semitones, name=clip.name)
         key = FeatureCache.key(data, config=config)
         keys.append(key)
         refs.append(_extract_remote.remote(clip.name, data, key, cache, config))

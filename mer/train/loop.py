@@ -54,7 +54,9 @@ from mer.train.dataset import data_fingerprint, ensure_ray, extract_clips, take,
 from mer.train.emopia import Clip, emopia_root, load_split
 from mer.train.scores import split_metrics
 from mer.train.progress import progress_bar, progress_line
-from mer.train.renderings import extract_renderings, pick_renderings, rendering_table
+from mer.train.renderings import (
+    extract_renderings, extract_transpositions, pick_renderings, rendering_table, transposition_table,
+)
 from mer.train.steps import eval_step, lr_schedule, rank_batches, train_step, weight_average
 from mer.train.summary_head import fit_summary_head
 
@@ -406,6 +408,10 @@ def train_model(
     if config.training.extra_soundfonts:  # the training windows' other renderings (mer.train.renderings)
         train_table = rendering_table(train_table, extract_renderings(
             [item.clip for item in train_items], config=config, cache=cache, progress=progress))
+    if config.training.transpose_semitones and config.training.transpose_audio == "rendered":
+        train_table = transposition_table(train_table, extract_transpositions(
+            [item.clip for item in train_items], config=config, cache=cache, progress=progress),
+            limit=config.training.transpose_semitones)
     train_ref, val_ref = ray.put(train_table), ray.put(val_table)
 
     # 3. Ray Train.

@@ -10,6 +10,13 @@ change. An epoch costs what it did with one SoundFont: every window is seen once
 whose clip failed, or that has fewer windows — a longer or shorter release tail — keeps the primary's frames
 for the missing windows); :func:`extract_renderings` extracts them (refusing a SoundFont that does not load or
 renders too few clips); :func:`pick_renderings` draws one rendering per window of a batch.
+
+Transposition with re-rendered audio (``TrainConfig.transpose_audio = "rendered"``) is the same idea along
+another axis: :func:`extract_transpositions` renders every training clip's MIDI moved by each k in [-n, n]
+(n = ``transpose_semitones``, k ≠ 0), :func:`transposition_table` adds them to the window table (float16, as
+``transposed_chroma`` / ``transposed_mfcc``), and :func:`mer.features.transpose_batch` takes a window's chroma and
+MFCCs from the rendering of the k it draws. A window with no rendering for some k falls back to the rolled form
+there (chroma rolled by k, MFCCs unchanged).
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import numpy as np
 from mer.config import MerConfig
 from mer.errors import MerError
 from mer.features import FeatureCache, loaded_soundfont, soundfont_path
+from mer.features.transpose import RENDERED_KEYS, rendered_slot, roll_chroma
 from mer.train.dataset import ClipFeatures, extract_clips
 from mer.train.emopia import Clip
 
@@ -55,6 +63,62 @@ def extract_renderings(clips: Sequence[Clip], *, config: MerConfig, cache: Featu
     return out
 
 
+def extract_transpositions(clips: Sequence[Clip], *, config: MerConfig, cache: FeatureCache, progress: bool = True
+                           ) -> dict[int, list[ClipFeatures]]:
+    """The features of ``clips`` with their MIDI moved by each k in [-n, n], k ≠ 0 (n =
+    ``config.training.transpose_semitones``), rendered with the feature config's SoundFont (Ray tasks, through
+    the cache): ``{k: clips}``.
+
+    Raises:
+        MerError: some k rendered fewer than :data:`MIN_COVERAGE` of the clips (its failures named).
+    """
+    limit = config.training.transpose_semitones
+    out = {}
+    for k in (k for k in range(-limit, limit + 1) if k):
+        if progress:
+            print(f"[transpose] rendering the training clips moved by {k:+d} semitones", flush=True)
+        extraction = extract_clips(clips, config=config.features, cache=cache, progress=progress, semitones=k)
+        if len(extraction.clips) < MIN_COVERAGE * len(clips):
+            raise MerError(f"moved by {k:+d} semitones, {len(extraction.clips)} of {len(clips)} training clips "
+                           f"rendered; failures: {extraction.failures[:5]}")
+        out[k] = extraction.clips
+    return out
+
+
+def _aligned(table: Mapping[str, np.ndarray], clips: Sequence[ClipFeatures], key: str) -> list[np.ndarray | None]:
+    """For each window of ``table``, its ``key`` frames in ``clips`` (another rendering of the same clips, aligned
+    by clip name and window index), or None where that rendering lacks the window or its frames differ in shape."""
+    found = {(c.clip.name, w): c.features for c in clips for w in range(c.features.num_windows)}
+    out: list[np.ndarray | None] = []
+    for name, window, primary in zip(table["name"], table["window_index"], table[key]):
+        features = found.get((str(name), int(window)))
+        frames = None if features is None else getattr(features, key)[int(window)]
+        out.append(frames if frames is not None and frames.shape == primary.shape else None)
+    return out
+
+
+def transposition_table(table: Mapping[str, np.ndarray], by_shift: Mapping[int, Sequence[ClipFeatures]], *,
+                        limit: int) -> dict[str, np.ndarray]:
+    """``table`` (the primary rendering's windows) with ``transposed_chroma`` (N, 2·limit, 12, F) and
+    ``transposed_mfcc`` (N, 2·limit, M, F), float16: window i's frames in the rendering moved by k at slot
+    :func:`mer.features.transpose.rendered_slot` ``(k, limit)``. A window missing from some k's rendering gets
+    the rolled form for that k (its chroma rolled by k, its MFCCs as they are)."""
+    shifts = [k for k in range(-limit, limit + 1) if k]
+    if sorted(by_shift) != shifts:
+        raise ValueError(f"need a rendering for every k in {shifts}, got {sorted(by_shift)}")
+    out = dict(table)
+    for key, name in zip(RENDERED, RENDERED_KEYS):
+        primary = np.asarray(table[key])
+        frames = np.empty((len(primary), len(shifts), *primary.shape[1:]), dtype=np.float16)
+        for k in shifts:
+            for i, found in enumerate(_aligned(table, by_shift[k], key)):
+                if found is None:
+                    found = roll_chroma(primary[i], k) if key == "chroma" else primary[i]
+                frames[i, rendered_slot(k, limit)] = found
+        out[name] = frames
+    return out
+
+
 def rendering_table(table: Mapping[str, np.ndarray], alternatives: Sequence[Sequence[ClipFeatures]]
                     ) -> dict[str, np.ndarray]:
     """``table`` (:func:`mer.train.dataset.window_table` of the primary rendering) with ``renderings_chroma``
@@ -63,12 +127,9 @@ def rendering_table(table: Mapping[str, np.ndarray], alternatives: Sequence[Sequ
     out = dict(table)
     stacked = {key: np.repeat(table[key][:, None], len(alternatives), axis=1) for key in RENDERED}  # (N, K, rows, F)
     for k, clips in enumerate(alternatives):
-        found = {(c.clip.name, w): c.features for c in clips for w in range(c.features.num_windows)}
-        for i, (name, window) in enumerate(zip(table["name"], table["window_index"])):
-            features = found.get((str(name), int(window)))
-            for key in RENDERED if features is not None else ():
-                frames = getattr(features, key)[int(window)]
-                if frames.shape == stacked[key].shape[2:]:
+        for key in RENDERED:
+            for i, frames in enumerate(_aligned(table, clips, key)):
+                if frames is not None:
                     stacked[key][i, k] = frames
     out.update({f"renderings_{key}": frames for key, frames in stacked.items()})
     return out

@@ -1,25 +1,65 @@
 """Transposition moves every input of a piece by the same k semitones and nothing else."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pretty_midi
 import pytest
 
 from mer.config import FeatureConfig
+from mer.errors import BadInputError
 from mer.features.spectral import chromagram
 from mer.features.key import PITCH_MEAN_INDEX, summary_descriptors
 from mer.features.midi import piano_notes, read_midi
 from mer.features.render import render_audio
 from mer.features.tokens import midi_like_tokens, notes_from_tokens
-from mer.features.transpose import allowed_shifts, roll_chroma, transpose_summary, transpose_tokens
+from mer.features.transpose import (
+    allowed_shifts, roll_chroma, transpose_midi, transpose_summary, transpose_tokens,
+)
 
 CONFIG = FeatureConfig()
 
 
 @pytest.fixture(scope="module")
-def clip_notes(emopia) -> np.ndarray:
-    path = sorted((emopia / "midis").glob("Q4_*.mid"))[0]
-    return piano_notes(read_midi(path.read_bytes(), name=path.stem), config=CONFIG)
+def clip_bytes(emopia) -> bytes:
+    return sorted((emopia / "midis").glob("Q4_*.mid"))[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def clip_notes(clip_bytes) -> np.ndarray:
+    return piano_notes(read_midi(clip_bytes, name="clip"), config=CONFIG)
+
+
+@pytest.mark.parametrize("k", [-6, -1, 4])
+def test_a_transposed_midi_file_holds_every_note_moved_by_k_and_its_tokens_are_the_shifted_tokens(clip_bytes,
+                                                                                                 clip_notes, k):
+    moved = piano_notes(read_midi(transpose_midi(clip_bytes, k, name="clip"), name="moved"), config=CONFIG)
+    np.testing.assert_array_equal(moved[:, 2], clip_notes[:, 2] + k)
+    np.testing.assert_allclose(moved[:, [0, 1, 3]], clip_notes[:, [0, 1, 3]], atol=1e-6)  # pedal, times, velocity
+    # What training relies on: shifting the tokens (the cheap form) gives the tokens of the re-rendered MIDI.
+    np.testing.assert_array_equal(midi_like_tokens(moved, config=CONFIG),
+                                  transpose_tokens(midi_like_tokens(clip_notes, config=CONFIG), k))
+
+
+def test_transposing_a_midi_file_leaves_drums_and_drops_what_leaves_the_keyboard() -> None:
+    midi = pretty_midi.PrettyMIDI()
+    piano, drums = pretty_midi.Instrument(program=0), pretty_midi.Instrument(program=0, is_drum=True)
+    piano.notes = [pretty_midi.Note(velocity=80, pitch=p, start=s, end=s + 0.5)
+                   for p, s in ((60, 0.0), (126, 1.0), (64, 2.0))]
+    drums.notes = [pretty_midi.Note(velocity=90, pitch=38, start=0.5, end=0.6)]
+    midi.instruments += [piano, drums]
+    buffer = io.BytesIO()
+    midi.write(buffer)
+    moved = read_midi(transpose_midi(buffer.getvalue(), 3, name="two-parts"), name="moved")
+    by_kind = {i.is_drum: [(n.pitch, round(n.start, 3), round(n.end, 3)) for n in i.notes] for i in moved.instruments}
+    assert by_kind[False] == [(63, 0.0, 0.5), (67, 2.0, 2.5)]  # 126 + 3 has no key; the later note keeps its time
+    assert by_kind[True] == [(38, 0.5, 0.6)]
+
+
+def test_bytes_that_are_not_midi_are_refused_naming_the_item() -> None:
+    with pytest.raises(BadInputError, match="not-midi.mid"):
+        transpose_midi(b"RIFF\x00\x00 not a MIDI file", 2, name="not-midi.mid")
 
 
 @pytest.mark.parametrize("k", [-7, -1, 3, 5])

@@ -21,6 +21,7 @@ from mer.config import QUADRANTS, MerConfig
 from mer.errors import ConfigError
 from mer.evaluation.robustness import SECOND_SOUNDFONT
 from mer.features.cache import FeatureCache
+from mer.features.transpose import transpose_midi, transpose_tokens
 from mer.model import MerModel, ModelOutput
 from mer.model.artifact import latest_version, load_artifact
 from mer.model.inference import EmotionPredictor, predict_windows
@@ -218,6 +219,25 @@ def test_branch_flags_decide_which_weights_exist_and_train(ray_cluster, small_em
     cache = FeatureCache(workdir / "cache")
     train = [c for c in load_split(small_emopia, "train") if c.name != BROKEN]
     assert all(cache.get(FeatureCache.key(c.midi_path.read_bytes(), config=second)) is not None for c in train)
+
+
+def test_rendered_transposition_trains_on_renderings_of_the_moved_midi_kept_in_the_cache(
+        ray_cluster, small_emopia: Path, workdir: Path) -> None:
+    config = tiny_config(epochs=1, workers=1)
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training, transpose_semitones=1,
+                                                                      transpose_audio="rendered"))
+    result = train_model(config, emopia=small_emopia, storage=str(workdir / "storage"), cache_dir=workdir / "cache",
+                         run_name="transposed-renderings", progress=False)
+    saved = load_artifact(result.artifact).config
+    assert (saved.training.transpose_semitones, saved.training.transpose_audio) == (1, "rendered")
+    cache = FeatureCache(workdir / "cache")
+    for clip in (c for c in load_split(small_emopia, "train") if c.name != BROKEN):
+        data = clip.midi_path.read_bytes()
+        primary = cache.get(FeatureCache.key(data, config=config.features))
+        for k in (-1, 1):
+            moved = cache.get(FeatureCache.key(transpose_midi(data, k, name=clip.name), config=config.features))
+            assert moved is not None, (clip.name, k)  # rendered once, kept like every feature
+            np.testing.assert_array_equal(moved.tokens, transpose_tokens(primary.tokens, k))
 
 
 def test_emotion_predictor_on_ray_data_matches_direct_prediction(first_run: TrainResult, small_emopia: Path,

@@ -11,7 +11,8 @@ from mer.config import SUMMARY_SIZE, MerConfig, TrainConfig
 from mer.errors import ConfigError
 from mer.features import FeatureCache
 from mer.train.loop import training_batch
-from mer.train.renderings import extract_renderings, pick_renderings, rendering_table
+from mer.features.transpose import RENDERED_KEYS, transpose_batch
+from mer.train.renderings import extract_renderings, pick_renderings, rendering_table, transposition_table
 
 FRAMES = 7
 
@@ -98,3 +99,69 @@ def test_a_soundfont_that_does_not_load_stops_training_before_any_extraction(tmp
         config = dataclasses.replace(MerConfig(), training=TrainConfig(extra_soundfonts=(str(soundfont),)))
         with pytest.raises(ConfigError, match=message):
             extract_renderings([], config=config, cache=FeatureCache(tmp_path / "cache"))  # no Ray needed
+
+
+def one_note_table(n: int) -> dict[str, np.ndarray]:
+    """n one-window clips, each a single C4 (chroma: pitch class C only; MFCCs all 1)."""
+    chroma = np.zeros((n, 12, FRAMES), np.float32)
+    chroma[:, 0] = 1.0
+    return {"name": np.array([f"c{i}" for i in range(n)]), "window_index": np.zeros(n, np.int64),
+            "tokens": np.tile(np.array([60, 128 + 60]), (n, 1)), "token_lengths": np.full(n, 2),
+            "chroma": chroma, "mfcc": np.ones((n, 23, FRAMES), np.float32),
+            "summary": np.zeros((n, SUMMARY_SIZE), np.float32), "present": np.ones((n, 3), bool),
+            "quadrant": np.arange(n) % 4}
+
+
+def moved_renderings(table: dict[str, np.ndarray], limit: int, *, missing: str = "") -> dict[int, list]:
+    """Each clip 'rendered' moved by k: its chroma's energy on pitch class k, its MFCCs all 10 + k; the clip
+    named ``missing`` failed in every rendering."""
+    out = {}
+    for k in (k for k in range(-limit, limit + 1) if k):
+        chroma = np.roll(table["chroma"], k, axis=1) * 0.5  # another rendering: not exactly the rolled primary
+        out[k] = [SimpleNamespace(clip=SimpleNamespace(name=str(name)), features=SimpleNamespace(
+            num_windows=1, chroma=chroma[i:i + 1], mfcc=np.full((1, 23, FRAMES), 10.0 + k, np.float32)))
+            for i, name in enumerate(table["name"]) if name != missing]
+    return out
+
+
+def test_a_transposed_window_takes_chroma_and_mfccs_from_the_rendering_of_the_k_its_tokens_moved_by() -> None:
+    n, limit = 64, 3
+    table = transposition_table(one_note_table(n), moved_renderings(one_note_table(n), limit), limit=limit)
+    assert table["transposed_chroma"].shape == (n, 2 * limit, 12, FRAMES)
+    seen = set()
+    for step in range(3):
+        batch = transpose_batch(table, limit=limit, rng=np.random.default_rng(step))
+        assert not any(key in batch for key in RENDERED_KEYS)
+        shifts = batch["tokens"][:, 0] - 60
+        for i, k in enumerate(shifts):
+            assert batch["chroma"][i, :, 0].argmax() == k % 12
+            if k:  # the rendering of the moved MIDI: its MFCCs and its chroma, not the primary's
+                assert batch["mfcc"][i, 0, 0] == 10 + k and batch["chroma"][i].max() == 0.5
+            else:
+                assert batch["mfcc"][i, 0, 0] == 1 and batch["chroma"][i].max() == 1.0
+        np.testing.assert_array_equal(batch["quadrant"], table["quadrant"])  # labels stay
+        seen |= set(shifts.tolist())
+    assert seen == set(range(-limit, limit + 1))
+    # The same draws as the rolled form: only the audio features differ.
+    rolled = transpose_batch(one_note_table(n), limit=limit, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(rolled["tokens"], transpose_batch(table, limit=limit,
+                                                                    rng=np.random.default_rng(0))["tokens"])
+
+
+def test_a_window_missing_from_a_transposed_rendering_falls_back_to_the_rolled_form() -> None:
+    n, limit = 4, 2
+    table = transposition_table(one_note_table(n), moved_renderings(one_note_table(n), limit, missing="c2"),
+                                limit=limit)
+    for slot, k in enumerate((-2, -1, 1, 2)):
+        assert table["transposed_chroma"][2, slot, :, 0].argmax() == k % 12  # rolled primary
+        assert table["transposed_chroma"][2, slot].max() == 1.0 and (table["transposed_mfcc"][2, slot] == 1).all()
+        assert (table["transposed_mfcc"][1, slot] == 10 + k).all()  # the others keep their renderings
+    with pytest.raises(ValueError, match="every k"):
+        transposition_table(one_note_table(n), {1: [], -1: []}, limit=limit)
+
+
+def test_rendered_transposition_cannot_be_combined_with_other_soundfonts_and_unknown_forms_are_refused() -> None:
+    with pytest.raises(ValueError, match="extra_soundfonts"):
+        TrainConfig(transpose_semitones=6, transpose_audio="rendered", extra_soundfonts=("second.sf2",))
+    with pytest.raises(ValueError, match="transpose_audio"):
+        TrainConfig(transpose_semitones=6, transpose_audio="resampled")

@@ -38,12 +38,13 @@ def test_training_flags_reach_the_config_and_default_to_the_presets() -> None:
         assert plain.training.transpose_semitones == preset(name).training.transpose_semitones
         assert plain.training.weight_average_decay == preset(name).training.weight_average_decay
         assert plain.training.label_smoothing == preset(name).training.label_smoothing
+        assert plain.training.transpose_audio == preset(name).training.transpose_audio
     chosen = job.build_config(job.parse_args(["--transpose-semitones", "6", "--weight-average", "0.98",
-                                              "--label-smoothing", "0.1"]))
+                                              "--label-smoothing", "0.1", "--transpose-audio", "rendered"]))
     assert chosen.training.transpose_semitones == 6 and chosen.training.weight_average_decay == 0.98
-    assert chosen.training.label_smoothing == 0.1
+    assert chosen.training.label_smoothing == 0.1 and chosen.training.transpose_audio == "rendered"
     assert dataclasses.replace(chosen.training, transpose_semitones=0, weight_average_decay=0.0,
-                               label_smoothing=0.0) == \
+                               label_smoothing=0.0, transpose_audio="rolled") == \
         job.build_config(job.parse_args([])).training  # nothing else moved
 
 
