@@ -145,6 +145,12 @@ class TrainConfig:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        # Checked here, where every entry point builds the config, so a bad flag stops jobs/train.py before Ray
+        # starts instead of inside a training worker.
+        if self.transpose_semitones < 0:
+            raise ValueError(f"transpose_semitones must be >= 0, got {self.transpose_semitones!r}")
+        if not 0.0 <= self.weight_average_decay < 1.0:
+            raise ValueError(f"weight_average_decay must be in [0, 1), got {self.weight_average_decay!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.transpose_audio not in ("rolled", "rendered"):

@@ -1,4 +1,5 @@
-"""jobs/train.py's flags reach the configuration it trains; a SoundFont that does not exist stops it before Ray."""
+"""jobs/train.py's flags reach the configuration it trains; a missing SoundFont or a setting out of range stops
+it before Ray starts."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,6 +7,8 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from mer.config import preset
 from mer.evaluation.paper import MUSESCORE_LITE
@@ -55,3 +58,17 @@ def test_a_missing_soundfont_is_named_and_nothing_starts(tmp_path: Path) -> None
     assert done.returncode == 2
     assert str(missing) in done.stderr and "no such file" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--weight-average", "1.0"], "weight_average_decay"),
+    (["--label-smoothing", "-0.1"], "label_smoothing"),
+    (["--transpose-semitones", "-3"], "transpose_semitones"),
+    (["--transpose-semitones", "6", "--transpose-audio", "rendered", "--extra-soundfont", MUSESCORE_LITE],
+     "extra_soundfonts"),
+])
+def test_a_training_setting_out_of_range_is_named_before_ray_starts(flags, named, capsys, monkeypatch) -> None:
+    job = train_job()
+    monkeypatch.setattr(job.ray, "init", lambda *a, **k: pytest.fail("Ray started despite a bad setting"))
+    assert job.main(flags) == 2
+    assert named in capsys.readouterr().err
