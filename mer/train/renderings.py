@@ -27,8 +27,7 @@ import numpy as np
 
 from mer.config import MerConfig
 from mer.errors import MerError
-from mer.features import FeatureCache, loaded_soundfont, soundfont_path
-from mer.features.transpose import RENDERED_KEYS, rendered_slot, roll_chroma
+from mer.features import RENDERED_KEYS, FeatureCache, loaded_soundfont, rendered_slot, roll_chroma, soundfont_path
 from mer.train.dataset import ClipFeatures, extract_clips
 from mer.train.emopia import Clip
 
