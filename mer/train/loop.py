@@ -142,7 +142,8 @@ def evaluate_split(
 def training_batch(table: Mapping[str, np.ndarray], rows: np.ndarray, *, training: TrainConfig, epoch: int,
                    step: int, rank: int, max_tokens: int = 0) -> dict[str, np.ndarray]:
     """Rows ``rows`` of the training table as one augmented batch: each window's rendering drawn first (a
-    SoundFont per window and step), then its key moved (the chroma it rolls is the drawn rendering's), then, with
+    SoundFont per window and step), then its key moved (the chroma it rolls is the drawn rendering's; with
+    ``transpose_audio="rendered"`` its chroma and MFCCs come from the rendering of the moved MIDI), then, with
     ``training.token_crop``, its tokens cropped to ``max_tokens`` (the model's ``symbolic_max_tokens``) from a
     random offset. The draws depend only on (seed, epoch, step, rank), so a resumed epoch replays them."""
     batch = take(table, rows)
