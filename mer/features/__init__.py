@@ -13,13 +13,15 @@ from mer.features.midi import piano_notes, read_midi
 from mer.features.render import loaded_soundfont, render_audio, soundfont_path
 from mer.features.spectral import chromagram, mfcc, spectral_features
 from mer.features.tokens import midi_like_tokens, notes_from_tokens, pad_id, token_dtype
-from mer.features.transpose import RENDERED_KEYS, rendered_slot, roll_chroma, transpose_batch, transpose_midi
+from mer.features.transpose import (
+    RENDERED_KEYS, rendered_shifts, rendered_slot, roll_chroma, transpose_batch, transpose_midi,
+)
 
 __all__ = [
     "PITCH_CLASS_NAMES", "RENDERED_KEYS", "SUMMARY_SIZE", "DecodedAudio", "FeatureCache", "ItemFeatures", "Key",
     "check_audio", "chromagram", "crop_batch", "decode_audio", "estimate_key", "extract_features",
     "key_correlations", "loaded_soundfont", "mfcc", "midi_like_tokens", "notes_from_tokens", "open_audio", "pad_id",
-    "peak_normalise", "piano_notes", "pitch_class_histogram", "read_midi", "render_audio", "rendered_slot",
-    "roll_chroma", "soundfont_path", "spectral_features", "summary_descriptors", "token_dtype", "transpose_batch",
-    "transpose_midi", "window_starts",
+    "peak_normalise", "piano_notes", "pitch_class_histogram", "read_midi", "render_audio", "rendered_shifts",
+    "rendered_slot", "roll_chroma", "soundfont_path", "spectral_features", "summary_descriptors", "token_dtype",
+    "transpose_batch", "transpose_midi", "window_starts",
 ]

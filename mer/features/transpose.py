@@ -17,7 +17,6 @@ import mido
 import numpy as np
 
 from mer.errors import BadInputError
-
 from mer.features.key import PITCH_MEAN_INDEX, PITCH_MEAN_SCALE
 from mer.features.tokens import NOTE_OFF, NOTE_ON, TIME_SHIFT
 
@@ -114,8 +113,14 @@ RENDERED_KEYS = ("transposed_chroma", "transposed_mfcc")
 :func:`rendered_slot` ``(k, limit)`` for k in [-limit, limit] without 0 (mer.train.renderings)."""
 
 
+def rendered_shifts(limit: int) -> list[int]:
+    """The shifts a ``transposed_*`` array holds, in slot order: every k in [-limit, limit] but 0."""
+    return [k for k in range(-limit, limit + 1) if k]
+
+
 def rendered_slot(k: int, limit: int) -> int:
-    """Where the rendering moved by ``k`` (nonzero, in [-limit, limit]) lies in a ``transposed_*`` array."""
+    """Where the rendering moved by ``k`` (nonzero, in [-limit, limit]) lies in a ``transposed_*`` array: its index
+    in :func:`rendered_shifts` ``(limit)``."""
     return k + limit if k < 0 else k + limit - 1
 
 

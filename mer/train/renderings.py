@@ -27,7 +27,9 @@ import numpy as np
 
 from mer.config import MerConfig
 from mer.errors import MerError
-from mer.features import RENDERED_KEYS, FeatureCache, loaded_soundfont, rendered_slot, roll_chroma, soundfont_path
+from mer.features import (
+    RENDERED_KEYS, FeatureCache, loaded_soundfont, rendered_shifts, rendered_slot, roll_chroma, soundfont_path,
+)
 from mer.train.dataset import ClipFeatures, extract_clips
 from mer.train.emopia import Clip
 
@@ -71,9 +73,8 @@ def extract_transpositions(clips: Sequence[Clip], *, config: MerConfig, cache: F
     Raises:
         MerError: some k rendered fewer than :data:`MIN_COVERAGE` of the clips (its failures named).
     """
-    limit = config.training.transpose_semitones
     out = {}
-    for k in (k for k in range(-limit, limit + 1) if k):
+    for k in rendered_shifts(config.training.transpose_semitones):
         if progress:
             print(f"[transpose] rendering the training clips moved by {k:+d} semitones", flush=True)
         extraction = extract_clips(clips, config=config.features, cache=cache, progress=progress, semitones=k)
@@ -84,15 +85,17 @@ def extract_transpositions(clips: Sequence[Clip], *, config: MerConfig, cache: F
     return out
 
 
-def _aligned(table: Mapping[str, np.ndarray], clips: Sequence[ClipFeatures], key: str) -> list[np.ndarray | None]:
-    """For each window of ``table``, its ``key`` frames in ``clips`` (another rendering of the same clips, aligned
-    by clip name and window index), or None where that rendering lacks the window or its frames differ in shape."""
+def _aligned(table: Mapping[str, np.ndarray], clips: Sequence[ClipFeatures]) -> dict[str, list[np.ndarray | None]]:
+    """For each :data:`RENDERED` key and each window of ``table``, its frames in ``clips`` (another rendering of the
+    same clips, aligned by clip name and window index), or None where that rendering lacks the window or its frames
+    differ in shape."""
     found = {(c.clip.name, w): c.features for c in clips for w in range(c.features.num_windows)}
-    out: list[np.ndarray | None] = []
-    for name, window, primary in zip(table["name"], table["window_index"], table[key]):
+    out: dict[str, list[np.ndarray | None]] = {key: [] for key in RENDERED}
+    for i, (name, window) in enumerate(zip(table["name"], table["window_index"])):
         features = found.get((str(name), int(window)))
-        frames = None if features is None else getattr(features, key)[int(window)]
-        out.append(frames if frames is not None and frames.shape == primary.shape else None)
+        for key in RENDERED:
+            frames = None if features is None else getattr(features, key)[int(window)]
+            out[key].append(frames if frames is not None and frames.shape == table[key][i].shape else None)
     return out
 
 
@@ -102,20 +105,18 @@ def transposition_table(table: Mapping[str, np.ndarray], by_shift: Mapping[int, 
     ``transposed_mfcc`` (N, 2·limit, M, F), float16: window i's frames in the rendering moved by k at slot
     :func:`mer.features.transpose.rendered_slot` ``(k, limit)``. A window missing from some k's rendering gets
     the rolled form for that k (its chroma rolled by k, its MFCCs as they are)."""
-    shifts = [k for k in range(-limit, limit + 1) if k]
+    shifts = rendered_shifts(limit)
     if sorted(by_shift) != shifts:
         raise ValueError(f"need a rendering for every k in {shifts}, got {sorted(by_shift)}")
-    out = dict(table)
-    for key, name in zip(RENDERED, RENDERED_KEYS):
-        primary = np.asarray(table[key])
-        frames = np.empty((len(primary), len(shifts), *primary.shape[1:]), dtype=np.float16)
-        for k in shifts:
-            for i, found in enumerate(_aligned(table, by_shift[k], key)):
+    frames = {key: np.empty((len(table[key]), len(shifts), *table[key].shape[1:]), dtype=np.float16)
+              for key in RENDERED}
+    for k in shifts:
+        for key, column in _aligned(table, by_shift[k]).items():
+            for i, found in enumerate(column):
                 if found is None:
-                    found = roll_chroma(primary[i], k) if key == "chroma" else primary[i]
-                frames[i, rendered_slot(k, limit)] = found
-        out[name] = frames
-    return out
+                    found = roll_chroma(table[key][i], k) if key == "chroma" else table[key][i]
+                frames[key][i, rendered_slot(k, limit)] = found
+    return {**table, **{name: frames[key] for key, name in zip(RENDERED, RENDERED_KEYS)}}
 
 
 def rendering_table(table: Mapping[str, np.ndarray], alternatives: Sequence[Sequence[ClipFeatures]]
@@ -126,8 +127,8 @@ def rendering_table(table: Mapping[str, np.ndarray], alternatives: Sequence[Sequ
     out = dict(table)
     stacked = {key: np.repeat(table[key][:, None], len(alternatives), axis=1) for key in RENDERED}  # (N, K, rows, F)
     for k, clips in enumerate(alternatives):
-        for key in RENDERED:
-            for i, frames in enumerate(_aligned(table, clips, key)):
+        for key, column in _aligned(table, clips).items():
+            for i, frames in enumerate(column):
                 if frames is not None:
                     stacked[key][i, k] = frames
     out.update({f"renderings_{key}": frames for key, frames in stacked.items()})

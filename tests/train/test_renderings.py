@@ -11,7 +11,7 @@ from mer.config import SUMMARY_SIZE, MerConfig, TrainConfig
 from mer.errors import ConfigError
 from mer.features import FeatureCache
 from mer.train.loop import training_batch
-from mer.features.transpose import RENDERED_KEYS, transpose_batch
+from mer.features.transpose import RENDERED_KEYS, rendered_shifts, transpose_batch
 from mer.train.renderings import extract_renderings, pick_renderings, rendering_table, transposition_table
 
 FRAMES = 7
@@ -69,17 +69,23 @@ def test_each_window_takes_both_audio_features_from_one_rendering_and_nothing_el
     assert pick_renderings(plain, rng=rng).keys() == plain.keys()  # one SoundFont: nothing to pick
 
 
+def one_note_table(n: int) -> dict[str, np.ndarray]:
+    """n one-window clips, each a single C4 (chroma: pitch class C only; MFCCs all 1)."""
+    chroma = np.zeros((n, 12, FRAMES), np.float32)
+    chroma[:, 0] = 1.0
+    return {"name": np.array([f"c{i}" for i in range(n)]), "window_index": np.zeros(n, np.int64),
+            "tokens": np.tile(np.array([60, 128 + 60]), (n, 1)), "token_lengths": np.full(n, 2),
+            "chroma": chroma, "mfcc": np.ones((n, 23, FRAMES), np.float32),
+            "summary": np.zeros((n, SUMMARY_SIZE), np.float32), "present": np.ones((n, 3), bool),
+            "quadrant": np.arange(n) % 4}
+
+
 def test_a_window_takes_its_rendering_before_its_key_moves() -> None:
     # The drawn rendering's chroma is the one transposition rolls: the chroma's tonic follows the tokens' shift,
     # and the MFCCs come from the same rendering as the chroma.
     n = 64
-    chroma = np.zeros((n, 12, FRAMES), np.float32)
-    chroma[:, 0] = 1.0  # every window: pitch class C only
-    mfcc = np.ones((n, 23, FRAMES), np.float32)
-    table = {"name": np.array([f"c{i}" for i in range(n)]), "window_index": np.zeros(n, np.int64),
-             "tokens": np.tile(np.array([60, 128 + 60]), (n, 1)), "token_lengths": np.full(n, 2),
-             "chroma": chroma, "mfcc": mfcc, "summary": np.zeros((n, SUMMARY_SIZE), np.float32),
-             "present": np.ones((n, 3), bool), "quadrant": np.arange(n) % 4}
+    table = one_note_table(n)  # every window: pitch class C only, MFCCs all 1
+    chroma, mfcc = table["chroma"], table["mfcc"]
     other = [SimpleNamespace(clip=SimpleNamespace(name=f"c{i}"), features=SimpleNamespace(
         num_windows=1, chroma=2 * chroma[i:i + 1], mfcc=2 * mfcc[i:i + 1])) for i in range(n)]
     table = rendering_table(table, [other])
@@ -101,22 +107,11 @@ def test_a_soundfont_that_does_not_load_stops_training_before_any_extraction(tmp
             extract_renderings([], config=config, cache=FeatureCache(tmp_path / "cache"))  # no Ray needed
 
 
-def one_note_table(n: int) -> dict[str, np.ndarray]:
-    """n one-window clips, each a single C4 (chroma: pitch class C only; MFCCs all 1)."""
-    chroma = np.zeros((n, 12, FRAMES), np.float32)
-    chroma[:, 0] = 1.0
-    return {"name": np.array([f"c{i}" for i in range(n)]), "window_index": np.zeros(n, np.int64),
-            "tokens": np.tile(np.array([60, 128 + 60]), (n, 1)), "token_lengths": np.full(n, 2),
-            "chroma": chroma, "mfcc": np.ones((n, 23, FRAMES), np.float32),
-            "summary": np.zeros((n, SUMMARY_SIZE), np.float32), "present": np.ones((n, 3), bool),
-            "quadrant": np.arange(n) % 4}
-
-
 def moved_renderings(table: dict[str, np.ndarray], limit: int, *, missing: str = "") -> dict[int, list]:
     """Each clip 'rendered' moved by k: its chroma's energy on pitch class k, its MFCCs all 10 + k; the clip
     named ``missing`` failed in every rendering."""
     out = {}
-    for k in (k for k in range(-limit, limit + 1) if k):
+    for k in rendered_shifts(limit):
         chroma = np.roll(table["chroma"], k, axis=1) * 0.5  # another rendering: not exactly the rolled primary
         out[k] = [SimpleNamespace(clip=SimpleNamespace(name=str(name)), features=SimpleNamespace(
             num_windows=1, chroma=chroma[i:i + 1], mfcc=np.full((1, 23, FRAMES), 10.0 + k, np.float32)))
