@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(0: off; default: the preset's, off in both)")
     parser.add_argument("--label-smoothing", type=float, default=None, metavar="S",
                         help="smooth the training targets by S in [0, 1) (0: off; default: the preset's, off in both)")
+    parser.add_argument("--va-loss-weight", type=float, default=None, metavar="W",
+                        help="weight of the arousal/valence losses beside the 4Q loss (0: 4Q only; default: the "
+                             "preset's, 1 in both)")
     parser.add_argument("--subset", type=int, default=None, help="train on N clips (quick runs)")
     parser.add_argument("--run-name", default=None, help="run folder name (default: from config and data)")
     parser.add_argument("--resume", dest="resume", action="store_true", default=True,
@@ -90,6 +93,7 @@ def build_config(args: argparse.Namespace) -> MerConfig:
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
              "transpose_semitones": args.transpose_semitones, "weight_average_decay": args.weight_average_decay,
              "label_smoothing": args.label_smoothing, "transpose_audio": args.transpose_audio,
+             "va_loss_weight": args.va_loss_weight,
              "extra_soundfonts": None if args.extra_soundfonts is None
              else tuple(os.path.abspath(sf) for sf in args.extra_soundfonts)}  # every node reads the same path
     for soundfont in given["extra_soundfonts"] or ():
