@@ -151,6 +151,8 @@ class TrainConfig:
             raise ValueError(f"transpose_semitones must be >= 0, got {self.transpose_semitones!r}")
         if not 0.0 <= self.weight_average_decay < 1.0:
             raise ValueError(f"weight_average_decay must be in [0, 1), got {self.weight_average_decay!r}")
+        if self.va_loss_weight < 0.0:
+            raise ValueError(f"va_loss_weight must be >= 0, got {self.va_loss_weight!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.transpose_audio not in ("rolled", "rendered"):

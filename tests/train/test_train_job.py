@@ -42,12 +42,15 @@ def test_training_flags_reach_the_config_and_default_to_the_presets() -> None:
         assert plain.training.weight_average_decay == preset(name).training.weight_average_decay
         assert plain.training.label_smoothing == preset(name).training.label_smoothing
         assert plain.training.transpose_audio == preset(name).training.transpose_audio
+        assert plain.training.va_loss_weight == preset(name).training.va_loss_weight
     chosen = job.build_config(job.parse_args(["--transpose-semitones", "6", "--weight-average", "0.98",
-                                              "--label-smoothing", "0.1", "--transpose-audio", "rendered"]))
+                                              "--label-smoothing", "0.1", "--transpose-audio", "rendered",
+                                              "--va-loss-weight", "0.25"]))
     assert chosen.training.transpose_semitones == 6 and chosen.training.weight_average_decay == 0.98
     assert chosen.training.label_smoothing == 0.1 and chosen.training.transpose_audio == "rendered"
+    assert chosen.training.va_loss_weight == 0.25
     assert dataclasses.replace(chosen.training, transpose_semitones=0, weight_average_decay=0.0,
-                               label_smoothing=0.0, transpose_audio="rolled") == \
+                               label_smoothing=0.0, transpose_audio="rolled", va_loss_weight=1.0) == \
         job.build_config(job.parse_args([])).training  # nothing else moved
 
 
@@ -64,6 +67,7 @@ def test_a_missing_soundfont_is_named_and_nothing_starts(tmp_path: Path) -> None
     (["--weight-average", "1.0"], "weight_average_decay"),
     (["--label-smoothing", "-0.1"], "label_smoothing"),
     (["--transpose-semitones", "-3"], "transpose_semitones"),
+    (["--va-loss-weight", "-1"], "va_loss_weight"),
     (["--transpose-semitones", "6", "--transpose-audio", "rendered", "--extra-soundfont", MUSESCORE_LITE],
      "extra_soundfonts"),
 ])
