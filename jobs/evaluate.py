@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="--tables: epochs per model (default: config's)")
     parser.add_argument("--workers", type=int, default=None, help="--tables: Ray Train workers per model")
     parser.add_argument("--methods", nargs="+", default=None, choices=[m.key for m in METHODS],
-                        help="--tables: only these rows (default all)")
+                        help="--tables: only these rows (default all); --merge: pool only these rows' runs")
     parser.add_argument("--subset", type=int, default=None,
                         help="--tables: N training clips (proportional val/test clips), quick runs; "
                              "--model: N test clips (quadrant-balanced)")
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(renames) != len(args.rename):
                 print(f"error: --rename takes OLD=NEW pairs, got {args.rename}", file=sys.stderr)
                 return 2
-            report = merge_reports(args.merge, renames)
+            report = merge_reports(args.merge, renames, methods=args.methods)
             write_tables(report, args.out)
             print_tables(report)
         elif args.tables:

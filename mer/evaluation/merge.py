@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from mer.config import FeatureConfig, ModelConfig, TrainConfig
 from mer.errors import ConfigError
@@ -49,7 +49,8 @@ def _read(path: Path) -> dict[str, Any]:
     return report
 
 
-def merge_reports(paths: Sequence[str | os.PathLike], renames: Mapping[str, str] | None = None) -> TablesReport:
+def merge_reports(paths: Sequence[str | os.PathLike], renames: Mapping[str, str] | None = None, *,
+                  methods: Collection[str] | None = None) -> TablesReport:
     """Pool the runs of several ``report.json`` files (of :func:`mer.evaluation.tables.run_tables`) into one report.
 
     ``renames`` maps a row key as written to the row it belongs to now, applied to every report at once (a swap is
@@ -57,9 +58,11 @@ def merge_reports(paths: Sequence[str | os.PathLike], renames: Mapping[str, str]
     candidate row becomes the default, its runs keep their numbers and move to the new row. A (method, seed)
     present in several reports must have the same test predictions (training is deterministic per seed on one
     machine; a seed retrained elsewhere is another model and belongs in no pooled report), and is
-    kept once. Raises :class:`ConfigError` naming the file and the reason when a report cannot be read, its setup
-    differs from the first report's, or a run's recorded metrics do not follow from its predictions, and naming
-    a rename to no row of :data:`METHODS`.
+    kept once. ``methods``: pool only these rows (keys after ``renames``) and leave the others' runs out, e.g. a
+    report that also holds a row's seeds retrained on another machine as the baseline of a screen. Raises
+    :class:`ConfigError` naming the file and the reason when a report cannot be read, its setup differs from the
+    first report's, or a run's recorded metrics do not follow from its predictions, and naming a rename or a
+    method to no row of :data:`METHODS`.
     """
     if not paths:
         raise ConfigError("no reports to merge")
@@ -68,6 +71,9 @@ def merge_reports(paths: Sequence[str | os.PathLike], renames: Mapping[str, str]
     for old, new in renames.items():
         if new not in known:
             raise ConfigError(f"rename {old}={new}: {new!r} is no report row; known: {sorted(known)}")
+    unknown = sorted(set(methods or ()) - known)
+    if unknown:
+        raise ConfigError(f"methods {unknown} are no report rows; known: {sorted(known)}")
     reports = [(Path(p), _read(Path(p))) for p in paths]
     first_path, first = reports[0]
     runs: dict[tuple[str, int], tuple[Path, EvalResult]] = {}
@@ -79,6 +85,8 @@ def merge_reports(paths: Sequence[str | os.PathLike], renames: Mapping[str, str]
                                   "only reports of the same data and settings can be pooled")
         for method in report["methods"]:
             key = renames.get(method["key"], method["key"])
+            if methods is not None and key not in methods:
+                continue
             for run in method["runs"]:
                 result = dataclasses.replace(EvalResult.from_dict(run), method=key)
                 recorded = run["metrics"]

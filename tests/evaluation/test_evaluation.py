@@ -307,6 +307,28 @@ def test_a_renamed_configuration_moves_its_runs_to_its_new_row_and_says_so(table
         merge_reports([path], {"full": "fulll"})
 
 
+def test_pooling_only_some_rows_leaves_a_retrained_seed_of_another_row_out(tables, tmp_path: Path):
+    report, _, _ = tables
+    pooled = _report_of_seeds(report, SEEDS, tmp_path / "pooled")
+    data = json.loads(pooled.read_text())  # a screen that retrained no_mhsa's seed 0 elsewhere beside its new rows
+    retrained = next(m for m in data["methods"] if m["key"] == "no_mhsa")["runs"][0]
+    first = retrained["predictions"][0]
+    changed = (int(np.argmax(first["probs"])) + 1) % 4
+    first["probs"], first["pred"] = np.eye(4)[changed].tolist(), f"Q{changed + 1}"
+    retrained["metrics"] = EvalResult.from_dict(retrained).metrics
+    screen = tmp_path / "screen.json"
+    screen.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="no_mhsa seed 0 predicts differently"):
+        merge_reports([pooled, screen])
+    others = [key for key in report.results if key != "no_mhsa"]
+    merged = merge_reports([pooled, screen], methods=others)
+    assert sorted(merged.results) == sorted(others)
+    for key in others:
+        assert [r.version for r in merged.results[key]] == [r.version for r in report.results[key]]
+    with pytest.raises(ConfigError, match="'fulll'"):
+        merge_reports([pooled], methods=["full", "fulll"])
+
+
 def test_a_written_run_reads_back_with_its_own_fields_apart_from_the_extras(tables):
     report, _, _ = tables
     for runs in report.results.values():
