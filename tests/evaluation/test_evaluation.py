@@ -268,6 +268,15 @@ def _report_of_seeds(report, seeds, out: Path, *, setup=None) -> Path:
     return out / "report.json"
 
 
+def _predict_otherwise(run: dict) -> dict:
+    """A written run's first clip moved to another quadrant, its metrics recomputed: the same seed, another model."""
+    first = run["predictions"][0]
+    changed = (int(np.argmax(first["probs"])) + 1) % 4
+    first["probs"], first["pred"] = np.eye(4)[changed].tolist(), f"Q{changed + 1}"
+    run["metrics"] = EvalResult.from_dict(run).metrics
+    return run
+
+
 def test_reports_of_separate_seeds_pool_into_the_report_of_all_seeds(tables, tmp_path: Path):
     report, _, _ = tables
     parts = [_report_of_seeds(report, (0,), tmp_path / "seed0"),
@@ -311,11 +320,7 @@ def test_pooling_only_some_rows_leaves_a_retrained_seed_of_another_row_out(table
     report, _, _ = tables
     pooled = _report_of_seeds(report, SEEDS, tmp_path / "pooled")
     data = json.loads(pooled.read_text())  # a screen that retrained no_mhsa's seed 0 elsewhere beside its new rows
-    retrained = next(m for m in data["methods"] if m["key"] == "no_mhsa")["runs"][0]
-    first = retrained["predictions"][0]
-    changed = (int(np.argmax(first["probs"])) + 1) % 4
-    first["probs"], first["pred"] = np.eye(4)[changed].tolist(), f"Q{changed + 1}"
-    retrained["metrics"] = EvalResult.from_dict(retrained).metrics
+    _predict_otherwise(next(m for m in data["methods"] if m["key"] == "no_mhsa")["runs"][0])
     screen = tmp_path / "screen.json"
     screen.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="no_mhsa seed 0 predicts differently"):
@@ -365,11 +370,7 @@ def test_reports_of_other_settings_or_disagreeing_seeds_are_refused(tables, tmp_
         merge_reports([seed0, longer])
 
     data = json.loads(seed0.read_text())  # the same seed, other predictions: not the same model
-    run = data["methods"][0]["runs"][0]
-    first = run["predictions"][0]
-    changed = (int(np.argmax(first["probs"])) + 1) % 4
-    first["probs"], first["pred"] = np.eye(4)[changed].tolist(), f"Q{changed + 1}"
-    run["metrics"] = EvalResult.from_dict(run).metrics
+    run = _predict_otherwise(data["methods"][0]["runs"][0])
     other = tmp_path / "other.json"
     other.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="full seed 0 predicts differently"):
