@@ -37,8 +37,8 @@ def window_probabilities(path: str, clips: list, cache: FeatureCache) -> tuple[d
         probs[rows] = predict_windows(model, take(table, rows), device="cpu")["quadrant_probs"]
     duration = np.concatenate([np.full(c.features.num_windows, c.features.duration) for c in items])
     covered = np.clip(duration - table["window_start"], 1e-3, config.window_seconds)
-    meta = {"version": artifact.version, "method": method_key(artifact.config), "branches": list(artifact.config.model.branches),
-            "seed": artifact.config.training.seed}
+    meta = {"version": artifact.version, "method": method_key(artifact.config),
+            "branches": list(artifact.config.model.branches), "seed": artifact.config.training.seed}
     return table, probs, covered, meta
 
 
