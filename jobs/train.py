@@ -61,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also train on renderings with this SoundFont (repeatable; default: the preset's)")
     parser.add_argument("--mfcc-mean-norm", action=argparse.BooleanOptionalAction, default=None,
                         help="centre each window's MFCCs per coefficient (tone branch; default: the preset's)")
+    parser.add_argument("--summary-texture", action=argparse.BooleanOptionalAction, default=None,
+                        help="FiLM and the summary head read the texture descriptors too (intervals sounding "
+                             "together, register, the top line, the mode segment by segment, rhythm; default: "
+                             "the preset's)")
     parser.add_argument("--transpose-semitones", type=int, default=None, metavar="N",
                         help="move each training window by a random k in [-N, N] semitones (0: off; default: the "
                              "preset's, off in both)")
@@ -99,10 +103,11 @@ def build_config(args: argparse.Namespace) -> MerConfig:
     for soundfont in given["extra_soundfonts"] or ():
         if not os.path.isfile(soundfont):
             raise ValueError(f"--extra-soundfont {soundfont}: no such file")
-    mean_norm = {} if args.mfcc_mean_norm is None else {"mfcc_mean_norm": args.mfcc_mean_norm}
+    model_given = {"mfcc_mean_norm": args.mfcc_mean_norm, "summary_texture": args.summary_texture}
     return dataclasses.replace(
         config,
-        model=dataclasses.replace(config.model, branches=branches, use_attention=not args.no_attention, **mean_norm),
+        model=dataclasses.replace(config.model, branches=branches, use_attention=not args.no_attention,
+                                  **{key: value for key, value in model_given.items() if value is not None}),
         training=dataclasses.replace(
             config.training, seed=args.seed, num_workers=args.workers, use_gpu=args.use_gpu,
             **{key: value for key, value in given.items() if value is not None},

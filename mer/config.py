@@ -19,9 +19,14 @@ BRANCHES: tuple[str, ...] = ("symbolic", "harmony", "tone")
 
 QUADRANTS: tuple[str, ...] = ("Q1", "Q2", "Q3", "Q4")
 
-SUMMARY_SIZE: int = 25
-"""Length of a window's summary descriptors (key and mode, note statistics: ``mer.features.key.SUMMARY_NAMES``),
-the model's FiLM input. Here so the model knows it without importing the feature code."""
+SUMMARY_SIZE: int = 51
+"""Length of a window's summary descriptors (key and mode, note statistics, texture:
+``mer.features.summary.SUMMARY_NAMES``), the model's FiLM and summary-head input. Here so the model knows it
+without importing the feature code."""
+
+SUMMARY_KEY_SIZE: int = 25
+"""The summary's first descriptors, key and mode and note statistics: all that a model built without
+``ModelConfig.summary_texture`` reads (every model trained before 2026-12-07)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,14 @@ class ModelConfig:
     # A logistic regression over the summary descriptors, fitted after training and blended with the network's
     # quadrant probabilities (mer.model.summary_head; the blend weight is chosen on val).
     summary_head: bool = False
+    # Both also read the summary's texture descriptors (mer.features.texture: intervals sounding together,
+    # register, the top line, the mode segment by segment, rhythm), not only its first SUMMARY_KEY_SIZE.
+    summary_texture: bool = False
+
+    @property
+    def summary_width(self) -> int:
+        """How many of the summary's first descriptors the model reads (FiLM, summary head)."""
+        return SUMMARY_SIZE if self.summary_texture else SUMMARY_KEY_SIZE
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.branches if b not in BRANCHES]

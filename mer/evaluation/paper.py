@@ -120,6 +120,13 @@ METHODS: tuple[Method, ...] = (
     Method("default_symbolic_slow", "MIDI-only default trained slower and longer (learning rate 3e-4, 24 epochs)",
            "-", _paper(0.690, 0.833, 0.744), preset="default", preset_changes=(("branches", ("symbolic",)),),
            training_changes=(("learning_rate", 3e-4), ("epochs", 24))),
+    # The summary's texture descriptors (mer.features.texture), 2026-12-07: fused and MIDI only.
+    Method("default_texture", "Default with texture descriptors (intervals sounding together, register, top line, "
+           "mode by segment, rhythm) in FiLM and the summary head", "-", PAPER_FULL, preset="default",
+           preset_changes=(("summary_texture", True),)),
+    Method("default_symbolic_texture", "MIDI-only default with texture descriptors in FiLM and the summary head", "-",
+           _paper(0.690, 0.833, 0.744), preset="default",
+           preset_changes=(("branches", ("symbolic",)), ("summary_texture", True))),
     Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
     Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
     Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),

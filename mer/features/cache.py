@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 FEATURE_VERSION = 1
 """Part of every key. Bump it when extraction changes in a way :class:`FeatureConfig` does not capture (a fix in
 the tokenizer, the renderer, the window rule), so old cache entries stop matching instead of being reused.
-A new array that is only *added* (the per-window ``summary`` and the piece's ``pitch_classes``) needs no bump: an
-entry written before it lacks the column, fails to read, and is recomputed like any damaged entry, while the
-keys (and so the data fingerprints of models trained before) stay the same."""
+A new array that is only *added* (the per-window ``summary`` and the piece's ``pitch_classes``), or an array that
+only grows new columns after the old ones (the summary's texture descriptors, 2026-12-07), needs no bump: an entry
+written before lacks the column or has the wrong width, fails to read, and is recomputed like any damaged entry,
+while the keys (and so the data fingerprints of models trained before) stay the same."""
 
 WINDOW_BYTES = 200_000
 """About what one 30-s window of the default config takes in the cache (measured: Parquet barely compresses

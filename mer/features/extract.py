@@ -13,12 +13,13 @@ from typing import Any, Sequence
 import numpy as np
 import pretty_midi
 
-from mer.config import BRANCHES, FeatureConfig
+from mer.config import BRANCHES, SUMMARY_SIZE, FeatureConfig
 from mer.errors import BadInputError
 from mer.features.audio import DecodedAudio, check_audio
-from mer.features.key import SUMMARY_SIZE, chroma_histogram, pitch_class_histogram, summary_descriptors
+from mer.features.key import chroma_histogram, pitch_class_histogram
 from mer.features.midi import piano_notes
 from mer.features.spectral import spectral_features
+from mer.features.summary import summary_descriptors
 from mer.features.tokens import midi_like_tokens, pad_id
 
 TRAILING_FRACTION = 0.25
@@ -72,7 +73,7 @@ class ItemFeatures:
         present: (3,) bool, in :data:`mer.config.BRANCHES` order: symbolic (MIDI given), harmony and tone
             (audio given). A missing modality's arrays are zeros.
         summary: (W, SUMMARY_SIZE) float32 per-window key, mode and note statistics
-            (:func:`mer.features.key.summary_descriptors`: from the window's notes, else its chromagram).
+            (:func:`mer.features.summary.summary_descriptors`: from the window's notes, else its chromagram).
         pitch_classes: (12,) float64 the whole piece's pitch-class histogram (notes, else chromagram), from which
             :func:`mer.features.key.estimate_key` names the piece's key.
 
@@ -207,7 +208,7 @@ def extract_features(
     Chroma/MFCC: computed once over the whole piece, from one STFT computed block by block
     (:func:`mer.features.spectral.spectral_features`), then sliced ``F = config.frames_per_window`` frames from
     the frame nearest each window's start, zero-padded past the audio's end.
-    Summary (:func:`mer.features.key.summary_descriptors`): each window's key, mode and note statistics from its
+    Summary (:func:`mer.features.summary.summary_descriptors`): each window's key, mode and note statistics from its
     notes (all of them, before the token cap), else from its chromagram; the piece's pitch-class histogram from
     all its notes, else its whole chromagram.
 

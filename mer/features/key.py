@@ -6,17 +6,15 @@ probe-tone profiles in all 12 transpositions; the best of the 24 is the key. The
 the best correlation over the runner-up (0 when two keys tie; the major key and its relative minor often come
 close). For audio-only items the histogram is the chromagram's mean over its real frames.
 
-:func:`summary_descriptors` turns a window's notes (or chromagram) into the model's fourth input: key-invariant
-numbers only (correlations, the histogram rotated to the estimated tonic, note statistics), so transposing a
-piece leaves them unchanged except for the mean pitch. Pure NumPy.
+:func:`key_descriptor` and :func:`note_statistics` are the first part of a window's summary
+(mer.features.summary): key-invariant numbers (correlations, the histogram rotated to the estimated tonic) and
+note statistics, so transposing a piece leaves them unchanged except for the mean pitch. Pure NumPy.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-
-from mer.config import SUMMARY_SIZE
 
 # Krumhansl & Kessler (1982) probe-tone ratings; index 0 is the tonic.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -32,10 +30,6 @@ NOTE_STATISTIC_NAMES: tuple[str, ...] = (
     "note_density", "velocity_mean", "velocity_std", "pitch_mean", "pitch_std", "pitch_range", "note_length_mean",
     "median_inter_onset",
 )
-SUMMARY_NAMES = KEY_DESCRIPTOR_NAMES + NOTE_STATISTIC_NAMES
-if len(SUMMARY_NAMES) != SUMMARY_SIZE:
-    raise ImportError(f"mer.config.SUMMARY_SIZE is {SUMMARY_SIZE}; the summary has {len(SUMMARY_NAMES)} descriptors")
-PITCH_MEAN_INDEX = SUMMARY_NAMES.index("pitch_mean")
 PITCH_MEAN_SCALE = 12.0  # pitch_mean is stored as (mean MIDI pitch - 60) / 12: one unit per octave
 
 
@@ -139,17 +133,3 @@ def note_statistics(notes: np.ndarray) -> np.ndarray:
         (pitch.mean() - 60.0) / PITCH_MEAN_SCALE, pitch.std() / 12.0, (pitch.max() - pitch.min()) / 48.0,
         np.maximum(end - start, 1e-3).mean(), float(np.median(ioi)) if len(ioi) else 0.0,
     ])
-
-
-def summary_descriptors(*, notes: np.ndarray | None, chroma: np.ndarray | None) -> np.ndarray:
-    """A window's summary (SUMMARY_SIZE,) float32: key descriptors from the notes when there are any, else
-    from the chromagram; note statistics from the notes (zeros without them)."""
-    have_notes = notes is not None and np.asarray(notes).reshape(-1, 4).shape[0] > 0
-    if have_notes:
-        histogram = pitch_class_histogram(notes)
-    elif chroma is not None:
-        histogram = chroma_histogram(chroma)
-    else:
-        histogram = np.zeros(12)
-    statistics = note_statistics(notes) if have_notes else np.zeros(len(NOTE_STATISTIC_NAMES))
-    return np.concatenate([key_descriptor(histogram), statistics]).astype(np.float32)

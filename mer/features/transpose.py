@@ -17,7 +17,7 @@ import mido
 import numpy as np
 
 from mer.errors import BadInputError
-from mer.features.key import PITCH_MEAN_INDEX, PITCH_MEAN_SCALE
+from mer.features.summary import PITCH_INDICES, PITCH_MEAN_SCALE
 from mer.features.tokens import NOTE_OFF, NOTE_ON, TIME_SHIFT
 
 
@@ -102,9 +102,10 @@ def roll_chroma(chroma: np.ndarray, k: int) -> np.ndarray:
 
 
 def transpose_summary(summary: np.ndarray, k: int) -> np.ndarray:
-    """Summary descriptors (..., SUMMARY_SIZE) of the piece moved by ``k`` semitones (only the mean pitch moves)."""
+    """Summary descriptors (..., SUMMARY_SIZE) of the piece moved by ``k`` semitones (only the mean pitch and the
+    register of the bass and the top line move)."""
     out = np.array(summary, dtype=np.float32, copy=True)
-    out[..., PITCH_MEAN_INDEX] += k / PITCH_MEAN_SCALE
+    out[..., list(PITCH_INDICES)] += k / PITCH_MEAN_SCALE
     return out
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mer.config import BRANCHES, SUMMARY_SIZE, MerConfig, ModelConfig
+from mer.config import BRANCHES, MerConfig, ModelConfig
 from mer.model.summary_head import SummaryHead
 
 N_QUADRANTS = 4
@@ -292,19 +292,19 @@ class SummaryFiLM(nn.Module):
     """Key, mode and note statistics as feature-wise modulation of the branch tokens (FiLM, Perez et al. 2018;
     a Krumhansl–Kessler mode prior injected this way helped a symbolic EMOPIA model). Not in the paper.
 
-    A small MLP maps the window's summary (:data:`mer.config.SUMMARY_SIZE` descriptors, mer.features.key) to a
-    scale and shift per fusion dimension: ``token * (1 + gamma) + beta``, the same for every branch token, before
+    A small MLP maps the window's summary (its first ``width`` descriptors: ``ModelConfig.summary_width``,
+    mer.features.summary) to a scale and shift per fusion dimension: ``token * (1 + gamma) + beta``, the same for every branch token, before
     the attention. The last layer starts at zero, so an untrained FiLM is the identity and the paper's fusion.
     """
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, width: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(SUMMARY_SIZE, hidden), nn.ReLU(), nn.Linear(hidden, 2 * dim))
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 2 * dim))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, tokens: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
-        """tokens (B, n, D), summary (B, SUMMARY_SIZE) -> (B, n, D)."""
+        """tokens (B, n, D), summary (B, width) -> (B, n, D)."""
         gamma, beta = self.mlp(summary).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, D) each
         return tokens * (1 + gamma) + beta
 
@@ -323,7 +323,7 @@ class AttentionFusion(nn.Module):
         super().__init__()
         dim = config.fusion_dim
         self.projections = nn.ModuleList(nn.Linear(f, dim) for f in in_features)
-        self.film = SummaryFiLM(dim, config.summary_hidden) if config.summary_film else None
+        self.film = SummaryFiLM(dim, config.summary_hidden, config.summary_width) if config.summary_film else None
         self.attention = (
             nn.MultiheadAttention(dim, config.attention_heads, batch_first=True) if config.use_attention else None
         )
@@ -336,7 +336,7 @@ class AttentionFusion(nn.Module):
 
     def forward(self, features: list[torch.Tensor], present: torch.Tensor, summary: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """features: n tensors (B, f_i); present (B, n) bool, >= 1 True per row; summary (B, SUMMARY_SIZE),
+        """features: n tensors (B, f_i); present (B, n) bool, >= 1 True per row; summary (B, summary_width),
         read only when the model was built with ``summary_film``.
 
         Returns logits (B, 6) and attention weights (B, h, n, n) (None without attention).
@@ -389,7 +389,7 @@ class MerModel(nn.Module):
         self.encoders = nn.ModuleDict({name: ENCODERS[name](config) for name in self.branches})
         self.fusion = AttentionFusion([self.encoders[b].out_features for b in self.branches], config.model)
         # Fitted after training (mer.train.summary_head); until then it passes the network's logits through.
-        self.summary_head = SummaryHead() if config.model.summary_head else None
+        self.summary_head = SummaryHead(config.model.summary_width) if config.model.summary_head else None
 
     def forward(
         self,
@@ -403,7 +403,7 @@ class MerModel(nn.Module):
         """Emotion logits for a batch of windows.
 
         tokens (B, L) long, PAD-padded; token_lengths (B,) long, 0..L; chroma (B, 12, F) float;
-        mfcc (B, M, F) float; present (B, 3) bool in BRANCHES order; summary (B, SUMMARY_SIZE) float, the
+        mfcc (B, M, F) float; present (B, 3) bool in BRANCHES order; summary (B, S >= summary_width) float, the
         windows' key/mode/note descriptors (read only with ``summary_film`` or a fitted ``summary_head``).
         Inputs of branches that are not built are not read (any placeholder of the right batch size will do).
 
@@ -426,7 +426,9 @@ class MerModel(nn.Module):
             self._check_batch(name, inputs[name], batch)
             features.append(self._encode(name, inputs[name], has))  # (B, f)
 
-        # Fusion and classifier (Sec. III-D).
+        # Fusion and classifier (Sec. III-D). The model reads the summary's first summary_width descriptors.
+        if summary is not None:
+            summary = summary[:, :self.config.model.summary_width]  # (B, width)
         logits, weights = self.fusion(features, built, summary)  # (B, 6), (B, h, n, n) | None
         attention = None
         if weights is not None:

@@ -17,26 +17,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from mer.config import SUMMARY_SIZE
+from mer.config import SUMMARY_KEY_SIZE
 
 N_QUADRANTS = 4
 PROBABILITY_FLOOR = 1e-7  # keeps the log of a mixture probability finite
 
 
 class SummaryHead(nn.Module):
-    """Standardiser + linear map (SUMMARY_SIZE -> 4) and the blend weight ``w`` (0: the head is off)."""
+    """Standardiser + linear map (width -> 4) and the blend weight ``w`` (0: the head is off). ``width``: how many
+    of the summary's first descriptors it reads (``ModelConfig.summary_width``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = SUMMARY_KEY_SIZE) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.zeros(SUMMARY_SIZE))
-        self.register_buffer("scale", torch.ones(SUMMARY_SIZE))
-        self.register_buffer("weight", torch.zeros(N_QUADRANTS, SUMMARY_SIZE))
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("scale", torch.ones(width))
+        self.register_buffer("weight", torch.zeros(N_QUADRANTS, width))
         self.register_buffer("bias", torch.zeros(N_QUADRANTS))
         self.register_buffer("blend", torch.zeros(()))
         self._active = False  # float(blend) > 0, kept on the host: reading the buffer each forward syncs a GPU
 
     def set(self, *, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray, blend: float) -> None:
-        """Install a fitted regression: mean, scale (SUMMARY_SIZE,), weight (4, SUMMARY_SIZE), bias (4,), and the
+        """Install a fitted regression: mean, scale (width,), weight (4, width), bias (4,), and the
         blend weight in [0, 1]."""
         if not 0.0 <= blend <= 1.0:
             raise ValueError(f"blend must be within [0, 1], got {blend}")
@@ -58,7 +59,7 @@ class SummaryHead(nn.Module):
         return self._active
 
     def logits(self, summary: torch.Tensor) -> torch.Tensor:
-        """summary (B, SUMMARY_SIZE) -> the regression's quadrant logits (B, 4)."""
+        """summary (B, width) -> the regression's quadrant logits (B, 4)."""
         return ((summary.float() - self.mean) / self.scale) @ self.weight.T + self.bias
 
     def forward(self, quadrant_logits: torch.Tensor, summary: torch.Tensor | None, has_notes: torch.Tensor

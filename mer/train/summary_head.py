@@ -51,10 +51,11 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
     train_notes, val_notes = _has_notes(train_table), _has_notes(val_table)  # where the head applies
     if not train_notes.any():
         raise ValueError("no training window has notes: the summary head has nothing to be fitted on")
-    x_train = np.asarray(train_table["summary"], dtype=np.float64)[train_notes]
+    width = head.mean.shape[0]  # the summary's first descriptors the model reads (ModelConfig.summary_width)
+    x_train = np.asarray(train_table["summary"], dtype=np.float64)[train_notes, :width]
     y_train = np.asarray(train_table["quadrant"], dtype=np.int64)[train_notes]
     scaler = StandardScaler().fit(x_train)
-    x_val = scaler.transform(np.asarray(val_table["summary"], dtype=np.float64))
+    x_val = scaler.transform(np.asarray(val_table["summary"], dtype=np.float64)[:, :width])
 
     fits, by_c = {}, {}
     for c in C_GRID:

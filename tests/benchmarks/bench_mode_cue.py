@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 
 from mer.config import QUADRANTS, FeatureConfig
 from mer.features import extract_features, read_midi
-from mer.features.key import SUMMARY_NAMES
+from mer.features.summary import SUMMARY_NAMES
 from mer.train import emopia_root, load_split
 from emit import emit
 

@@ -6,9 +6,9 @@ import pytest
 
 from mer.config import FeatureConfig
 from mer.features.key import (
-    PITCH_CLASS_NAMES, SUMMARY_SIZE, chroma_histogram, estimate_key, key_descriptor, pitch_class_histogram,
-    summary_descriptors,
+    PITCH_CLASS_NAMES, chroma_histogram, estimate_key, key_descriptor, pitch_class_histogram,
 )
+from mer.features.summary import SUMMARY_SIZE, summary_descriptors
 from mer.features.midi import piano_notes, read_midi
 
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)

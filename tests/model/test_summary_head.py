@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from mer.config import SUMMARY_SIZE
+from mer.config import SUMMARY_KEY_SIZE, SUMMARY_SIZE
 from mer.model import MerEnsemble, MerModel, load_artifact, predict_windows, save_artifact
 from tiny import random_windows, tiny_config
 
 CONFIG = tiny_config(summary_film=True)
 WITH_HEAD = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, summary_head=True))
+WITH_TEXTURE = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, summary_texture=True))
+WITH_HEAD_AND_TEXTURE = dataclasses.replace(WITH_HEAD, model=dataclasses.replace(WITH_HEAD.model,
+                                                                                   summary_texture=True))
 
 
 def batch(rng, n=6):
@@ -21,8 +24,9 @@ def batch(rng, n=6):
 
 
 def fitted(model, rng, blend):
-    model.summary_head.set(mean=rng.standard_normal(SUMMARY_SIZE), scale=rng.random(SUMMARY_SIZE) + 0.5,
-                           weight=rng.standard_normal((4, SUMMARY_SIZE)), bias=rng.standard_normal(4), blend=blend)
+    width = model.config.model.summary_width
+    model.summary_head.set(mean=rng.standard_normal(width), scale=rng.random(width) + 0.5,
+                           weight=rng.standard_normal((4, width)), bias=rng.standard_normal(4), blend=blend)
     return model
 
 
@@ -42,16 +46,18 @@ def test_an_unfitted_head_leaves_every_output_of_the_network_unchanged(rng):
         np.testing.assert_allclose(a[key], b[key], atol=1e-6)
 
 
+@pytest.mark.parametrize("texture", [False, True])
 @pytest.mark.parametrize("blend", [0.3, 1.0])
-def test_a_fitted_head_gives_the_stated_mixture_and_leaves_arousal_and_valence_alone(rng, blend):
+def test_a_fitted_head_gives_the_stated_mixture_and_leaves_arousal_and_valence_alone(rng, blend, texture):
     torch.manual_seed(0)
-    plain = MerModel(CONFIG).eval()
-    headed = fitted(MerModel(WITH_HEAD).eval(), rng, blend)
+    plain = MerModel(WITH_TEXTURE if texture else CONFIG).eval()
+    headed = fitted(MerModel(WITH_HEAD_AND_TEXTURE if texture else WITH_HEAD).eval(), rng, blend)
     headed.load_state_dict({k: v for k, v in plain.state_dict().items()}, strict=False)
     inputs = batch(rng)
     network, mixed = predict_windows(plain, inputs, device="cpu"), predict_windows(headed, inputs, device="cpu")
     head = headed.summary_head
-    regression = softmax((inputs["summary"] - head.mean.numpy()) / head.scale.numpy() @ head.weight.numpy().T
+    read = inputs["summary"][:, :SUMMARY_SIZE if texture else SUMMARY_KEY_SIZE]  # the descriptors it reads
+    regression = softmax((read - head.mean.numpy()) / head.scale.numpy() @ head.weight.numpy().T
                          + head.bias.numpy())
     np.testing.assert_allclose(mixed["quadrant_probs"], (1 - blend) * network["quadrant_probs"] + blend * regression,
                                atol=1e-5)
@@ -98,3 +104,22 @@ def test_a_window_without_notes_gets_the_network_alone(rng):
     network, mixed = predict_windows(plain, inputs, device="cpu"), predict_windows(headed, inputs, device="cpu")
     np.testing.assert_allclose(mixed["quadrant_probs"][:4], network["quadrant_probs"][:4], atol=1e-6)
     assert not np.allclose(mixed["quadrant_probs"][4:], network["quadrant_probs"][4:], atol=1e-3)
+
+
+@pytest.mark.parametrize("blend", [0.0, 0.5])
+def test_only_a_model_built_with_texture_reads_the_texture_descriptors(rng, blend):
+    """Models trained before the texture existed read the summary's first descriptors and nothing after them, so
+    they tag as they did from features that now carry more; a model built with texture responds to them."""
+    torch.manual_seed(0)
+    inputs = batch(rng)
+    changed = dict(inputs, summary=inputs["summary"].copy())
+    changed["summary"][:, SUMMARY_KEY_SIZE:] = rng.standard_normal((len(changed["summary"]),
+                                                                   SUMMARY_SIZE - SUMMARY_KEY_SIZE))
+    for config, reads_texture in ((WITH_HEAD, False), (WITH_HEAD_AND_TEXTURE, True)):
+        model = fitted(MerModel(config).eval(), rng, blend)
+        with torch.no_grad():  # FiLM starts as the identity: give it weights, so the summary moves the output
+            for parameter in model.fusion.film.parameters():
+                parameter.normal_(0.0, 0.5)
+        before = predict_windows(model, inputs, device="cpu")["quadrant_probs"]
+        after = predict_windows(model, changed, device="cpu")["quadrant_probs"]
+        assert (np.abs(after - before).max() > 1e-4) == reads_texture

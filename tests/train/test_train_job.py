@@ -34,6 +34,15 @@ def test_timbre_flags_reach_the_config_and_the_rest_stays_the_presets() -> None:
     assert job.build_config(job.parse_args(["--preset", "paper", "--mfcc-mean-norm"])).model.mfcc_mean_norm
 
 
+def test_the_texture_flag_turns_the_wider_summary_on_and_off_and_only_that() -> None:
+    job = train_job()
+    plain = job.build_config(job.parse_args([]))
+    for flag, wanted in (("--summary-texture", True), ("--no-summary-texture", False)):
+        config = job.build_config(job.parse_args([flag]))
+        assert config.model == dataclasses.replace(plain.model, summary_texture=wanted)
+        assert config.training == plain.training and config.features == plain.features
+
+
 def test_training_flags_reach_the_config_and_default_to_the_presets() -> None:
     job = train_job()
     for name in ("default", "paper"):
