@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mer.config import FeatureConfig, config_fingerprint
+from mer.config import SUMMARY_KEY_SIZE, FeatureConfig, config_fingerprint
 from mer.features import SUMMARY_SIZE, ItemFeatures, extract_features
 from mer.features.cache import FeatureCache
 from mer.features.midi import read_midi
@@ -110,6 +110,23 @@ def test_a_damaged_file_is_a_miss_and_is_removed(tmp_path: Path, rng: np.random.
     assert not path.exists()
     cache.put(key, random_item(rng))  # and the slot is usable again
     assert cache.get(key) is not None
+
+
+def test_an_entry_written_before_the_summary_grew_is_a_miss_under_the_same_key(tmp_path: Path,
+                                                                              rng: np.random.Generator,
+                                                                              monkeypatch) -> None:
+    """The texture descriptors widened the summary without a new FEATURE_VERSION (so keys, and the data
+    fingerprints of earlier models, stay): a narrower entry must be recomputed, never read."""
+    import mer.features.extract as extract
+
+    cache = FeatureCache(tmp_path)
+    key = cache.key(b"x", config=CONFIG)
+    item = random_item(rng)
+    with monkeypatch.context() as before:
+        before.setattr(extract, "SUMMARY_SIZE", SUMMARY_KEY_SIZE)  # the summary as it was written until 2026-12-07
+        cache.put(key, replace(item, summary=item.summary[:, :SUMMARY_KEY_SIZE]))
+    assert cache.key(b"x", config=CONFIG) == key
+    assert cache.get(key) is None and not cache.path(key).exists()
 
 
 def test_a_foreign_parquet_file_is_a_miss(tmp_path: Path) -> None:
