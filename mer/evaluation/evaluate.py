@@ -20,6 +20,23 @@ from mer.model import Artifact, group_rows, pick_device, predict_windows
 from mer.train import Clip, ClipFeatures, ensure_ray, extract_clips, take, window_table
 
 
+def window_predictions(artifact: Artifact, table: dict[str, np.ndarray], *, device: str | None = None,
+                       batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of a window table (:func:`mer.train.window_table`) through the model, ``batch_size`` at a time:
+    quadrant probabilities (N, 4) and the attention each branch receives (N, 3; zeros without attention)."""
+    device = pick_device(device)
+    model = artifact.model.to(device).eval()
+    n_windows = len(table["quadrant"])
+    probs = np.zeros((n_windows, 4))
+    received = np.zeros((n_windows, len(BRANCHES)))
+    for start in range(0, n_windows, batch_size):
+        rows = np.arange(start, min(start + batch_size, n_windows))
+        out = predict_windows(model, take(table, rows), device=device)
+        probs[rows] = out["quadrant_probs"]
+        received[rows] = attention_received(out["attention"])
+    return probs, received
+
+
 def evaluate_features(
     artifact: Artifact,
     items: Sequence[ClipFeatures],
@@ -39,17 +56,9 @@ def evaluate_features(
     """
     if not items:
         raise ValueError("no clips to evaluate (every clip failed feature extraction, or none were given)")
-    device = pick_device(device)
-    model = artifact.model.to(device).eval()
     table = window_table(list(items))  # (N windows, ...) stacked
     n_windows = len(table["quadrant"])
-    probs = np.zeros((n_windows, 4))
-    received = np.zeros((n_windows, len(BRANCHES)))
-    for start in range(0, n_windows, batch_size):
-        rows = np.arange(start, min(start + batch_size, n_windows))
-        out = predict_windows(model, take(table, rows), device=device)
-        probs[rows] = out["quadrant_probs"]
-        received[rows] = attention_received(out["attention"])
+    probs, received = window_predictions(artifact, table, device=device, batch_size=batch_size)
 
     names, groups = group_rows(table["name"])  # clips in the items' order: window_table stacks them one by one
     clip_probs = np.stack([probs[rows].mean(axis=0) for rows in groups])  # (C, 4)

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from mer.evaluation import method_key, window_predictions
 from mer.features import FeatureCache
-from mer.evaluation.paper import method_key
-from mer.model import group_rows, load_artifact, predict_windows
-from mer.train import emopia_root, extract_clips, load_split, take, window_table
+from mer.model import group_rows, load_artifact
+from mer.train import emopia_root, extract_clips, load_split, window_table
 from emit import emit
 
 
@@ -29,12 +29,7 @@ def window_probabilities(path: str, clips: list, cache: FeatureCache) -> tuple[d
     config = artifact.config.features
     items = extract_clips(clips, config=config, cache=cache, progress=False).clips
     table = window_table(items)
-    model = artifact.model.eval()
-    n = len(table["quadrant"])
-    probs = np.zeros((n, 4))
-    for start in range(0, n, 32):
-        rows = np.arange(start, min(start + 32, n))
-        probs[rows] = predict_windows(model, take(table, rows), device="cpu")["quadrant_probs"]
+    probs, _ = window_predictions(artifact, table, device="cpu", batch_size=32)
     duration = np.concatenate([np.full(c.features.num_windows, c.features.duration) for c in items])
     covered = np.clip(duration - table["window_start"], 1e-3, config.window_seconds)
     meta = {"version": artifact.version, "method": method_key(artifact.config),
