@@ -85,17 +85,20 @@ def texture_descriptors(notes: np.ndarray) -> np.ndarray:
         return np.zeros(len(TEXTURE_NAMES))
     start, end, pitch, velocity = notes.T
     onsets, sounding = _sounding_at_onsets(notes)
-    heard = sounding.any(axis=1)  # an onset whose notes all last under 5 ms sounds nothing just after it
-    sounding = sounding[heard]
-    masked = np.where(sounding, pitch[None, :], np.nan)
-    bass, top = np.nanmin(masked, axis=1), np.nanmax(masked, axis=1)
+    sounding = sounding[sounding.any(axis=1)]  # an onset whose notes all last under 5 ms sounds nothing after it
+    if len(sounding):
+        masked = np.where(sounding, pitch[None, :], np.nan)
+        bass, top = np.nanmin(masked, axis=1), np.nanmax(masked, axis=1)
+    else:  # only clicks: nothing sounds together, no line to follow
+        bass, top = np.full(1, 48.0), np.full(1, 72.0)
     steps = np.diff(top)
     ioi = np.diff(onsets)
     span = max(float(end.max() - start.min()), 1.0)
     trend = float(np.polyfit(start, velocity, 1)[0]) if np.ptp(start) > 0 and len(notes) > 2 else 0.0
     return np.array([
         *_interval_classes(pitch, sounding),
-        sounding.sum(axis=1).mean() / 4.0, (bass.mean() - 48.0) / 12.0, (top.mean() - 72.0) / 12.0,
+        sounding.sum(axis=1).mean() / 4.0 if len(sounding) else 0.0, (bass.mean() - 48.0) / 12.0,
+        (top.mean() - 72.0) / 12.0,
         *((np.abs(steps).mean() / 12.0, np.mean(steps > 0), np.mean(steps < 0),
            np.mean(np.abs(steps) > LEAP_SEMITONES)) if len(steps) else (0.0, 0.0, 0.0, 0.0)),
         *_local_mode(notes),
