@@ -3,7 +3,8 @@
     .venv/bin/python tests/benchmarks/bench_features.py [--clips 100] [--emopia PATH]
 
 Each stage is timed separately per clip (render = FluidSynth, tokens = MIDI reading + pedal + tokens, chroma,
-MFCC), then the model's inference on the resulting windows at the default config. Audio is rendered from
+MFCC, summary = every window's key, note statistics and texture descriptors, of which ``texture`` is the part
+:mod:`mer.features.texture` computes), then the model's inference on the resulting windows at the default config. Audio is rendered from
 EMOPIA's MIDI (EMOPIA ships no audio here).
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch  # noqa: E402
 
 from mer.config import MerConfig  # noqa: E402
 from mer.features import (chromagram, extract_features, midi_like_tokens, mfcc, piano_notes,  # noqa: E402
-                          read_midi, render_audio)
+                          read_midi, render_audio, summary_descriptors, window_starts)
+from mer.features.extract import window_notes  # noqa: E402
+from mer.features.texture import texture_descriptors  # noqa: E402
 from mer.model import MerModel  # noqa: E402
 from mer.train import emopia_root, load_split  # noqa: E402
 
@@ -44,6 +47,7 @@ def main() -> None:
     chromagram(warm, config=features), mfcc(warm, config=features)
 
     seconds = {"render": 0.0, "tokens": 0.0, "chroma": 0.0, "mfcc": 0.0, "assemble": 0.0}
+    summary_seconds = {"summary": 0.0, "texture": 0.0}  # inside extract_features, so not added to the total
     audio_seconds = 0.0
     items = []
     for clip in clips:
@@ -67,6 +71,17 @@ def main() -> None:
         # extract_features recomputes tokens/chroma/MFCC; only its windowing and padding count as "assemble".
         seconds["assemble"] += max(0.0, (t5 - t4) - (t1 - t0) - (t3 - t2) - (t4 - t3))
         audio_seconds += len(audio) / features.sample_rate
+        notes = piano_notes(midi, config=features)
+        windows = [window_notes(notes, start, features.window_seconds)
+                   for start in window_starts(midi.get_end_time(), config=features)]
+        t6 = time.perf_counter()
+        for window in windows:
+            summary_descriptors(notes=window, chroma=None)
+        t7 = time.perf_counter()
+        for window in windows:
+            texture_descriptors(window)
+        summary_seconds["summary"] += t7 - t6
+        summary_seconds["texture"] += time.perf_counter() - t7
 
     n = len(clips)
     feature_total = sum(seconds.values())
@@ -98,6 +113,7 @@ def main() -> None:
         "feature_seconds_per_clip": {k: round(v / n, 4) for k, v in seconds.items()},
         "feature_clips_per_second": {k: round(n / v, 2) if v else None for k, v in seconds.items()},
         "feature_clips_per_second_total": round(n / feature_total, 2),
+        "summary_seconds_per_clip": {k: round(v / n, 4) for k, v in summary_seconds.items()},
         "inference_windows": len(rows),
         "inference_torch_threads": torch.get_num_threads(),
         "inference_batch_size": args.batch_size,
