@@ -24,7 +24,8 @@ if len(SUMMARY_NAMES) != SUMMARY_SIZE or len(KEY_DESCRIPTOR_NAMES + NOTE_STATIST
 PITCH_MEAN_INDEX = SUMMARY_NAMES.index("pitch_mean")
 PITCH_INDICES: tuple[int, ...] = (PITCH_MEAN_INDEX, *(SUMMARY_NAMES.index(name) for name in REGISTER_NAMES))
 """The descriptors that move with a transposition, each by one unit per octave (``PITCH_MEAN_SCALE`` semitones)."""
-__all__ = ["PITCH_INDICES", "PITCH_MEAN_INDEX", "PITCH_MEAN_SCALE", "SUMMARY_NAMES", "SUMMARY_SIZE", "summary_descriptors"]
+__all__ = ["PITCH_INDICES", "PITCH_MEAN_INDEX", "PITCH_MEAN_SCALE", "SUMMARY_NAMES", "SUMMARY_SIZE",
+           "summary_descriptors"]
 
 
 def summary_descriptors(*, notes: np.ndarray | None, chroma: np.ndarray | None) -> np.ndarray:

@@ -293,8 +293,9 @@ class SummaryFiLM(nn.Module):
     a Krumhansl–Kessler mode prior injected this way helped a symbolic EMOPIA model). Not in the paper.
 
     A small MLP maps the window's summary (its first ``width`` descriptors: ``ModelConfig.summary_width``,
-    mer.features.summary) to a scale and shift per fusion dimension: ``token * (1 + gamma) + beta``, the same for every branch token, before
-    the attention. The last layer starts at zero, so an untrained FiLM is the identity and the paper's fusion.
+    mer.features.summary) to a scale and shift per fusion dimension: ``token * (1 + gamma) + beta``, the same for
+    every branch token, before the attention. The last layer starts at zero, so an untrained FiLM is the identity
+    and the paper's fusion.
     """
 
     def __init__(self, dim: int, hidden: int, width: int) -> None:
@@ -428,7 +429,11 @@ class MerModel(nn.Module):
 
         # Fusion and classifier (Sec. III-D). The model reads the summary's first summary_width descriptors.
         if summary is not None:
-            summary = summary[:, :self.config.model.summary_width]  # (B, width)
+            width = self.config.model.summary_width
+            if summary.shape[-1] < width:
+                raise ValueError(f"summary has {summary.shape[-1]} descriptors; this model reads {width} "
+                                 "(features extracted before the texture descriptors? extract them again)")
+            summary = summary[:, :width]  # (B, width)
         logits, weights = self.fusion(features, built, summary)  # (B, 6), (B, h, n, n) | None
         attention = None
         if weights is not None:

@@ -4,8 +4,8 @@
 
 Each stage is timed separately per clip (render = FluidSynth, tokens = MIDI reading + pedal + tokens, chroma,
 MFCC, summary = every window's key, note statistics and texture descriptors, of which ``texture`` is the part
-:mod:`mer.features.texture` computes), then the model's inference on the resulting windows at the default config. Audio is rendered from
-EMOPIA's MIDI (EMOPIA ships no audio here).
+:mod:`mer.features.texture` computes), then the model's inference on the resulting windows at the default config.
+Audio is rendered from EMOPIA's MIDI (EMOPIA ships no audio here).
 """
 from __future__ import annotations
 

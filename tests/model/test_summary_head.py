@@ -123,3 +123,13 @@ def test_only_a_model_built_with_texture_reads_the_texture_descriptors(rng, blen
         before = predict_windows(model, inputs, device="cpu")["quadrant_probs"]
         after = predict_windows(model, changed, device="cpu")["quadrant_probs"]
         assert (np.abs(after - before).max() > 1e-4) == reads_texture
+
+
+def test_a_summary_narrower_than_the_model_reads_is_refused_by_name(rng):
+    model = MerModel(WITH_HEAD_AND_TEXTURE).eval()
+    inputs = batch(rng)
+    narrow = dict(inputs, summary=inputs["summary"][:, :SUMMARY_KEY_SIZE])
+    refusal = f"summary has {SUMMARY_KEY_SIZE} descriptors; this model reads {SUMMARY_SIZE}"
+    with pytest.raises(ValueError, match=refusal):
+        predict_windows(model, narrow, device="cpu")
+    predict_windows(MerModel(WITH_HEAD).eval(), narrow, device="cpu")  # a model of the first 25 takes it
