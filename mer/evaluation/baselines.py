@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mer.config import FeatureConfig
 from mer.errors import BadInputError
-from mer.features import key_correlations, pitch_class_histogram
+from mer.features import distinct_onsets, key_correlations, pitch_class_histogram
 
 if TYPE_CHECKING:  # only for the annotation: the features side is imported by whoever builds ItemFeatures
     from mer.features import ItemFeatures
@@ -59,8 +59,7 @@ def symbolic_features(notes: np.ndarray, *, name: str = "notes") -> np.ndarray:
     length = np.maximum(end - start, 1e-3)  # a zero-length note still sounds (and counts) a little
     span = max(float(end.max() - start.min()), 1e-3)  # seconds from the first onset to the last release
 
-    # Onsets closer than 10 ms are one chord onset.
-    onsets = np.unique(np.round(start, 2))
+    onsets = distinct_onsets(start)
     ioi = np.diff(onsets)
     ioi_mean, ioi_std = (float(ioi.mean()), float(ioi.std())) if len(ioi) else (0.0, 0.0)
 

@@ -114,6 +114,12 @@ def key_descriptor(histogram: np.ndarray) -> np.ndarray:
                             float(key.mode == "minor")], rotated])
 
 
+def distinct_onsets(start: np.ndarray) -> np.ndarray:
+    """The distinct onset times (ascending) of notes starting at ``start`` (s): onsets on the same 10-ms step are
+    one onset (a chord's notes rarely start at exactly the same time)."""
+    return np.unique(np.round(np.asarray(start, dtype=np.float64), 2))
+
+
 def note_statistics(notes: np.ndarray) -> np.ndarray:
     """Performance statistics of notes (N, 4), scaled to order one: (len(NOTE_STATISTIC_NAMES),) float64.
 
@@ -126,8 +132,7 @@ def note_statistics(notes: np.ndarray) -> np.ndarray:
         return np.zeros(len(NOTE_STATISTIC_NAMES))
     start, end, pitch, velocity = notes.T
     span = max(float(end.max() - start.min()), 1.0)
-    onsets = np.unique(np.round(start, 2))
-    ioi = np.diff(onsets)
+    ioi = np.diff(distinct_onsets(start))
     return np.array([
         len(notes) / span / 10.0, velocity.mean() / 127.0, velocity.std() / 127.0,
         (pitch.mean() - 60.0) / PITCH_MEAN_SCALE, pitch.std() / 12.0, (pitch.max() - pitch.min()) / 48.0,

@@ -31,15 +31,10 @@ __all__ = ["PITCH_INDICES", "PITCH_MEAN_INDEX", "PITCH_MEAN_SCALE", "SUMMARY_NAM
 def summary_descriptors(*, notes: np.ndarray | None, chroma: np.ndarray | None) -> np.ndarray:
     """A window's summary (SUMMARY_SIZE,) float32: key descriptors from the notes when there are any, else
     from the chromagram; note statistics and texture from the notes (zeros without them)."""
-    have_notes = notes is not None and np.asarray(notes).reshape(-1, 4).shape[0] > 0
-    if have_notes:
+    if notes is not None and np.asarray(notes).reshape(-1, 4).shape[0] > 0:
         histogram = pitch_class_histogram(notes)
-    elif chroma is not None:
-        histogram = chroma_histogram(chroma)
-    else:
-        histogram = np.zeros(12)
-    if have_notes:
         statistics, texture = note_statistics(notes), texture_descriptors(notes)
     else:
+        histogram = chroma_histogram(chroma) if chroma is not None else np.zeros(12)
         statistics, texture = np.zeros(len(NOTE_STATISTIC_NAMES)), np.zeros(len(TEXTURE_NAMES))
     return np.concatenate([key_descriptor(histogram), statistics, texture]).astype(np.float32)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mer.features.key import key_correlations, pitch_class_histogram
+from mer.features.key import distinct_onsets, key_correlations, pitch_class_histogram
 
 TEXTURE_NAMES: tuple[str, ...] = (
     *(f"interval_class_{i}" for i in range(12)),
@@ -36,7 +36,7 @@ TEXTURE_NAMES: tuple[str, ...] = (
 REGISTER_NAMES: tuple[str, ...] = ("bass_mean", "top_mean")
 """The texture descriptors that move with a transposition: one unit per octave, as ``pitch_mean``."""
 
-ONSET_MERGE_S = 0.01  # onsets within 10 ms are one onset, as in mer.features.key.note_statistics
+PROBE_S = 0.005  # what sounds at an onset is read this long after it: a note released there has stopped
 SEGMENT_S = 5.0
 SEGMENT_MIN_NOTES = 4
 LEAP_SEMITONES = 4
@@ -45,8 +45,8 @@ LEAP_SEMITONES = 4
 def _sounding_at_onsets(notes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(onset times (U,), sounding (U, N) bool): which notes sound just after each distinct onset."""
     start, end = notes[:, 0], notes[:, 1]
-    onsets = np.unique(np.round(start / ONSET_MERGE_S) * ONSET_MERGE_S)
-    probe = onsets[:, None] + ONSET_MERGE_S / 2  # just after the onset: a note released there has stopped
+    onsets = distinct_onsets(start)
+    probe = onsets[:, None] + PROBE_S
     return onsets, (start[None, :] <= probe) & (end[None, :] > probe)
 
 
