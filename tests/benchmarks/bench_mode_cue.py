@@ -19,10 +19,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from mer.config import QUADRANTS, FeatureConfig
-from mer.features import extract_features, read_midi
-from mer.features.summary import SUMMARY_NAMES
-from mer.train import emopia_root, load_split
+from mer.features import SUMMARY_NAMES
+from mer.train import emopia_root
 from emit import emit
+from emopia_windows import summary_windows
 
 IS_MINOR, MARGIN = SUMMARY_NAMES.index("is_minor"), SUMMARY_NAMES.index("major_minus_minor")
 POSITIVE_VALENCE = (0, 3)  # Q1 and Q4
@@ -30,16 +30,8 @@ POSITIVE_VALENCE = (0, 3)  # Q1 and Q4
 
 def split_windows(root: Path, split: str, config: FeatureConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(is_minor, margin, clip index) per window with notes, and the clips' quadrants."""
-    minor, margin, clip_of, quadrants = [], [], [], []
-    for index, clip in enumerate(load_split(root, split)):
-        midi = read_midi(clip.midi_path.read_bytes(), name=clip.name)
-        features = extract_features(name=clip.name, midi=midi, audio=None, config=config)
-        quadrants.append(clip.quadrant)
-        summary = features.summary[features.token_lengths > 0]  # the windows with notes, as the model sees them
-        minor.extend(summary[:, IS_MINOR])
-        margin.extend(summary[:, MARGIN])
-        clip_of.extend([index] * summary.shape[0])
-    return np.array(minor), np.array(margin), np.array(clip_of), np.array(quadrants)
+    summary, clip_of, quadrants = summary_windows(root, split, config)
+    return summary[:, IS_MINOR], summary[:, MARGIN], clip_of, quadrants
 
 
 def by_quadrant(minor: np.ndarray, margin: np.ndarray, clip_of: np.ndarray, quadrants: np.ndarray) -> dict:

@@ -20,23 +20,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from mer.config import SUMMARY_KEY_SIZE, SUMMARY_SIZE, FeatureConfig
-from mer.features import extract_features, read_midi
-from mer.train import emopia_root, load_split
+from mer.train import emopia_root
 from mer.train.summary_head import C_GRID
 from emit import emit
+from emopia_windows import summary_windows
 
 
 def split_windows(root: Path, split: str, config: FeatureConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(summary (N, SUMMARY_SIZE), quadrant (N,), clip index (N,)) over the split's windows with notes."""
-    summaries, quadrants, clip_of = [], [], []
-    for index, clip in enumerate(load_split(root, split)):
-        features = extract_features(name=clip.name, midi=read_midi(clip.midi_path.read_bytes(), name=clip.name),
-                                    audio=None, config=config)
-        summary = features.summary[features.token_lengths > 0]  # the windows the head is fitted on and applies to
-        summaries.append(summary)
-        quadrants.extend([clip.quadrant] * len(summary))
-        clip_of.extend([index] * len(summary))
-    return np.concatenate(summaries).astype(np.float64), np.array(quadrants), np.array(clip_of)
+    summary, clip_of, quadrants = summary_windows(root, split, config)  # windows with notes: where the head applies
+    return summary.astype(np.float64), quadrants[clip_of], clip_of
 
 
 def val_accuracy_by_c(train: tuple, val: tuple, width: int) -> dict[str, float]:
