@@ -85,6 +85,9 @@ class ModelConfig:
     # Dropout on the token embeddings and on each Bi-GRU layer's output, in training only: with ~1,250 training
     # windows the branch fits its training set within a few epochs.
     symbolic_dropout: float = 0.0
+    # What the Bi-GRU steps over: "tokens" (one step per MIDI-like token, the paper) or "notes" (one step per note:
+    # pitch, velocity, onset gap and duration read back from the tokens inside the model, mer.model.notes).
+    symbolic_input: str = "tokens"
     # Harmony branch: 3 convolutions with (12, 1) kernels, then 3 with (1, 48) kernels.
     harmony_channels: int = 32  # not fixed by the paper; 32 keeps training within budget on 2 CPU cores
     harmony_time_kernel: int = 48
@@ -121,6 +124,8 @@ class ModelConfig:
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {self.branches!r}")
         if not 0.0 <= self.symbolic_dropout < 1.0:
             raise ValueError(f"symbolic_dropout must be in [0, 1), got {self.symbolic_dropout!r}")
+        if self.symbolic_input not in ("tokens", "notes"):
+            raise ValueError(f"symbolic_input must be 'tokens' or 'notes', got {self.symbolic_input!r}")
         if self.symbolic_pooling not in ("mean", "attention"):
             raise ValueError(f"symbolic_pooling must be 'mean' or 'attention', got {self.symbolic_pooling!r}")
         # Keep the canonical order so attention token i always means the same branch.

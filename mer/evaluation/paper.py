@@ -50,6 +50,9 @@ TRANSPOSED = (("transpose_semitones", 6),)
 """Transposition augmentation of up to 6 semitones: in the default until 2026-12-06, so every row trained before
 then names it (their runs were trained with it)."""
 
+NOTE_STEPS = (("symbolic_input", "notes"), ("symbolic_max_tokens", 0))
+"""One Bi-GRU step per note, over every note of the window (a window's 1,024 tokens are some 250-400 notes)."""
+
 METHODS: tuple[Method, ...] = (
     Method("default", "Default configuration (best on val)", "-", PAPER_FULL, preset="default"),
     Method("default_transpose", "Default with transposition augmentation (±6 semitones; the default until "
@@ -127,6 +130,12 @@ METHODS: tuple[Method, ...] = (
     Method("default_symbolic_texture", "MIDI-only default with texture descriptors in FiLM and the summary head", "-",
            _paper(0.690, 0.833, 0.744), preset="default",
            preset_changes=(("branches", ("symbolic",)), ("summary_texture", True))),
+    # The Bi-GRU over a window's notes instead of its tokens (mer.model.notes), reading the whole window, 2026-12-07.
+    Method("default_notes", "Default with the Bi-GRU over the window's notes (pitch, velocity, onset gap, duration) "
+           "instead of its first 512 tokens", "-", PAPER_FULL, preset="default", preset_changes=NOTE_STEPS),
+    Method("default_symbolic_notes", "MIDI-only default with the Bi-GRU over the window's notes instead of its "
+           "first 512 tokens", "-", _paper(0.690, 0.833, 0.744), preset="default",
+           preset_changes=(("branches", ("symbolic",)), *NOTE_STEPS)),
     Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
     Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
     Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),

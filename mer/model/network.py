@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mer.config import BRANCHES, MerConfig, ModelConfig
+from mer.config import BRANCHES, FeatureConfig, MerConfig, ModelConfig
+from mer.model.notes import PITCHES, TIME_BUCKETS, note_steps, time_bucket
 from mer.model.summary_head import SummaryHead
 
 N_QUADRANTS = 4
@@ -174,6 +175,26 @@ class ResBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class NoteEmbedding(nn.Module):
+    """One vector per note (``symbolic_input="notes"``): the sum of embeddings of its pitch, velocity bin, onset gap
+    and duration (compound words, mer.model.notes). The padding pitch embeds to zero."""
+
+    def __init__(self, features: FeatureConfig, dim: int) -> None:
+        super().__init__()
+        self.features = features
+        self.pitch = nn.Embedding(PITCHES + 1, dim, padding_idx=PITCHES)
+        self.velocity = nn.Embedding(features.velocity_bins, dim)
+        self.onset_gap = nn.Embedding(TIME_BUCKETS, dim)
+        self.duration = nn.Embedding(TIME_BUCKETS, dim)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (N, L), lengths (N,) -> note vectors (N, S, E) and notes per window (N,), each in 1..S."""
+        notes = note_steps(tokens, lengths, config=self.features)
+        x = self.pitch(notes.pitch) + self.velocity(notes.velocity) \
+            + self.onset_gap(time_bucket(notes.onset_gaps())) + self.duration(time_bucket(notes.duration))  # (N, S, E)
+        return x * (notes.pitch < PITCHES).unsqueeze(-1).to(x.dtype), notes.counts
+
+
 class SymbolicEncoder(nn.Module):
     """Melody, rhythm and dynamics from MIDI-like tokens (paper, Sec. III-A, Eqs. 1-3).
 
@@ -184,13 +205,15 @@ class SymbolicEncoder(nn.Module):
     Mean pooling rather than the last states: a window holds ~700 tokens, and the mean gives every step a direct
     gradient and summarises the whole window (note density, velocity spread) instead of its two ends.
     ``symbolic_pooling="attention"`` learns which steps matter instead (:class:`AttentionPooling`).
+    ``symbolic_input="notes"`` steps over the window's notes instead of its tokens (:class:`NoteEmbedding`).
     """
 
     def __init__(self, config: MerConfig) -> None:
         super().__init__()
         model = config.model
         vocab = config.features.vocab_size
-        self.embedding = nn.Embedding(vocab, model.token_embedding, padding_idx=vocab - 1)
+        self.notes = NoteEmbedding(config.features, model.token_embedding) if model.symbolic_input == "notes" else None
+        self.embedding = None if self.notes else nn.Embedding(vocab, model.token_embedding, padding_idx=vocab - 1)
         sizes = [model.token_embedding] + [2 * model.gru_hidden] * (model.gru_layers - 1)
         self.layers = nn.ModuleList(BiGRULayer(size, model.gru_hidden) for size in sizes)
         self.out_features = 2 * model.gru_hidden
@@ -203,7 +226,11 @@ class SymbolicEncoder(nn.Module):
         if self.max_tokens:  # read only the window's beginning (a cheaper GRU; the features stay the same)
             lengths = lengths.clamp(max=self.max_tokens)
         tokens = tokens[:, : int(lengths.max())]  # (N, L'): padding past the longest sequence is never computed
-        x = self.dropout(self.embedding(tokens))  # (N, L', E)
+        if self.notes is not None:
+            x, lengths = self.notes(tokens, lengths)  # (N, S, E), notes per window: the steps from here on
+            x = self.dropout(x)
+        else:
+            x = self.dropout(self.embedding(tokens))  # (N, L', E)
         for layer in self.layers:
             x = self.dropout(layer(x, lengths))  # (N, L', 2H)
         valid = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)  # (N, L')

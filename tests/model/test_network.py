@@ -151,8 +151,9 @@ def test_item_without_any_built_branch_raises(rng):
         build()(**batch)
 
 
-def test_batch_items_are_independent(rng):
-    model = build().eval()  # eval: BatchNorm uses running statistics, not the batch's
+@pytest.mark.parametrize("symbolic_input", ["tokens", "notes"])
+def test_batch_items_are_independent(rng, symbolic_input):
+    model = build(tiny(symbolic_input=symbolic_input)).eval()  # eval: BatchNorm uses running statistics, not the batch's
     batch = make_batch(rng)
     batch["chroma"].requires_grad_(True)
     batch["mfcc"].requires_grad_(True)
@@ -170,8 +171,9 @@ def test_batch_items_are_independent(rng):
     torch.testing.assert_close(changed.quadrant_logits[1:], out.quadrant_logits[1:], rtol=0, atol=1e-6)
 
 
-def test_padding_tokens_do_not_change_the_output(rng):
-    model = build(tiny(branches=("symbolic",))).eval()
+@pytest.mark.parametrize("symbolic_input", ["tokens", "notes"])
+def test_padding_tokens_do_not_change_the_output(rng, symbolic_input):
+    model = build(tiny(branches=("symbolic",), symbolic_input=symbolic_input)).eval()
     batch = make_batch(rng)
     batch["token_lengths"] = torch.tensor([10, 64, 33, 1])
     reference = model(**batch).quadrant_logits
@@ -271,8 +273,9 @@ def test_absent_modality_gets_no_gradient_and_changes_nothing(rng, absent):
     torch.testing.assert_close(again.quadrant_logits, out.quadrant_logits, rtol=0, atol=1e-6)
 
 
-def test_loss_falls_when_overfitting_one_batch(rng):
-    model = build().train()
+@pytest.mark.parametrize("symbolic_input", ["tokens", "notes"])
+def test_loss_falls_when_overfitting_one_batch(rng, symbolic_input):
+    model = build(tiny(symbolic_input=symbolic_input)).train()
     batch = make_batch(rng, batch=8)
     quadrant = torch.arange(8) % 4
     va = torch.stack([(quadrant <= 1).float(), (quadrant % 3 == 0).float()], dim=1)  # Q1, Q2 high arousal...
