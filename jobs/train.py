@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="FiLM and the summary head read the texture descriptors too (intervals sounding "
                              "together, register, the top line, the mode segment by segment, rhythm; default: "
                              "the preset's)")
+    parser.add_argument("--symbolic-input", choices=("tokens", "notes"), default=None,
+                        help="the Bi-GRU steps over MIDI-like tokens or over the window's notes (pitch, velocity, "
+                             "onset gap, duration; default: the preset's, tokens in both)")
+    parser.add_argument("--symbolic-max-tokens", type=int, default=None, metavar="N",
+                        help="the symbolic branch reads a window's first N tokens (0: all; default: the preset's)")
     parser.add_argument("--transpose-semitones", type=int, default=None, metavar="N",
                         help="move each training window by a random k in [-N, N] semitones (0: off; default: the "
                              "preset's, off in both)")
@@ -103,7 +108,8 @@ def build_config(args: argparse.Namespace) -> MerConfig:
     for soundfont in given["extra_soundfonts"] or ():
         if not os.path.isfile(soundfont):
             raise ValueError(f"--extra-soundfont {soundfont}: no such file")
-    model_given = {"mfcc_mean_norm": args.mfcc_mean_norm, "summary_texture": args.summary_texture}
+    model_given = {"mfcc_mean_norm": args.mfcc_mean_norm, "summary_texture": args.summary_texture,
+                   "symbolic_input": args.symbolic_input, "symbolic_max_tokens": args.symbolic_max_tokens}
     return dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, branches=branches, use_attention=not args.no_attention,

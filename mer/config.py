@@ -124,6 +124,8 @@ class ModelConfig:
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {self.branches!r}")
         if not 0.0 <= self.symbolic_dropout < 1.0:
             raise ValueError(f"symbolic_dropout must be in [0, 1), got {self.symbolic_dropout!r}")
+        if self.symbolic_max_tokens < 0:
+            raise ValueError(f"symbolic_max_tokens must be >= 0 (0: all tokens), got {self.symbolic_max_tokens!r}")
         if self.symbolic_input not in ("tokens", "notes"):
             raise ValueError(f"symbolic_input must be 'tokens' or 'notes', got {self.symbolic_input!r}")
         if self.symbolic_pooling not in ("mean", "attention"):

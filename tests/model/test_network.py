@@ -204,6 +204,13 @@ def test_symbolic_dropout_acts_in_training_only(rng):
         tiny(symbolic_dropout=1.0)
 
 
+def test_an_unknown_symbolic_input_or_a_negative_token_cap_is_refused_by_name():
+    with pytest.raises(ValueError, match="symbolic_input must be 'tokens' or 'notes', got 'chords'"):
+        tiny(symbolic_input="chords")
+    with pytest.raises(ValueError, match="symbolic_max_tokens must be >= 0"):
+        tiny(symbolic_max_tokens=-1)
+
+
 def test_harmony_branch_does_not_depend_on_the_key(rng):
     # Pitch-class rows wrap (circular padding) and are max-pooled: a transposed piece gives the same feature.
     encoder = build(tiny(branches=("harmony",))).encoders["harmony"]

@@ -43,6 +43,15 @@ def test_the_texture_flag_turns_the_wider_summary_on_and_off_and_only_that() -> 
         assert config.training == plain.training and config.features == plain.features
 
 
+def test_the_symbolic_input_flags_reach_the_model_and_only_it() -> None:
+    job = train_job()
+    plain = job.build_config(job.parse_args([]))
+    notes = job.build_config(job.parse_args(["--symbolic-input", "notes", "--symbolic-max-tokens", "0"]))
+    assert notes.model == dataclasses.replace(plain.model, symbolic_input="notes", symbolic_max_tokens=0)
+    assert notes.training == plain.training and notes.features == plain.features
+    assert plain.model.symbolic_input == "tokens" and plain.model.symbolic_max_tokens == 512
+
+
 def test_training_flags_reach_the_config_and_default_to_the_presets() -> None:
     job = train_job()
     for name in ("default", "paper"):
