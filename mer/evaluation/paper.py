@@ -51,7 +51,7 @@ TRANSPOSED = (("transpose_semitones", 6),)
 then names it (their runs were trained with it)."""
 
 NOTE_STEPS = (("symbolic_input", "notes"), ("symbolic_max_tokens", 0))
-"""One Bi-GRU step per note, over every note of the window (a window's 1,024 tokens are some 250-400 notes)."""
+"""One Bi-GRU step per note, over every note of the window (EMOPIA's windows: median 134 notes, at most 319)."""
 
 METHODS: tuple[Method, ...] = (
     Method("default", "Default configuration (best on val)", "-", PAPER_FULL, preset="default"),

@@ -5,7 +5,8 @@ four steps (velocity, note-on, time shifts, note-off), and the step that says a 
 it lasts or how loud it is: the recurrence has to carry that. With ``ModelConfig.symbolic_input = "notes"`` the
 encoder first turns each window's tokens into its notes — pitch, velocity bin, the time since the previous note's
 onset, the duration — and reads one step per note (compound words, after Hsiao et al. 2021 and EMOPIA's CP
-representation), so a window's 1,024 tokens are some 250-400 steps and the whole window is read.
+representation). On EMOPIA's 1,737 windows (median 520 tokens, 16 % at the cap of 1,024) that is a median of 134
+steps and at most 319, so the Bi-GRU reads the whole window in fewer steps than the default's first 512 tokens.
 
 Batched torch only (no Python loop over notes), so it runs where the model runs, GPUs included, and every path that
 feeds the model tokens (training, evaluation, tagging) needs no change. The decoding rules are
