@@ -1,6 +1,7 @@
 """int8 CPU inference: close to float32 on real EMOPIA windows, and the float32 model is left as it was."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,18 @@ def emopia_windows(emopia: Path) -> dict[str, np.ndarray]:
     return stack_rows([row for item in items for row in item.window_rows()])
 
 
-@pytest.mark.parametrize("name", ["default", "paper"])
+def notes_config():
+    """The default with its Bi-GRU over notes (mer.model.notes): embeddings stay float, the GRU goes int8."""
+    default = preset("default")
+    return dataclasses.replace(default, model=dataclasses.replace(default.model, symbolic_input="notes",
+                                                                  symbolic_max_tokens=0))
+
+
+@pytest.mark.parametrize("name", ["default", "paper", "notes"])
 def test_int8_probabilities_stay_close_to_float32_and_the_float_model_is_untouched(
         name: str, emopia_windows: dict[str, np.ndarray]) -> None:
     torch.manual_seed(0)
-    model = MerModel(preset(name)).eval()
+    model = MerModel(notes_config() if name == "notes" else preset(name)).eval()
     model.quadrant_temperature = 0.8  # a calibrated model's temperature travels with its int8 copy
     before = predict_windows(model, emopia_windows, device="cpu")
 
