@@ -136,6 +136,12 @@ METHODS: tuple[Method, ...] = (
     Method("default_symbolic_notes", "MIDI-only default with the Bi-GRU over the window's notes instead of its "
            "first 512 tokens", "-", _paper(0.690, 0.833, 0.744), preset="default",
            preset_changes=(("branches", ("symbolic",)), *NOTE_STEPS)),
+    Method("default_symbolic_notes_transpose", "MIDI-only default over notes, with transposition augmentation "
+           "(±6 semitones)", "-", _paper(0.690, 0.833, 0.744), preset="default",
+           preset_changes=(("branches", ("symbolic",)), *NOTE_STEPS), training_changes=TRANSPOSED),
+    Method("default_symbolic_notes_dropout", "MIDI-only default over notes, with dropout 0.3 on the note "
+           "embeddings and the Bi-GRU layers' outputs", "-", _paper(0.690, 0.833, 0.744), preset="default",
+           preset_changes=(("branches", ("symbolic",)), *NOTE_STEPS, ("symbolic_dropout", 0.3))),
     Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
     Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
     Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),
