@@ -88,6 +88,8 @@ class ModelConfig:
     # What the Bi-GRU steps over: "tokens" (one step per MIDI-like token, the paper) or "notes" (one step per note:
     # pitch, velocity, onset gap and duration read back from the tokens inside the model, mer.model.notes).
     symbolic_input: str = "tokens"
+    # With "notes": each note also embeds the interval from the previous note (key-invariant melody and voicing).
+    note_intervals: bool = False
     # Harmony branch: 3 convolutions with (12, 1) kernels, then 3 with (1, 48) kernels.
     harmony_channels: int = 32  # not fixed by the paper; 32 keeps training within budget on 2 CPU cores
     harmony_time_kernel: int = 48
@@ -128,6 +130,8 @@ class ModelConfig:
             raise ValueError(f"symbolic_max_tokens must be >= 0 (0: all tokens), got {self.symbolic_max_tokens!r}")
         if self.symbolic_input not in ("tokens", "notes"):
             raise ValueError(f"symbolic_input must be 'tokens' or 'notes', got {self.symbolic_input!r}")
+        if self.note_intervals and self.symbolic_input != "notes":
+            raise ValueError("note_intervals needs symbolic_input='notes'")
         if self.symbolic_pooling not in ("mean", "attention"):
             raise ValueError(f"symbolic_pooling must be 'mean' or 'attention', got {self.symbolic_pooling!r}")
         # Keep the canonical order so attention token i always means the same branch.

@@ -139,6 +139,9 @@ METHODS: tuple[Method, ...] = (
     Method("default_symbolic_notes_transpose", "MIDI-only default over notes, with transposition augmentation "
            "(±6 semitones)", "-", _paper(0.690, 0.833, 0.744), preset="default",
            preset_changes=(("branches", ("symbolic",)), *NOTE_STEPS), training_changes=TRANSPOSED),
+    Method("default_symbolic_notes_intervals", "MIDI-only default over notes, each note also embedding the interval "
+           "from the previous note", "-", _paper(0.690, 0.833, 0.744), preset="default",
+           preset_changes=(("branches", ("symbolic",)), *NOTE_STEPS, ("note_intervals", True))),
     Method("default_symbolic_notes_dropout", "MIDI-only default over notes, with dropout 0.3 on the note "
            "embeddings and the Bi-GRU layers' outputs", "-", _paper(0.690, 0.833, 0.744), preset="default",
            preset_changes=(("branches", ("symbolic",)), *NOTE_STEPS, ("symbolic_dropout", 0.3))),

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mer.config import BRANCHES, FeatureConfig, MerConfig, ModelConfig
-from mer.model.notes import PITCHES, TIME_BUCKETS, note_steps, time_bucket
+from mer.model.notes import MAX_INTERVAL, PITCHES, TIME_BUCKETS, note_steps, time_bucket
 from mer.model.summary_head import SummaryHead
 
 N_QUADRANTS = 4
@@ -177,21 +177,25 @@ class ResBlock(nn.Module):
 
 class NoteEmbedding(nn.Module):
     """One vector per note (``symbolic_input="notes"``): the sum of embeddings of its pitch, velocity bin, onset gap
-    and duration (compound words, mer.model.notes). The padding pitch embeds to zero."""
+    and duration (compound words, mer.model.notes), and with ``intervals`` of the interval from the previous note.
+    Padding steps embed to zero."""
 
-    def __init__(self, features: FeatureConfig, dim: int) -> None:
+    def __init__(self, features: FeatureConfig, dim: int, *, intervals: bool = False) -> None:
         super().__init__()
         self.features = features
         self.pitch = nn.Embedding(PITCHES + 1, dim, padding_idx=PITCHES)
         self.velocity = nn.Embedding(features.velocity_bins, dim)
         self.onset_gap = nn.Embedding(TIME_BUCKETS, dim)
         self.duration = nn.Embedding(TIME_BUCKETS, dim)
+        self.interval = nn.Embedding(2 * MAX_INTERVAL + 2, dim) if intervals else None
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (N, L), lengths (N,) -> note vectors (N, S, E) and notes per window (N,), each in 1..S."""
         notes = note_steps(tokens, lengths, config=self.features)
         x = self.pitch(notes.pitch) + self.velocity(notes.velocity) \
             + self.onset_gap(time_bucket(notes.onset_gaps())) + self.duration(time_bucket(notes.duration))  # (N, S, E)
+        if self.interval is not None:
+            x = x + self.interval(notes.intervals())  # (N, S, E)
         return x * (notes.pitch < PITCHES).unsqueeze(-1).to(x.dtype), notes.counts
 
 
@@ -212,7 +216,8 @@ class SymbolicEncoder(nn.Module):
         super().__init__()
         model = config.model
         vocab = config.features.vocab_size
-        self.notes = NoteEmbedding(config.features, model.token_embedding) if model.symbolic_input == "notes" else None
+        self.notes = NoteEmbedding(config.features, model.token_embedding, intervals=model.note_intervals) \
+            if model.symbolic_input == "notes" else None
         self.embedding = None if self.notes else nn.Embedding(vocab, model.token_embedding, padding_idx=vocab - 1)
         sizes = [model.token_embedding] + [2 * model.gru_hidden] * (model.gru_layers - 1)
         self.layers = nn.ModuleList(BiGRULayer(size, model.gru_hidden) for size in sizes)

@@ -26,6 +26,8 @@ from mer.config import FeatureConfig
 NOTE_OFF = 128
 TIME_SHIFT = 256
 PITCHES = 128
+MAX_INTERVAL = 24
+"""Intervals between consecutive notes are capped at two octaves either way (:meth:`NoteSteps.intervals`)."""
 TIME_BUCKETS = 48
 """Onset gaps and durations (in time steps of 10 ms) become ``round(4 log2(1 + steps))``, capped at 47: a quarter
 octave of resolution, from one step to some 40 s."""
@@ -50,6 +52,13 @@ class NoteSteps:
         """(N, S) time steps since the previous note's onset (the first note's: since the window's start)."""
         previous = torch.cat([torch.zeros_like(self.onset[:, :1]), self.onset[:, :-1]], dim=1)
         return (self.onset - previous) * (self.pitch < PITCHES)
+
+    def intervals(self) -> torch.Tensor:
+        """(N, S) the semitones from the previous note's pitch, capped at ±MAX_INTERVAL and moved to
+        0..2 MAX_INTERVAL; the first note and padding get 2 MAX_INTERVAL + 1. Unchanged by transposition."""
+        previous = torch.cat([torch.full_like(self.pitch[:, :1], PITCHES), self.pitch[:, :-1]], dim=1)
+        steps = (self.pitch - previous).clamp(-MAX_INTERVAL, MAX_INTERVAL) + MAX_INTERVAL
+        return torch.where((self.pitch < PITCHES) & (previous < PITCHES), steps, 2 * MAX_INTERVAL + 1)
 
 
 def time_bucket(steps: torch.Tensor) -> torch.Tensor:

@@ -171,9 +171,10 @@ def test_batch_items_are_independent(rng, symbolic_input):
     torch.testing.assert_close(changed.quadrant_logits[1:], out.quadrant_logits[1:], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("symbolic_input", ["tokens", "notes"])
+@pytest.mark.parametrize("symbolic_input", ["tokens", "notes", "notes+intervals"])
 def test_padding_tokens_do_not_change_the_output(rng, symbolic_input):
-    model = build(tiny(branches=("symbolic",), symbolic_input=symbolic_input)).eval()
+    form, _, intervals = symbolic_input.partition("+")
+    model = build(tiny(branches=("symbolic",), symbolic_input=form, note_intervals=bool(intervals))).eval()
     batch = make_batch(rng)
     batch["token_lengths"] = torch.tensor([10, 64, 33, 1])
     reference = model(**batch).quadrant_logits
@@ -207,6 +208,8 @@ def test_symbolic_dropout_acts_in_training_only(rng):
 def test_an_unknown_symbolic_input_or_a_negative_token_cap_is_refused_by_name():
     with pytest.raises(ValueError, match="symbolic_input must be 'tokens' or 'notes', got 'chords'"):
         tiny(symbolic_input="chords")
+    with pytest.raises(ValueError, match="note_intervals needs symbolic_input='notes'"):
+        tiny(note_intervals=True)
     with pytest.raises(ValueError, match="symbolic_max_tokens must be >= 0"):
         tiny(symbolic_max_tokens=-1)
 

@@ -8,7 +8,7 @@ import torch
 from mer.config import FeatureConfig
 from mer.features import midi_like_tokens, notes_from_tokens, pad_id
 from mer.features.tokens import velocity_bin
-from mer.model.notes import PITCHES, TIME_BUCKETS, note_steps, time_bucket
+from mer.model.notes import MAX_INTERVAL, PITCHES, TIME_BUCKETS, note_steps, time_bucket
 
 CONFIG = FeatureConfig()
 
@@ -83,6 +83,14 @@ def test_transposed_tokens_move_only_the_pitches():
     assert torch.equal(steps.pitch[1], steps.pitch[0] + 5)
     for field in ("velocity", "onset", "duration"):
         assert torch.equal(getattr(steps, field)[0], getattr(steps, field)[1]), field
+    assert torch.equal(steps.intervals()[0], steps.intervals()[1])  # intervals do not know the key
+
+
+def test_intervals_are_the_steps_between_consecutive_notes_capped_at_two_octaves():
+    notes = np.array([[0.0, 0.5, 60, 80], [0.5, 1.0, 64, 80], [1.0, 1.5, 62, 80], [1.5, 2.0, 100, 80]])
+    tokens, lengths = padded([midi_like_tokens(notes, config=CONFIG)])
+    intervals = note_steps(tokens, lengths, config=CONFIG).intervals()[0] - MAX_INTERVAL
+    assert intervals.tolist() == [MAX_INTERVAL + 1, 4, -2, MAX_INTERVAL]  # the first note has none
 
 
 def test_windows_without_notes_are_one_padding_step():
