@@ -31,11 +31,12 @@ def _fold_block(block: nn.Module) -> None:
         block.shortcut = nn.Sequential(fuse_conv_bn_eval(block.shortcut[0], block.shortcut[1]))
 
 
-def fold_for_inference(model: nn.Module) -> nn.Module:
+def fold_for_inference(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """A copy of ``model`` (a :class:`MerModel`, or an ensemble of them) in eval mode with every conv block's
     BatchNorm folded into its convolution and each harmony branch in channels-last order; ``model`` itself is
-    unchanged. Attributes set on the model (its config, the calibration temperature) are kept."""
-    folded = copy.deepcopy(model).eval()
+    unchanged (with ``inplace``: ``model`` itself, converted, for a caller that holds no other reference).
+    Attributes set on the model (its config, the calibration temperature) are kept."""
+    folded = (model if inplace else copy.deepcopy(model)).eval()
     for module in list(folded.modules()):
         _fold_block(module)
         if isinstance(module, MerModel) and "harmony" in module.encoders:

@@ -92,14 +92,17 @@ class EmotionPredictor:
         else:
             artifact = load_artifact(model, storage=storage, device=self.device, endpoint_url=endpoint_url)
         self.artifact = artifact
-        # BatchNorm folded into the convolutions, the harmony CNN channels-last: the same labels, less work.
+        # BatchNorm folded into the convolutions, the harmony CNN channels-last: the same labels, less work. A model
+        # loaded here has no other holder, so it is converted in place rather than copied once per step; a
+        # caller's Artifact keeps its model as it was.
+        loaded_here = not isinstance(model, Artifact)
         self.model = artifact.model.to(self.device).eval()
         if fold:
-            self.model = fold_for_inference(self.model)
+            self.model = fold_for_inference(self.model, inplace=loaded_here)
         self.int8 = False
         if int8 and self.device.type == "cpu":
             try:
-                self.model = quantize_int8(self.model)
+                self.model = quantize_int8(self.model, inplace=loaded_here or fold)
                 self.int8 = True
             except Int8Unavailable as error:
                 warnings.warn(f"int8 inference unavailable, running float32: {error}", RuntimeWarning, stacklevel=2)

@@ -25,10 +25,10 @@ class Int8Unavailable(RuntimeError):
     kernels for this CPU)."""
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+def quantize_int8(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """A copy of ``model`` (a CPU model, put in eval mode) whose GRU and linear layers hold int8 weights; the
-    original keeps its float32 weights. Attributes set on the model (the calibration temperature, its config)
-    are kept.
+    original keeps its float32 weights (with ``inplace``: ``model`` itself, converted). Attributes set on the
+    model (the calibration temperature, its config) are kept.
 
     Raises:
         Int8Unavailable: this torch cannot do it.
@@ -43,4 +43,4 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*are deprecated.*")
-        return quantize_dynamic(model.eval(), {nn.GRU, nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(model.eval(), {nn.GRU, nn.Linear}, dtype=torch.qint8, inplace=inplace)

@@ -1,7 +1,6 @@
 """Prediction: the model on window batches, windows merged into pieces, per-clip accuracies as the paper scores them."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -78,6 +77,27 @@ def test_emotion_predictor_drops_feature_arrays(rng: np.random.Generator) -> Non
     assert {"tokens", "chroma", "mfcc"}.isdisjoint(out)
     assert out["quadrant_probs"].shape == (4, 4)
     assert list(out["window_index"]) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_predictor_loading_its_own_model_labels_as_one_given_the_model_and_leaves_a_callers_model_alone(
+        rng: np.random.Generator, tmp_path, int8: bool) -> None:
+    from mer.model.artifact import Artifact, save_artifact
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = MerModel(config).eval()
+    version = save_artifact(model.state_dict(), config=config, storage=str(tmp_path), meta={})
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    given = EmotionPredictor.from_artifact(Artifact(model=model, config=config, meta={"version": version},
+                                                    url="memory"), device="cpu", int8=int8)
+    loaded = EmotionPredictor.from_artifact(version, storage=str(tmp_path), device="cpu", int8=int8)
+    batch = random_batch(config, rng, 6)
+    np.testing.assert_allclose(loaded(batch)["quadrant_probs"], given(batch)["quadrant_probs"], atol=1e-6)
+    # The caller's model is still the float model it trained: not folded, not quantised.
+    assert model.state_dict().keys() == before.keys()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
 
 
 def window_predictions() -> dict[str, np.ndarray]:
