@@ -43,12 +43,17 @@ def window_batches(clips: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]
     return windows, length_buckets(windows["token_lengths"], rows, 16)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def inference_bench_args(doc: str) -> argparse.Namespace:
+    """The flags of a CPU inference A/B over EMOPIA's test windows: ``--clips``, ``--rounds``, ``--out``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=86)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = inference_bench_args(__doc__)
 
     from mer.config import preset
     from mer.model import MerModel, fold_for_inference, predict_windows, quantize_int8

@@ -12,7 +12,6 @@ steps per window under each form. Prints one JSON object. Not collected by pytes
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
@@ -25,16 +24,12 @@ import torch
 from emit import emit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared tiny helpers
-from bench_folding import window_batches  # noqa: E402
+from bench_folding import inference_bench_args, window_batches  # noqa: E402
 from tiny import trained_like  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=86)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = inference_bench_args(__doc__)
 
     from mer.config import preset
     from mer.model import MerModel, fold_for_inference, predict_windows, quantize_int8
