@@ -94,7 +94,6 @@ def note_steps(tokens: torch.Tensor, lengths: torch.Tensor, *, config: FeatureCo
                            default_bin)  # (N, L)
 
     # Durations, first in first out per pitch: the k-th note-on of a pitch ends at the k-th note-off of that pitch.
-    is_event = is_on | is_off
     pitch = torch.where(is_on, tokens, torch.where(is_off, tokens - NOTE_OFF, PITCHES))  # (N, L); PITCHES: no event
     by_pitch = torch.argsort(pitch * length + position, dim=1)  # (N, L): events grouped by pitch, in time order
     sorted_pitch, sorted_on, sorted_off = (x.gather(1, by_pitch) for x in (pitch, is_on.long(), is_off.long()))
