@@ -218,7 +218,8 @@ class SymbolicEncoder(nn.Module):
         vocab = config.features.vocab_size
         self.notes = NoteEmbedding(config.features, model.token_embedding, intervals=model.note_intervals) \
             if model.symbolic_input == "notes" else None
-        self.embedding = None if self.notes is not None else nn.Embedding(vocab, model.token_embedding, padding_idx=vocab - 1)
+        self.embedding = None if self.notes is not None else \
+            nn.Embedding(vocab, model.token_embedding, padding_idx=vocab - 1)
         sizes = [model.token_embedding] + [2 * model.gru_hidden] * (model.gru_layers - 1)
         self.layers = nn.ModuleList(BiGRULayer(size, model.gru_hidden) for size in sizes)
         self.out_features = 2 * model.gru_hidden
