@@ -68,7 +68,7 @@ def test_rows_say_whether_int8_ran_and_a_torch_without_it_says_float32(model, wi
     assert WindowPredictor(model, int8=True, num_threads=1)(batch)["int8"].all()
     assert not WindowPredictor(model, int8=False, num_threads=1)(batch)["int8"].any()
 
-    def no_int8_kernels(model):  # what quantize_int8 raises where torch.backends.quantized.engine is "none"
+    def no_int8_kernels(model, **options):  # what quantize_int8 raises where torch.backends.quantized.engine is "none"
         raise Int8Unavailable("no quantised kernels for this CPU")
 
     monkeypatch.setattr("mer.model.inference.quantize_int8", no_int8_kernels)
