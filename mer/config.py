@@ -29,6 +29,15 @@ SUMMARY_KEY_SIZE: int = 25
 ``ModelConfig.summary_texture`` reads (every model trained before 2026-12-07)."""
 
 
+NOTE_ON: int = 0
+"""MIDI-like token ids (mer.features.tokens): note-on of pitch p is ``NOTE_ON + p``."""
+NOTE_OFF: int = 128
+"""Note-off of pitch p is ``NOTE_OFF + p``."""
+TIME_SHIFT: int = 256
+"""A shift of k steps (1 <= k <= max_shift_steps) is ``TIME_SHIFT + k - 1``; the velocity bins follow the shifts,
+then the padding id. Here, not in the feature code, so the model can read tokens without the feature libraries."""
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """How a piece becomes model input: tokens, rendered audio, chromagram, MFCCs, windows.
@@ -67,7 +76,7 @@ class FeatureConfig:
     @property
     def vocab_size(self) -> int:
         """Token vocabulary including the padding token (the last id)."""
-        return 128 + 128 + self.max_shift_steps + self.velocity_bins + 1
+        return TIME_SHIFT + self.max_shift_steps + self.velocity_bins + 1
 
 
 @dataclass(frozen=True)

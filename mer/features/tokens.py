@@ -23,14 +23,7 @@ from collections import deque
 
 import numpy as np
 
-from mer.config import FeatureConfig
-
-NOTE_ON = 0
-"""Id of note-on of pitch 0; note-on of pitch p is ``NOTE_ON + p``."""
-NOTE_OFF = 128
-"""Id of note-off of pitch 0; note-off of pitch p is ``NOTE_OFF + p``."""
-TIME_SHIFT = 256
-"""Id of a shift of one step; a shift of k steps (1 <= k <= max_shift_steps) is ``TIME_SHIFT + k - 1``."""
+from mer.config import NOTE_OFF, NOTE_ON, TIME_SHIFT, FeatureConfig  # noqa: F401 — the id layout, re-exported
 
 DEFAULT_VELOCITY = 64
 """Velocity given by :func:`notes_from_tokens` to note-ons that come before any velocity token (its bin's

@@ -19,12 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mer.config import FeatureConfig
+from mer.config import NOTE_OFF, TIME_SHIFT, FeatureConfig
 
-# Token ids as mer.features.tokens lays them out (note-on p = p, note-off p = 128 + p, a shift of k steps = 256 + k
-# - 1, then the velocity bins); not imported from there, because the model runs where librosa is not installed.
-NOTE_OFF = 128
-TIME_SHIFT = 256
 PITCHES = 128
 MAX_INTERVAL = 24
 """Intervals between consecutive notes are capped at two octaves either way (:meth:`NoteSteps.intervals`)."""
@@ -89,7 +85,7 @@ def note_steps(tokens: torch.Tensor, lengths: torch.Tensor, *, config: FeatureCo
 
     # Velocity: the bin of the last velocity token at or before each token (the default velocity's before any).
     last_velocity = torch.cummax(torch.where(is_velocity, position, -1), dim=1).values  # (N, L)
-    default_bin = 64 * config.velocity_bins // 128
+    default_bin = 64 * config.velocity_bins // 128  # mer.features.tokens.DEFAULT_VELOCITY's bin, as the decoder
     velocity = torch.where(last_velocity >= 0, tokens.gather(1, last_velocity.clamp(min=0)) - velocity_offset,
                            default_bin)  # (N, L)
 

@@ -93,6 +93,13 @@ def test_intervals_are_the_steps_between_consecutive_notes_capped_at_two_octaves
     assert intervals.tolist() == [MAX_INTERVAL + 1, 4, -2, MAX_INTERVAL]  # the first note has none
 
 
+def test_a_note_before_any_velocity_token_has_the_decoders_default_velocity():
+    on_shift_off = np.array([60, 256 + 9, 128 + 60])  # a window cut from a longer sequence may start so
+    tokens, lengths = padded([on_shift_off])
+    np.testing.assert_array_equal(model_rows(note_steps(tokens, lengths, config=CONFIG), 0),
+                                  decoded_rows(on_shift_off))
+
+
 def test_windows_without_notes_are_one_padding_step():
     only_offs_and_shifts = np.array([128 + 60, 256 + 10, 256 + CONFIG.max_shift_steps + 3])
     tokens, lengths = padded([only_offs_and_shifts, np.zeros(0, np.int64)], extra=2)
