@@ -21,7 +21,8 @@ from mer.features.transpose import (
 __all__ = [
     "PITCH_CLASS_NAMES", "RENDERED_KEYS", "SUMMARY_NAMES", "SUMMARY_SIZE", "DecodedAudio", "FeatureCache",
     "ItemFeatures", "Key", "check_audio", "chromagram", "crop_batch", "decode_audio", "distinct_onsets",
-    "estimate_key", "extract_features", "key_correlations", "loaded_soundfont", "mfcc", "midi_like_tokens", "notes_from_tokens", "open_audio", "pad_id",
+    "estimate_key", "extract_features", "key_correlations", "loaded_soundfont", "mfcc", "midi_like_tokens",
+    "notes_from_tokens", "open_audio", "pad_id",
     "peak_normalise", "piano_notes", "pitch_class_histogram", "read_midi", "render_audio", "rendered_shifts",
     "rendered_slot", "roll_chroma", "soundfont_path", "spectral_features", "summary_descriptors", "token_dtype",
     "transpose_batch", "transpose_midi", "window_starts",

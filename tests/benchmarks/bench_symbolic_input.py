@@ -32,6 +32,7 @@ def main() -> int:
     args = inference_bench_args(__doc__)
 
     from mer.config import preset
+    from mer.evaluation.paper import NOTE_STEPS
     from mer.model import MerModel, fold_for_inference, predict_windows, quantize_int8
     from mer.model.notes import note_steps
 
@@ -58,8 +59,7 @@ def main() -> int:
     for branches in (("symbolic",), default.model.branches):
         forms = {
             "tokens": dataclasses.replace(default.model, branches=branches),
-            "notes": dataclasses.replace(default.model, branches=branches, symbolic_input="notes",
-                                         symbolic_max_tokens=0),
+            "notes": dataclasses.replace(default.model, branches=branches, **dict(NOTE_STEPS)),
         }
         sides = {}
         for form, model_config in forms.items():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mer.config import preset
+from mer.evaluation.paper import NOTE_STEPS
 from mer.model import EmotionPredictor, MerEnsemble, MerModel, predict_windows, quantize_int8
 from mer.model.artifact import Artifact
 from mer.train.dataset import clip_features, stack_rows
@@ -29,8 +30,7 @@ def emopia_windows(emopia: Path) -> dict[str, np.ndarray]:
 def notes_config():
     """The default with its Bi-GRU over notes (mer.model.notes): embeddings stay float, the GRU goes int8."""
     default = preset("default")
-    return dataclasses.replace(default, model=dataclasses.replace(default.model, symbolic_input="notes",
-                                                                  symbolic_max_tokens=0))
+    return dataclasses.replace(default, model=dataclasses.replace(default.model, **dict(NOTE_STEPS)))
 
 
 @pytest.mark.parametrize("name", ["default", "paper", "notes"])
