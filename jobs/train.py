@@ -85,6 +85,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--va-loss-weight", type=float, default=None, metavar="W",
                         help="weight of the arousal/valence losses beside the 4Q loss (0: 4Q only; default: the "
                              "preset's, 1 in both)")
+    parser.add_argument("--checkpoint", choices=("best_val", "last"), default=None,
+                        help="the epoch that becomes the model: the best on val 4Q or the last (default: the "
+                             "preset's, best_val in both)")
+    parser.add_argument("--fit-on", choices=("train", "train+val"), default=None,
+                        help="refit a configuration chosen on val on train + val: needs --checkpoint last, "
+                             "--temperature and, with a summary head, --summary-c and --summary-blend, taken from "
+                             "runs on train alone (default: train)")
+    parser.add_argument("--summary-c", type=float, default=None, metavar="C",
+                        help="the summary head's regression strength (default: chosen on val)")
+    parser.add_argument("--summary-blend", type=float, default=None, metavar="W",
+                        help="the summary head's blend weight in [0, 1] (default: chosen on val)")
+    parser.add_argument("--temperature", type=float, default=None, metavar="T",
+                        help="the quadrant probabilities' calibration temperature (default: fitted on val)")
     parser.add_argument("--subset", type=int, default=None, help="train on N clips (quick runs)")
     parser.add_argument("--run-name", default=None, help="run folder name (default: from config and data)")
     parser.add_argument("--resume", dest="resume", action="store_true", default=True,
@@ -102,7 +115,8 @@ def build_config(args: argparse.Namespace) -> MerConfig:
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
              "transpose_semitones": args.transpose_semitones, "weight_average_decay": args.weight_average_decay,
              "label_smoothing": args.label_smoothing, "transpose_audio": args.transpose_audio,
-             "va_loss_weight": args.va_loss_weight,
+             "va_loss_weight": args.va_loss_weight, "checkpoint": args.checkpoint, "fit_on": args.fit_on,
+             "summary_c": args.summary_c, "summary_blend": args.summary_blend, "temperature": args.temperature,
              "extra_soundfonts": None if args.extra_soundfonts is None
              else tuple(os.path.abspath(sf) for sf in args.extra_soundfonts)}  # every node reads the same path
     for soundfont in given["extra_soundfonts"] or ():

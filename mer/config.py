@@ -176,6 +176,16 @@ class TrainConfig:
     # > 0: the training loss's targets are smoothed (4Q: 1 - s + s/4 on the true quadrant, s/4 elsewhere; arousal
     # and valence: 1 - s/2 and s/2), so the network is not pushed to certainty on ~1,250 windows; val loss is not.
     label_smoothing: float = 0.0
+    # Which epoch becomes the model: "best_val" (highest val 4Q accuracy) or "last" (a schedule fixed in advance).
+    checkpoint: str = "best_val"
+    # What the network and the summary head are fitted on: "train", or "train+val" — a configuration chosen on
+    # val, refitted on both splits (965 clips instead of 767). Val then says nothing about the model: the epoch
+    # is the last, and the summary head's C and blend and the calibration temperature are given (below), taken
+    # from runs of the same configuration on train alone, where val chose them.
+    fit_on: str = "train"
+    summary_c: float | None = None  # the summary head's regression strength; None: chosen on val
+    summary_blend: float | None = None  # the summary head's blend weight in [0, 1]; None: chosen on val
+    temperature: float | None = None  # the quadrant probabilities' temperature; None: fitted on val
 
     def __post_init__(self) -> None:
         # Checked here, where every entry point builds the config, so a bad flag stops jobs/train.py before Ray
@@ -190,6 +200,20 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.transpose_audio not in ("rolled", "rendered"):
             raise ValueError(f"transpose_audio must be 'rolled' or 'rendered', got {self.transpose_audio!r}")
+        if self.checkpoint not in ("best_val", "last"):
+            raise ValueError(f"checkpoint must be 'best_val' or 'last', got {self.checkpoint!r}")
+        if self.fit_on not in ("train", "train+val"):
+            raise ValueError(f"fit_on must be 'train' or 'train+val', got {self.fit_on!r}")
+        if self.fit_on == "train+val" and self.checkpoint != "last":
+            raise ValueError("fit_on='train+val' trains on val: the epoch cannot be chosen on it (checkpoint='last')")
+        if self.fit_on == "train+val" and self.temperature is None:
+            raise ValueError("fit_on='train+val' trains on val: the temperature cannot be fitted on it; give one")
+        if self.summary_c is not None and self.summary_c <= 0:
+            raise ValueError(f"summary_c must be > 0, got {self.summary_c!r}")
+        if self.summary_blend is not None and not 0.0 <= self.summary_blend <= 1.0:
+            raise ValueError(f"summary_blend must be in [0, 1], got {self.summary_blend!r}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if self.transpose_audio == "rendered" and self.extra_soundfonts:
             # A window's SoundFont is drawn first; its transposed renderings exist for the primary SoundFont only.
             raise ValueError("transpose_audio='rendered' renders with the feature config's SoundFont only; "

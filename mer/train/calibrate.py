@@ -34,20 +34,23 @@ def window_log_probs(model: torch.nn.Module, table: Mapping[str, np.ndarray], *,
 
 
 def calibration_on_val(model: torch.nn.Module, val_table: Mapping[str, np.ndarray], *,
-                       device: str | torch.device = "cpu") -> dict[str, Any]:
+                       device: str | torch.device = "cpu", temperature: float | None = None) -> dict[str, Any]:
     """Fit the temperature on the val windows: ``{"method", "temperature", "fitted_on", "val_nll_before",
-    "val_nll_after", "val_ece_before", "val_ece_after", "val_metrics"}`` (metrics per clip, unchanged by T)."""
+    "val_nll_after", "val_ece_before", "val_ece_after", "val_metrics"}`` (metrics per clip, unchanged by T).
+    A given ``temperature`` is used as is (a model refitted on train + val: TrainConfig.temperature)."""
     log_probs = window_log_probs(model, val_table, device=device)
     names = np.asarray(val_table["name"])
     by_clip = dict(zip(names.tolist(), np.asarray(val_table["quadrant"]).tolist()))
-    temperature = fit_temperature(log_probs, names, by_clip)
+    fitted_on = "val" if temperature is None else "given"
+    if temperature is None:
+        temperature = fit_temperature(log_probs, names, by_clip)
     clips, before = clip_probabilities(log_probs, names)
     _, after = clip_probabilities(log_probs, names, temperature)
     labels = np.array([by_clip[c] for c in clips])
     return {
         "method": "temperature scaling (Guo et al. 2017) of the quadrant logits",
         "temperature": temperature,
-        "fitted_on": "val",
+        "fitted_on": fitted_on,
         "val_nll_before": nll(before, labels), "val_nll_after": nll(after, labels),
         "val_ece_before": expected_calibration_error(before, labels),
         "val_ece_after": expected_calibration_error(after, labels),

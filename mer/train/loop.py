@@ -398,20 +398,26 @@ def train_model(
         raise MerError(f"no usable {'train' if not train_items else 'val'} clips after extraction; "
                        f"failures: {extraction.failures[:5]}")
     fingerprint = data_fingerprint({"train": train_items, "val": val_items})
+    refit = config.training.fit_on == "train+val"
+    if refit and config.model.summary_head and None in (config.training.summary_c, config.training.summary_blend):
+        raise ConfigError("fit_on='train+val' trains on val: the summary head's C and blend cannot be chosen on it; "
+                          "give summary_c and summary_blend")
+    fit_items = [*train_items, *val_items] if refit else train_items  # what the weights are fitted on
     if progress:
         print(f"[data] train {len(train_items)} clips / {sum(c.features.num_windows for c in train_items)} windows, "
               f"val {len(val_items)} clips / {sum(c.features.num_windows for c in val_items)} windows, "
               f"{len(extraction.failures)} skipped, features {extraction.seconds:.0f} s "
-              f"({extraction.cached} from the cache); data fingerprint {fingerprint}", flush=True)
+              f"({extraction.cached} from the cache); data fingerprint {fingerprint}"
+              + ("; fitted on train + val (val scores below are in-sample)" if refit else ""), flush=True)
 
     # 2. The tables go into the object store once; every worker reads them from there.
-    train_table, val_table = window_table(train_items), window_table(val_items)
+    train_table, val_table = window_table(fit_items), window_table(val_items)
     if config.training.extra_soundfonts:  # the training windows' other renderings (mer.train.renderings)
         train_table = rendering_table(train_table, extract_renderings(
-            [item.clip for item in train_items], config=config, cache=cache, progress=progress))
+            [item.clip for item in fit_items], config=config, cache=cache, progress=progress))
     if config.training.transpose_semitones and config.training.transpose_audio == "rendered":
         train_table = transposition_table(train_table, extract_transpositions(
-            [item.clip for item in train_items], config=config, cache=cache, progress=progress),
+            [item.clip for item in fit_items], config=config, cache=cache, progress=progress),
             limit=config.training.transpose_semitones)
     train_ref, val_ref = ray.put(train_table), ray.put(val_table)
 
@@ -452,13 +458,18 @@ def train_model(
         raise
     training_seconds = time.monotonic() - started
 
-    # 4. The best checkpoint becomes the artifact; the latest one carries the whole history.
+    # 4. The best checkpoint (or the last: TrainConfig.checkpoint) becomes the artifact; the latest one carries the
+    # whole history.
     kept = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None and "val_4q" in m]
     if not kept or result.checkpoint is None:
         raise MerError(f"training run {run_url} produced no checkpoint")
-    best, best_metrics = max(kept, key=lambda cm: (cm[1]["val_4q"], -cm[1]["val_loss"], -cm[1]["epoch"]))
-    best_state = _load_checkpoint(best)
-    history = list(_load_checkpoint(result.checkpoint)["history"])
+    latest_state = _load_checkpoint(result.checkpoint)
+    history = list(latest_state["history"])
+    if config.training.checkpoint == "last":
+        best_state, best_metrics = latest_state, history[-1]
+    else:
+        best, best_metrics = max(kept, key=lambda cm: (cm[1]["val_4q"], -cm[1]["val_loss"], -cm[1]["epoch"]))
+        best_state = _load_checkpoint(best)
     val_metrics = {"4q": best_metrics["val_4q"], "arousal": best_metrics["val_arousal"],
                    "valence": best_metrics["val_valence"], "loss": best_metrics["val_loss"]}
     # The probabilities the catalog stores are calibrated: a temperature fitted on val (it changes no label).
@@ -466,12 +477,14 @@ def train_model(
     best_model.load_state_dict(best_state["model"])
     summary_head = None
     if config.model.summary_head:  # the regression on the training windows, its blend weight chosen on val
-        summary_head = fit_summary_head(best_model, train_table, val_table)
+        summary_head = fit_summary_head(best_model, train_table, val_table, c=config.training.summary_c,
+                                        blend=config.training.summary_blend)
+        summary_head["fitted_on"]["regression"] = config.training.fit_on
         val_metrics = {**summary_head["val_metrics"], "network": val_metrics}
         if progress:
             print(f"[train] summary head: C {summary_head['c']}, blend {summary_head['blend']}, val 4Q "
                   f"{val_metrics['network']['4q']:.3f} -> {val_metrics['4q']:.3f}", flush=True)
-    calibration = calibration_on_val(best_model, val_table)
+    calibration = calibration_on_val(best_model, val_table, temperature=config.training.temperature)
     if progress:
         print(f"[train] calibration on val: temperature {calibration['temperature']:.3f}, NLL "
               f"{calibration['val_nll_before']:.4f} -> {calibration['val_nll_after']:.4f}", flush=True)
@@ -489,6 +502,7 @@ def train_model(
             "epochs": config.training.epochs,
             "train_clips": len(train_items),
             "val_clips": len(val_items),
+            "fitted_on": config.training.fit_on,  # "train+val": val_metrics are in-sample
             "skipped_clips": [name for name, _ in extraction.failures],
             "history": history,
             "calibration": calibration,

@@ -35,10 +35,12 @@ def _has_notes(table: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarray],
-                     val_table: Mapping[str, np.ndarray], *, device: str | torch.device = "cpu") -> dict[str, Any]:
+                     val_table: Mapping[str, np.ndarray], *, device: str | torch.device = "cpu",
+                     c: float | None = None, blend: float | None = None) -> dict[str, Any]:
     """Fit ``model.summary_head`` (a MerModel built with ``summary_head``) and install it; returns what was chosen:
     ``{"method", "c", "blend", "fitted_on", "val_4q_by_c", "val_4q_by_blend", "val_nll_by_blend", "val_metrics"}``
-    (val clip-level 4Q accuracy and NLL for every candidate)."""
+    (val clip-level 4Q accuracy and NLL for every candidate). A given ``c`` or ``blend`` is used as is instead of
+    being chosen on val (a refit on train + val: TrainConfig.summary_c / summary_blend)."""
     head = getattr(model, "summary_head", None)
     if head is None:
         raise ValueError("the model was built without a summary head (ModelConfig.summary_head)")
@@ -57,17 +59,19 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
     scaler = StandardScaler().fit(x_train)
     x_val = scaler.transform(np.asarray(val_table["summary"], dtype=np.float64)[:, :width])
 
+    c_grid = C_GRID if c is None else (c,)
+    blend_grid = BLEND_GRID if blend is None else (blend,)
     fits, by_c = {}, {}
-    for c in C_GRID:
+    for c in c_grid:
         fits[c] = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x_train), y_train)
         probs = np.zeros((len(x_val), 4))
         probs[:, fits[c].classes_] = fits[c].predict_proba(x_val)
         probs[~val_notes] = 0.25  # windows without notes do not vote for the regression's C
         by_c[c] = (_clip_scores(probs, names, labels_by_clip), probs)
-    c = max(C_GRID, key=lambda k: (by_c[k][0][0], -by_c[k][0][1], -k))
+    c = max(c_grid, key=lambda k: (by_c[k][0][0], -by_c[k][0][1], -k))
     regression = np.where(val_notes[:, None], by_c[c][1], network)  # windows without notes: the network alone
-    by_blend = {w: _clip_scores((1 - w) * network + w * regression, names, labels_by_clip) for w in BLEND_GRID}
-    blend = max(BLEND_GRID, key=lambda w: (by_blend[w][0], -by_blend[w][1], -w))
+    by_blend = {w: _clip_scores((1 - w) * network + w * regression, names, labels_by_clip) for w in blend_grid}
+    blend = max(blend_grid, key=lambda w: (by_blend[w][0], -by_blend[w][1], -w))
     weight = np.zeros(head.weight.shape)
     bias = np.full(head.bias.shape, -1e4)  # a quadrant absent from training gets no probability
     fit = fits[c]
@@ -84,7 +88,8 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
                   "network's quadrant probabilities",
         "c": c,
         "blend": blend,
-        "fitted_on": {"regression": "train", "c": "val", "blend": "val"},
+        "fitted_on": {"regression": "train", "c": "val" if len(c_grid) > 1 else "given",
+                      "blend": "val" if len(blend_grid) > 1 else "given"},
         "val_4q_by_c": {str(k): round(v[0][0], 4) for k, v in by_c.items()},
         "val_4q_by_blend": {str(k): round(v[0], 4) for k, v in by_blend.items()},
         "val_nll_by_blend": {str(k): round(v[1], 4) for k, v in by_blend.items()},
