@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from mer.config import PRESETS, MerConfig, preset
+import dataclasses
+
+from mer.config import PRESETS, MerConfig, TrainConfig, preset
 
 
 def test_the_paper_preset_builds_exactly_the_papers_sizes():
@@ -26,3 +28,24 @@ def test_every_preset_survives_its_saved_json(name):
 def test_an_unknown_preset_is_refused_by_name():
     with pytest.raises(ValueError, match="nope"):
         preset("nope")
+
+
+@pytest.mark.parametrize("changes, reason", [
+    (dict(fit_on="train+val", temperature=1.2), "the epoch cannot be chosen"),  # best_val would read val
+    (dict(fit_on="train+val", checkpoint="last"), "temperature cannot be fitted"),
+    (dict(checkpoint="best"), "checkpoint must be"),
+    (dict(fit_on="val"), "fit_on must be"),
+    (dict(summary_c=0.0), "summary_c must be > 0"),
+    (dict(summary_blend=1.5), "summary_blend must be in"),
+    (dict(temperature=-1.0), "temperature must be > 0"),
+])
+def test_a_refit_that_would_choose_anything_on_val_is_refused(changes, reason):
+    with pytest.raises(ValueError, match=reason):
+        TrainConfig(**changes)
+
+
+def test_a_refit_configuration_survives_its_saved_json():
+    config = preset("default")
+    config = dataclasses.replace(config, training=dataclasses.replace(
+        config.training, checkpoint="last", fit_on="train+val", summary_c=0.1, summary_blend=0.4, temperature=1.3))
+    assert MerConfig.from_json(config.to_json()) == config

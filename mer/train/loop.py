@@ -503,6 +503,7 @@ def train_model(
             "train_clips": len(train_items),
             "val_clips": len(val_items),
             "fitted_on": config.training.fit_on,  # "train+val": val_metrics are in-sample
+            "fitted_clips": len(fit_items),
             "skipped_clips": [name for name, _ in extraction.failures],
             "history": history,
             "calibration": calibration,

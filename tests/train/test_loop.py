@@ -422,3 +422,35 @@ def test_a_trained_model_gains_a_summary_head_without_retraining(first_run: Trai
     own = {k: v for k, v in upgraded.model.state_dict().items() if not k.startswith("summary_head.")}
     for key, value in network.state_dict().items():
         torch.testing.assert_close(own[key], value)  # the network's weights are untouched
+
+
+def test_a_refit_on_train_and_val_keeps_its_last_epoch_and_the_given_choices(ray_cluster, small_emopia: Path,
+                                                                             workdir: Path) -> None:
+    """A configuration chosen on val, refitted on train + val: the weights are the last epoch's, every val clip is
+    in what was fitted, and the summary head's C and blend and the temperature are the given ones."""
+    config = tiny_config(epochs=2, workers=1)
+    config = dataclasses.replace(config, training=dataclasses.replace(
+        config.training, checkpoint="last", fit_on="train+val", summary_c=0.1, summary_blend=0.3, temperature=1.5))
+    result = train_model(config, emopia=small_emopia, storage=str(workdir / "storage"), cache_dir=workdir / "cache",
+                         run_name="refit", progress=False)
+    artifact = load_artifact(result.artifact, device="cpu")
+    usable_train = [c for c in load_split(small_emopia, "train") if c.name != BROKEN]
+    assert result.best_epoch == 2 and artifact.meta["best_epoch"] == 2
+    assert artifact.meta["fitted_on"] == "train+val"
+    assert artifact.meta["fitted_clips"] == len(usable_train) + len(load_split(small_emopia, "val"))
+    head = artifact.meta["summary_head"]
+    assert (head["c"], head["blend"]) == (0.1, 0.3)
+    assert head["fitted_on"] == {"regression": "train+val", "c": "given", "blend": "given"}
+    assert artifact.meta["calibration"]["fitted_on"] == "given"
+    assert artifact.model.quadrant_temperature == 1.5
+    folders = sorted(f for f in Path(result.run).glob("checkpoint_*") if f.is_dir())
+    last = torch.load(folders[-1] / CHECKPOINT_FILE, weights_only=True)
+    assert last["epoch"] == 1  # zero-based: the second epoch
+    for key, value in last["model"].items():
+        if not key.startswith("summary_head."):  # fitted after training, on the network's outputs
+            torch.testing.assert_close(artifact.model.state_dict()[key], value)
+
+    no_head_choice = dataclasses.replace(config, training=dataclasses.replace(config.training, summary_c=None))
+    with pytest.raises(ConfigError, match="summary_c and summary_blend"):
+        train_model(no_head_choice, emopia=small_emopia, storage=str(workdir / "storage"),
+                    cache_dir=workdir / "cache", run_name="refit-without-choices", progress=False)

@@ -7,6 +7,7 @@ import torch
 
 from mer.model import MerModel, predict_windows
 from mer.train import fit_summary_head, with_summary_head
+from mer.train.calibrate import calibration_on_val
 from tiny import random_windows, tiny_config
 
 CONFIG = tiny_config(summary_film=True, summary_head=True)
@@ -57,3 +58,31 @@ def test_a_model_trained_without_a_head_gains_one_without_changing_its_network(r
     t = table(rng, 10)
     np.testing.assert_allclose(predict_windows(upgraded, t, device="cpu")["quadrant_probs"],
                                predict_windows(plain, t, device="cpu")["quadrant_probs"], atol=1e-6)
+
+
+def test_a_given_c_and_blend_are_installed_as_given_not_chosen_on_val(rng):
+    torch.manual_seed(3)
+    model = MerModel(CONFIG).eval()
+    train, val = table(rng, 60), table(rng, 30)
+    network_alone = predict_windows(model, val, device="cpu")["quadrant_probs"]
+    chosen = fit_summary_head(model, train, val, c=0.03, blend=0.0)  # val would choose a blend > 0 here
+    assert (chosen["c"], chosen["blend"]) == (0.03, 0.0)
+    assert chosen["fitted_on"] == {"regression": "train", "c": "given", "blend": "given"}
+    np.testing.assert_allclose(predict_windows(model, val, device="cpu")["quadrant_probs"], network_alone,
+                               atol=1e-6)
+    torch.manual_seed(5)
+    other = MerModel(CONFIG).eval()  # another network: with blend 1 only the regression speaks
+    for network in (model, other):
+        assert fit_summary_head(network, train, val, c=0.03, blend=1.0)["blend"] == 1.0
+    np.testing.assert_allclose(predict_windows(model, val, device="cpu")["quadrant_probs"],
+                               predict_windows(other, val, device="cpu")["quadrant_probs"], atol=1e-5)
+
+
+def test_a_given_temperature_is_kept_and_says_so(rng):
+    torch.manual_seed(4)
+    model = MerModel(CONFIG).eval()
+    val = table(rng, 30)
+    fitted = calibration_on_val(model, val)
+    given = calibration_on_val(model, val, temperature=2.5)
+    assert fitted["fitted_on"] == "val" and given["fitted_on"] == "given" and given["temperature"] == 2.5
+    assert given["val_nll_after"] >= fitted["val_nll_after"] - 1e-9  # the fitted one minimises val NLL

@@ -72,6 +72,18 @@ def test_training_flags_reach_the_config_and_default_to_the_presets() -> None:
         job.build_config(job.parse_args([])).training  # nothing else moved
 
 
+def test_refit_flags_reach_the_training_config_and_only_it() -> None:
+    job = train_job()
+    plain = job.build_config(job.parse_args([]))
+    assert (plain.training.checkpoint, plain.training.fit_on) == ("best_val", "train")
+    assert (plain.training.summary_c, plain.training.summary_blend, plain.training.temperature) == (None,) * 3
+    refit = job.build_config(job.parse_args(["--fit-on", "train+val", "--checkpoint", "last", "--summary-c", "0.1",
+                                             "--summary-blend", "0.4", "--temperature", "1.3"]))
+    assert dataclasses.replace(plain, training=dataclasses.replace(
+        plain.training, checkpoint="last", fit_on="train+val", summary_c=0.1, summary_blend=0.4,
+        temperature=1.3)) == refit
+
+
 def test_a_missing_soundfont_is_named_and_nothing_starts(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.sf2"
     done = subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), "--extra-soundfont", str(missing),
@@ -88,6 +100,9 @@ def test_a_missing_soundfont_is_named_and_nothing_starts(tmp_path: Path) -> None
     (["--va-loss-weight", "-1"], "va_loss_weight"),
     (["--transpose-semitones", "6", "--transpose-audio", "rendered", "--extra-soundfont", MUSESCORE_LITE],
      "extra_soundfonts"),
+    (["--fit-on", "train+val", "--temperature", "1.2"], "checkpoint='last'"),
+    (["--fit-on", "train+val", "--checkpoint", "last"], "temperature"),
+    (["--summary-blend", "2"], "summary_blend"),
 ])
 def test_a_training_setting_out_of_range_is_named_before_ray_starts(flags, named, capsys, monkeypatch) -> None:
     job = train_job()
