@@ -75,6 +75,7 @@ def evaluate_features(
         version=artifact.version,
         extra={"windows": int(n_windows), "skipped": [list(s) for s in skipped],
                "val_metrics": artifact.meta.get("val_metrics"), "best_epoch": artifact.meta.get("best_epoch"),
+               "fitted_on": artifact.meta.get("fitted_on", "train"),  # "train+val": val_metrics are in-sample
                "artifact": artifact.url},
     )
 

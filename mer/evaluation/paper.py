@@ -237,7 +237,9 @@ def caveats(setup: dict[str, Any]) -> list[str]:
         f"{training['num_workers']} Ray Train worker(s); the rows of the default configuration (keys `default...`) "
         f"train with `mer.config.preset('default')`'s settings ({default_training.epochs} epochs, global batch "
         f"{default_training.batch_size}, AdamW lr {default_training.learning_rate}) and their row's changes. "
-        "Every run keeps the checkpoint with the best val 4Q accuracy. "
+        "Every run keeps the checkpoint with the best val 4Q accuracy, except the rows that say they keep the last "
+        "epoch; a row refitted on train + val trains on val too, so its val scores are in-sample and its summary "
+        "head's C and blend and its temperature are given, not chosen on val. "
         f"Inputs are cut into {features['window_seconds']:g} s windows (hop {features['hop_seconds']:g} s), at most "
         f"{features['max_tokens']} MIDI-like tokens per window; a clip's prediction is the mean of its windows'. "
         "The paper does not state its budget, so ours may be smaller than theirs.",

@@ -113,6 +113,8 @@ def render_markdown(report: TablesReport) -> str:
             val = (r.extra.get("val_metrics") or {}).get("4q")
             model = r.version or f"C = {r.extra.get('c')}"
             m = r.metrics
+            if r.extra.get("fitted_on") == "train+val":  # trained on val: its val score says nothing
+                val = None
             lines.append(f"| {method.label} | {r.seed} | {model} | {'' if val is None else f'{val:.3f}'} | "
                          f"{m['4q']:.3f} | {m['arousal']:.3f} | {m['valence']:.3f} |")
     lines += ["", "## Pictures", ""]

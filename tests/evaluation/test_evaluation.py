@@ -471,3 +471,16 @@ def test_robustness_scores_each_model_on_both_timbres_and_their_ensemble(ray_clu
     assert [r["model"] for r in alone["rows"]] == ["seed 0"]  # one model is no ensemble
     assert "ensemble_windows_per_second" not in alone["throughput_cpu"]
     assert alone["rows"][0] == report["rows"][0]  # the same model, scored the same way
+
+
+def test_a_run_refitted_on_train_and_val_shows_no_val_score(tables, tmp_path: Path):
+    """Its val score is in-sample: the runs table leaves it blank instead of printing a number that says nothing."""
+    report, _, _ = tables
+    runs = report.results["full"]
+    refit = dataclasses.replace(runs[0], extra={**runs[0].extra, "fitted_on": "train+val"})
+    write_tables(dataclasses.replace(report, results={"full": [refit, *runs[1:]]}), tmp_path)
+    lines = {line.split(" | ")[2]: line for line in (tmp_path / "report.md").read_text().split("## Runs")[1]
+             .splitlines() if line.startswith("| Full model")}
+    for run in runs:
+        val_cell = lines[run.version].split(" | ")[3]
+        assert val_cell == ("" if run is runs[0] else f"{run.extra['val_metrics']['4q']:.3f}")
