@@ -21,6 +21,11 @@ _WHERE = (
 )
 
 
+def song_of(clip_name: str) -> str:
+    """The song of an EMOPIA clip name ``Q<n>_<song>_<clip>`` (song ids may hold underscores)."""
+    return clip_name.split("_", 1)[1].rsplit("_", 1)[0]
+
+
 @dataclass(frozen=True)
 class Clip:
     """One EMOPIA clip: its name (``Q1_<song>_<clip>``), quadrant index 0..3 and MIDI path."""
@@ -31,7 +36,7 @@ class Clip:
 
     @property
     def song(self) -> str:
-        return self.name.split("_", 1)[1].rsplit("_", 1)[0]
+        return song_of(self.name)
 
     @property
     def arousal(self) -> int:

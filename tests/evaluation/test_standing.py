@@ -107,3 +107,15 @@ def test_each_configuration_gets_its_timbre_row_and_the_target_follows_the_drop(
     assert "| 0 |  |  | 0.700 ± 0.000 | 0.600 ± 0.000 | 10.0 ± 0.0 | not met on 1 seed (too few to say) |" in \
         timbre["Default configuration (best on val)"]
     assert "an_old_name" not in section
+
+
+def test_the_section_says_how_far_the_test_songs_resolve_the_default() -> None:
+    from mer.evaluation.intervals import song_bootstrap
+    from mer.evaluation.results import EvalResult
+
+    report, robustness = read_headline(HEADLINE)
+    default = next(m for m in report["methods"] if m["key"] == "default")
+    interval = song_bootstrap([EvalResult.from_dict(run) for run in default["runs"]])
+    assert interval["low"] <= default["ours"]["4q"]["mean"] <= interval["high"]
+    assert f"{interval['songs']} songs" in where_we_stand(report, robustness)
+    assert f"{interval['low']:.3f}-{interval['high']:.3f}" in where_we_stand(report, robustness)
