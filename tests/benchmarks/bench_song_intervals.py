@@ -17,7 +17,8 @@ from mer.evaluation.intervals import song_bootstrap
 from mer.evaluation.results import EvalResult
 from emit import emit
 
-HEADLINE = Path(__file__).parent / "results" / "headline" / "report.json"
+ROOT = Path(__file__).resolve().parents[2]
+HEADLINE = ROOT / "tests" / "benchmarks" / "results" / "headline" / "report.json"
 MIN_SEEDS = 3
 
 
@@ -33,7 +34,9 @@ def main() -> None:
     def rounded(interval: dict) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in interval.items()}
 
-    result = {"report": str(args.report), "min_seeds": MIN_SEEDS, "rows": {}}
+    report_path = args.report.resolve()
+    shown = report_path.relative_to(ROOT) if report_path.is_relative_to(ROOT) else report_path
+    result = {"report": str(shown), "min_seeds": MIN_SEEDS, "rows": {}}
     for key, runs in rows.items():
         entry = {"seeds": [r.seed for r in runs],
                  **{metric: rounded(song_bootstrap(runs, metric=metric)) for metric in ("4q", "arousal", "valence")}}
