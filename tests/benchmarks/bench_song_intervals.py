@@ -1,11 +1,11 @@
 """Benchmark: how far each row's test accuracy can be trusted, by resampling EMOPIA's test songs. Prints JSON.
 
-    .venv/bin/python tests/benchmarks/bench_song_intervals.py [--report PATH] [--out FILE]
+    .venv/bin/python tests/benchmarks/bench_song_intervals.py [--report PATH] [--pair ROW:BASE ...] [--out FILE]
 
 For every row of the headline report with at least 3 seeds: its 4Q, arousal and valence accuracy (mean over its
 seeds) with a 95% interval from 10,000 draws of the test songs (:func:`mer.evaluation.intervals.song_bootstrap`),
-and for every row other than ``default`` the paired difference from ``default`` on 4Q. Reads the report only:
-nothing is trained or scored again.
+and for every row other than ``default`` the paired difference from ``default`` on 4Q (and from another row
+with ``--pair ROW:BASE``). Reads the report only: nothing is trained or scored again.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ MIN_SEEDS = 3
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report", type=Path, default=HEADLINE)
+    parser.add_argument("--pair", action="append", default=[], metavar="ROW:BASE",
+                        help="also the paired 4Q difference ROW minus BASE (repeatable)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     report = json.loads(args.report.read_text())
@@ -43,6 +45,8 @@ def main() -> None:
         if key != "default" and "default" in rows:
             entry["4q_minus_default"] = rounded(song_bootstrap(runs, minus=rows["default"]))
         result["rows"][key] = entry
+    result["pairs"] = {pair: rounded(song_bootstrap(rows[pair.split(":")[0]], minus=rows[pair.split(":")[1]]))
+                       for pair in args.pair}
     emit(result, args.out)
 
 
