@@ -19,7 +19,9 @@
    and reaches the weights of an uninterrupted one; a finished one can be extended by raising ``epochs`` (the
    rest of the cosine is stretched to the new last epoch, :meth:`mer.train.steps.Schedule.load_state_dict`).
 5. The best checkpoint (highest val 4Q accuracy, ties to the lower val loss) becomes the model artifact
-   (:func:`mer.model.artifact.save_artifact`).
+   (:func:`mer.model.artifact.save_artifact`), or the last with ``TrainConfig.checkpoint="last"``. With
+   ``fit_on="train+val"`` the val windows are trained on too (a configuration chosen on val, refitted on more
+   clips): the last epoch is kept and the summary head's C and blend and the temperature are the config's.
 
 The loss, the steps, the epoch's batches and the learning-rate schedule are in :mod:`mer.train.steps`.
 """
@@ -364,7 +366,8 @@ def train_model(
     progress: bool = True,
     endpoint_url: str | None = None,
 ) -> TrainResult:
-    """Train the model on EMOPIA (train split; selected on val) and write the model artifact.
+    """Train the model on EMOPIA (train split, selected on val; or train + val, ``TrainConfig.fit_on``) and write
+    the model artifact.
 
     Args:
         config: the whole configuration (features, model, training).

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from typing import Any
 
+from mer.errors import ConfigError
 from mer.features import FeatureCache
 from mer.model import MerEnsemble, MerModel, load_artifact, save_artifact
 from mer.train.calibrate import calibration_on_val
@@ -45,6 +46,10 @@ def build_artifact(models: list[str], *, storage: str, cache_dir: str | os.PathL
     if summary_head and len(models) > 1:
         raise ValueError("a summary head is fitted to one model; an ensemble's members bring their own")
     artifacts = [load_artifact(m, storage=storage, device="cpu", endpoint_url=endpoint_url) for m in models]
+    refitted = [a.version for a in artifacts if a.meta.get("fitted_on") == "train+val"]
+    if refitted:  # what this fits on val would be fitted on the model's own training clips
+        raise ConfigError(f"model(s) {refitted} were fitted on train + val: a calibration or summary head fitted on "
+                          "val would be in-sample; build from models trained on train alone")
     model = artifacts[0].model if len(artifacts) == 1 else MerEnsemble.from_members([a.model for a in artifacts])
     if summary_head and getattr(model, "summary_head", None) is None:
         model = with_summary_head(model)

@@ -454,3 +454,17 @@ def test_a_refit_on_train_and_val_keeps_its_last_epoch_and_the_given_choices(ray
     with pytest.raises(ConfigError, match="summary_c and summary_blend"):
         train_model(no_head_choice, emopia=small_emopia, storage=str(workdir / "storage"),
                     cache_dir=workdir / "cache", run_name="refit-without-choices", progress=False)
+
+
+def test_a_refitted_model_is_not_calibrated_again_on_the_val_it_was_trained_on(tmp_path: Path) -> None:
+    from mer.model import save_artifact
+    from mer.train import build_artifact
+
+    config = tiny_config()
+    storage = str(tmp_path / "storage")
+    refitted = save_artifact(MerModel(config).state_dict(), config=config, storage=storage,
+                             meta={"seed": 0, "fitted_on": "train+val"})
+    with pytest.raises(ConfigError, match="in-sample"):
+        build_artifact([refitted], storage=storage, cache_dir=tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "storage" / "models").iterdir() if p.is_dir()) == \
+        [Path(refitted).name]  # nothing new written
