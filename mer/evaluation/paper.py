@@ -160,6 +160,9 @@ METHODS: tuple[Method, ...] = (
     Method("default_refit", "Default trained 6 epochs on train + val (965 clips), the last epoch kept; the summary "
            "head's C and blend and the temperature from the row above", "-", PAPER_FULL, preset="default",
            training_changes=REFIT),
+    Method("default_symbolic_last6", "MIDI-only default trained 6 epochs (cosine to zero), the last epoch kept",
+           "-", _paper(0.690, 0.833, 0.744), preset="default", preset_changes=(("branches", ("symbolic",)),),
+           training_changes=LAST6),
     Method("full", "Full model (ours)", "I, III", _paper(0.692, 0.884, 0.869)),
     Method("symbolic", "Symbolic analysis branch", "III", _paper(0.690, 0.833, 0.744), branches=("symbolic",)),
     Method("harmony", "Harmony analysis branch", "III", _paper(0.514, 0.726, 0.685), branches=("harmony",)),
