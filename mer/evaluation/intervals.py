@@ -15,7 +15,7 @@ import numpy as np
 
 from mer.evaluation.results import EvalResult
 from mer.labels import arousal_valence
-from mer.train.emopia import song_of
+from mer.train import song_of
 
 RESAMPLES = 10_000
 LEVEL = 0.95
