@@ -57,12 +57,17 @@ LAST6 = (("epochs", 6), ("checkpoint", "last"))
 """A 6-epoch cosine schedule whose last epoch is the model (the default's best val epochs over 12: 3 to 10,
 median 6): a training that needs no val, so it can be refitted on train + val."""
 
-REFIT = (*LAST6, ("fit_on", "train+val"), ("summary_c", 3.0), ("summary_blend", 0.6), ("temperature", 1.012))
+
+def _refit(*, c: float, blend: float, temperature: float) -> tuple[tuple[str, Any], ...]:
+    """LAST6 refitted on train + val, with what val chose for the same configuration trained on train alone."""
+    return (*LAST6, ("fit_on", "train+val"), ("summary_c", c), ("summary_blend", blend), ("temperature", temperature))
+
+
+REFIT = _refit(c=3.0, blend=0.6, temperature=1.012)
 """LAST6 refitted on train + val: what val chose for row default_last6 (seeds 0-2, results/default-last6/: C 3.0 on
 every seed, blend 0.4, 0.6, 0.6, temperature 1.018, 0.995, 1.012), their medians given instead of chosen."""
 
-SYMBOLIC_REFIT = (*LAST6, ("fit_on", "train+val"), ("summary_c", 3.0), ("summary_blend", 0.6),
-                  ("temperature", 0.954))
+SYMBOLIC_REFIT = _refit(c=3.0, blend=0.6, temperature=0.954)
 """LAST6 on MIDI alone, refitted on train + val: what val chose for row default_symbolic_last6 (seeds 0-2,
 results/default-symbolic-last6/: C 3.0 on every seed, blend 0.6, 0.4, 0.7, temperature 0.954, 0.976, 0.944), their
 medians."""

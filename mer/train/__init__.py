@@ -23,6 +23,6 @@ __all__ = [
     "data_fingerprint", "emopia_root", "emotion_loss", "ensure_ray", "eval_step", "evaluate_split", "extract_clips",
     "labelled_rows", "length_bucketed_batches", "load_split", "lr_schedule", "progress_bar",
     "progress_line", "quadrant_metrics", "rank_batches",
-    "run_identity", "select_clips", "song_of", "split_metrics", "stack_rows", "subset_count", "summarise", "summary_table",
-    "take", "train_loop_per_worker", "train_model", "train_step", "window_dataset", "window_table",
+    "run_identity", "select_clips", "song_of", "split_metrics", "stack_rows", "subset_count", "summarise",
+    "summary_table", "take", "train_loop_per_worker", "train_model", "train_step", "window_dataset", "window_table",
 ]

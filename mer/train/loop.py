@@ -481,8 +481,7 @@ def train_model(
     summary_head = None
     if config.model.summary_head:  # the regression on the training windows, its blend weight chosen on val
         summary_head = fit_summary_head(best_model, train_table, val_table, c=config.training.summary_c,
-                                        blend=config.training.summary_blend)
-        summary_head["fitted_on"]["regression"] = config.training.fit_on
+                                        blend=config.training.summary_blend, fitted_on=config.training.fit_on)
         val_metrics = {**summary_head["val_metrics"], "network": val_metrics}
         if progress:
             print(f"[train] summary head: C {summary_head['c']}, blend {summary_head['blend']}, val 4Q "

@@ -36,11 +36,12 @@ def _has_notes(table: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarray],
                      val_table: Mapping[str, np.ndarray], *, device: str | torch.device = "cpu",
-                     c: float | None = None, blend: float | None = None) -> dict[str, Any]:
+                     c: float | None = None, blend: float | None = None, fitted_on: str = "train") -> dict[str, Any]:
     """Fit ``model.summary_head`` (a MerModel built with ``summary_head``) and install it; returns what was chosen:
     ``{"method", "c", "blend", "fitted_on", "val_4q_by_c", "val_4q_by_blend", "val_nll_by_blend", "val_metrics"}``
     (val clip-level 4Q accuracy and NLL for every candidate). A given ``c`` or ``blend`` is used as is instead of
-    being chosen on val (a refit on train + val: TrainConfig.summary_c / summary_blend)."""
+    being chosen on val (a refit on train + val: TrainConfig.summary_c / summary_blend); ``fitted_on`` names the
+    split(s) ``train_table`` holds, for the record."""
     head = getattr(model, "summary_head", None)
     if head is None:
         raise ValueError("the model was built without a summary head (ModelConfig.summary_head)")
@@ -59,6 +60,8 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
     scaler = StandardScaler().fit(x_train)
     x_val = scaler.transform(np.asarray(val_table["summary"], dtype=np.float64)[:, :width])
 
+    chosen_on = {"regression": fitted_on, "c": "val" if c is None else "given",
+                 "blend": "val" if blend is None else "given"}
     c_grid = C_GRID if c is None else (c,)
     blend_grid = BLEND_GRID if blend is None else (blend,)
     fits, by_c = {}, {}
@@ -88,8 +91,7 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
                   "network's quadrant probabilities",
         "c": c,
         "blend": blend,
-        "fitted_on": {"regression": "train", "c": "val" if len(c_grid) > 1 else "given",
-                      "blend": "val" if len(blend_grid) > 1 else "given"},
+        "fitted_on": chosen_on,
         "val_4q_by_c": {str(k): round(v[0][0], 4) for k, v in by_c.items()},
         "val_4q_by_blend": {str(k): round(v[0], 4) for k, v in by_blend.items()},
         "val_nll_by_blend": {str(k): round(v[1], 4) for k, v in by_blend.items()},
