@@ -11,6 +11,7 @@ from mer.features.key import (
 from mer.features.summary import SUMMARY_NAMES, SUMMARY_SIZE, summary_descriptors
 from mer.features.extract import ItemFeatures, extract_features, window_starts
 from mer.features.midi import piano_notes, read_midi
+from mer.features.musicnn import MSD_TAGS, WEIGHTS as MUSICNN_WEIGHTS, window_patches
 from mer.features.render import loaded_soundfont, render_audio, soundfont_path
 from mer.features.spectral import chromagram, mfcc, spectral_features
 from mer.features.tokens import midi_like_tokens, notes_from_tokens, pad_id, token_dtype
@@ -19,11 +20,11 @@ from mer.features.transpose import (
 )
 
 __all__ = [
-    "PITCH_CLASS_NAMES", "RENDERED_KEYS", "SUMMARY_NAMES", "SUMMARY_SIZE", "DecodedAudio", "FeatureCache",
+    "MSD_TAGS", "MUSICNN_WEIGHTS", "PITCH_CLASS_NAMES", "RENDERED_KEYS", "SUMMARY_NAMES", "SUMMARY_SIZE", "DecodedAudio", "FeatureCache",
     "ItemFeatures", "Key", "check_audio", "chromagram", "crop_batch", "decode_audio", "distinct_onsets",
     "estimate_key", "extract_features", "key_correlations", "loaded_soundfont", "mfcc", "midi_like_tokens",
     "notes_from_tokens", "open_audio", "pad_id",
     "peak_normalise", "piano_notes", "pitch_class_histogram", "read_midi", "render_audio", "rendered_shifts",
     "rendered_slot", "roll_chroma", "soundfont_path", "spectral_features", "summary_descriptors", "token_dtype",
-    "transpose_batch", "transpose_midi", "window_starts",
+    "transpose_batch", "transpose_midi", "window_patches", "window_starts",
 ]

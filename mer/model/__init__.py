@@ -17,6 +17,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "calibration": ("clip_probabilities", "expected_calibration_error", "fit_temperature", "nll", "reliability"),
     "ensemble": ("MerEnsemble",),
     "folding": ("fold_for_inference",),
+    "musicnn": ("Musicnn", "musicnn", "window_embeddings"),
     "inference": ("EmotionPredictor", "predict_windows"),
     "network": ("MerModel", "ModelOutput"),
     "pieces": ("PiecePrediction", "aggregate_windows", "group_rows"),
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # what the names are, for readers and type checkers (and the 
     from mer.model.ensemble import MerEnsemble
     from mer.model.folding import fold_for_inference
     from mer.model.inference import EmotionPredictor, predict_windows
+    from mer.model.musicnn import Musicnn, musicnn, window_embeddings
     from mer.model.network import MerModel, ModelOutput
     from mer.model.pieces import PiecePrediction, aggregate_windows, group_rows
     from mer.model.quantization import Int8Unavailable, quantize_int8

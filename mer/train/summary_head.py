@@ -34,6 +34,38 @@ def _has_notes(table: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.asarray(table["present"])[:, 0].astype(bool) & (np.asarray(table["token_lengths"]) > 0)
 
 
+def choose_regression(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, *, val_notes: np.ndarray,
+                      network: np.ndarray, names: np.ndarray, labels_by_clip: Mapping[str, int],
+                      c: float | None = None, blend: float | None = None) -> dict[str, Any]:
+    """The regression and its blend with the network, chosen on val: a standardiser and a multinomial logistic
+    regression fitted on ``x_train`` (N, d) / ``y_train`` (N,) for each C of :data:`C_GRID` (or the given ``c``),
+    the C whose regression alone scores best on val, then the blend weight whose mixture with the network's val
+    window probabilities ``network`` (N_val, 4) scores best (or the given ``blend``). ``x_val`` (N_val, d) every
+    val window; ``val_notes`` (N_val,) the windows the regression applies to (the others keep the network).
+
+    Returns ``{"c", "blend", "scaler", "fit", "by_c" (val 4Q of each C's regression), "by_blend" ((val 4Q, NLL)
+    of each blend), "probs" (the chosen mixture's val window probabilities), "c_given", "blend_given"}``.
+    """
+    scaler = StandardScaler().fit(x_train)
+    x_val = scaler.transform(x_val)
+    c_grid = C_GRID if c is None else (c,)
+    blend_grid = BLEND_GRID if blend is None else (blend,)
+    fits, by_c = {}, {}
+    for candidate in c_grid:
+        fits[candidate] = LogisticRegression(C=candidate, max_iter=5000).fit(scaler.transform(x_train), y_train)
+        probs = np.zeros((len(x_val), 4))
+        probs[:, fits[candidate].classes_] = fits[candidate].predict_proba(x_val)
+        probs[~val_notes] = 0.25  # windows without notes do not vote for the regression's C
+        by_c[candidate] = (_clip_scores(probs, names, labels_by_clip), probs)
+    chosen_c = max(c_grid, key=lambda k: (by_c[k][0][0], -by_c[k][0][1], -k))
+    regression = np.where(val_notes[:, None], by_c[chosen_c][1], network)  # windows without notes: the network
+    by_blend = {w: _clip_scores((1 - w) * network + w * regression, names, labels_by_clip) for w in blend_grid}
+    chosen_blend = max(blend_grid, key=lambda w: (by_blend[w][0], -by_blend[w][1], -w))
+    return {"c": chosen_c, "blend": chosen_blend, "scaler": scaler, "fit": fits[chosen_c],
+            "by_c": {k: v[0][0] for k, v in by_c.items()}, "by_blend": by_blend,
+            "probs": (1 - chosen_blend) * network + chosen_blend * regression, "c_given": c, "blend_given": blend}
+
+
 def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarray],
                      val_table: Mapping[str, np.ndarray], *, device: str | torch.device = "cpu",
                      c: float | None = None, blend: float | None = None, fitted_on: str = "train") -> dict[str, Any]:
@@ -55,35 +87,22 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
     if not train_notes.any():
         raise ValueError("no training window has notes: the summary head has nothing to be fitted on")
     width = head.mean.shape[0]  # the summary's first descriptors the model reads (ModelConfig.summary_width)
-    x_train = np.asarray(train_table["summary"], dtype=np.float64)[train_notes, :width]
-    y_train = np.asarray(train_table["quadrant"], dtype=np.int64)[train_notes]
-    scaler = StandardScaler().fit(x_train)
-    x_val = scaler.transform(np.asarray(val_table["summary"], dtype=np.float64)[:, :width])
-
-    chosen_on = {"regression": fitted_on, "c": "val" if c is None else "given",
-                 "blend": "val" if blend is None else "given"}
-    c_grid = C_GRID if c is None else (c,)
-    blend_grid = BLEND_GRID if blend is None else (blend,)
-    fits, by_c = {}, {}
-    for c in c_grid:
-        fits[c] = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x_train), y_train)
-        probs = np.zeros((len(x_val), 4))
-        probs[:, fits[c].classes_] = fits[c].predict_proba(x_val)
-        probs[~val_notes] = 0.25  # windows without notes do not vote for the regression's C
-        by_c[c] = (_clip_scores(probs, names, labels_by_clip), probs)
-    c = max(c_grid, key=lambda k: (by_c[k][0][0], -by_c[k][0][1], -k))
-    regression = np.where(val_notes[:, None], by_c[c][1], network)  # windows without notes: the network alone
-    by_blend = {w: _clip_scores((1 - w) * network + w * regression, names, labels_by_clip) for w in blend_grid}
-    blend = max(blend_grid, key=lambda w: (by_blend[w][0], -by_blend[w][1], -w))
+    choice = choose_regression(
+        np.asarray(train_table["summary"], dtype=np.float64)[train_notes, :width],
+        np.asarray(train_table["quadrant"], dtype=np.int64)[train_notes],
+        np.asarray(val_table["summary"], dtype=np.float64)[:, :width], val_notes=val_notes, network=network,
+        names=names, labels_by_clip=labels_by_clip, c=c, blend=blend)
+    c, blend, scaler, fit, by_c, by_blend = (choice[k] for k in ("c", "blend", "scaler", "fit", "by_c", "by_blend"))
+    chosen_on = {"regression": fitted_on, "c": "val" if choice["c_given"] is None else "given",
+                 "blend": "val" if choice["blend_given"] is None else "given"}
     weight = np.zeros(head.weight.shape)
     bias = np.full(head.bias.shape, -1e4)  # a quadrant absent from training gets no probability
-    fit = fits[c]
     if len(fit.classes_) == 2:  # scikit-learn's binary form: one logit row for the second class, 0 for the first
         weight[fit.classes_[1]], bias[fit.classes_] = fit.coef_[0], [0.0, fit.intercept_[0]]
     else:
         weight[fit.classes_], bias[fit.classes_] = fit.coef_, fit.intercept_
     head.set(mean=scaler.mean_, scale=scaler.scale_, weight=weight, bias=bias, blend=blend)
-    chosen = (1 - blend) * network + blend * regression
+    chosen = choice["probs"]
     clips, probs = clip_probabilities(np.log(np.clip(chosen, 1e-12, 1.0)), names)
     labels = np.array([labels_by_clip[n] for n in clips])
     return {
@@ -92,7 +111,7 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
         "c": c,
         "blend": blend,
         "fitted_on": chosen_on,
-        "val_4q_by_c": {str(k): round(v[0][0], 4) for k, v in by_c.items()},
+        "val_4q_by_c": {str(k): round(v, 4) for k, v in by_c.items()},
         "val_4q_by_blend": {str(k): round(v[0], 4) for k, v in by_blend.items()},
         "val_nll_by_blend": {str(k): round(v[1], 4) for k, v in by_blend.items()},
         "val_metrics": {**quadrant_metrics(labels, probs.argmax(axis=1)), "loss": nll(probs, labels)},

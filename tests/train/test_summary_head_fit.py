@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from mer.model import MerModel, predict_windows
-from mer.train import fit_summary_head, with_summary_head
+from mer.train import choose_regression, fit_summary_head, with_summary_head
 from mer.train.calibrate import calibration_on_val
 from tiny import random_windows, tiny_config
 
@@ -86,3 +86,23 @@ def test_a_given_temperature_is_kept_and_says_so(rng):
     given = calibration_on_val(model, val, temperature=2.5)
     assert fitted["fitted_on"] == "val" and given["fitted_on"] == "given" and given["temperature"] == 2.5
     assert given["val_nll_after"] >= fitted["val_nll_after"] - 1e-9  # the fitted one minimises val NLL
+
+
+def test_columns_beside_the_summary_are_used_when_they_carry_the_quadrant(rng):
+    """choose_regression over any inputs (the summary and an embedding, in the benchmark): extra columns that give
+    the quadrant away lift the chosen regression above the summary's alone, on val."""
+    def inputs(quadrant, informative):
+        x = rng.normal(size=(len(quadrant), 6))
+        if informative:
+            x[np.arange(len(quadrant)), 2 + quadrant] += 3.0
+        return x
+
+    y_train, y_val = rng.integers(0, 4, 200), np.repeat(rng.integers(0, 4, 40), 2)
+    names = np.repeat(np.array([f"clip{i}" for i in range(40)]), 2)
+    labels = dict(zip(names.tolist(), y_val.tolist()))
+    network = np.full((len(y_val), 4), 0.25)  # a network that knows nothing
+    common = dict(val_notes=np.ones(len(y_val), bool), network=network, names=names, labels_by_clip=labels)
+    plain = choose_regression(inputs(y_train, False)[:, :2], y_train, inputs(y_val, False)[:, :2], **common)
+    extra = choose_regression(inputs(y_train, True), y_train, inputs(y_val, True), **common)
+    assert max(extra["by_c"].values()) > 0.9 > 0.5 > max(plain["by_c"].values())
+    assert extra["blend"] > 0 and extra["probs"].shape == (len(y_val), 4)
