@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,7 +63,7 @@ def embeddings_for(midi_paths: dict[str, Path], config: FeatureConfig, path: Pat
     """Every clip's window embeddings, read from ``path`` where cached there, the rest computed (and saved)."""
     stored = dict(np.load(path)) if path and path.exists() else {}
     missing = [n for n in midi_paths if n not in stored]
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:  # not fork: Ray runs
         jobs = pool.map(clip_embeddings, missing, [midi_paths[n] for n in missing], [config] * len(missing),
                         chunksize=4)
         for done, (name, rows) in enumerate(tqdm(jobs, total=len(missing), desc="[musicnn]", unit="clip"), 1):
