@@ -44,7 +44,7 @@ def choose_regression(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     val window; ``val_notes`` (N_val,) the windows the regression applies to (the others keep the network).
 
     Returns ``{"c", "blend", "scaler", "fit", "by_c" (val 4Q of each C's regression), "by_blend" ((val 4Q, NLL)
-    of each blend), "probs" (the chosen mixture's val window probabilities), "c_given", "blend_given"}``.
+    of each blend), "probs" (the chosen mixture's val window probabilities)}``.
     """
     scaler = StandardScaler().fit(x_train)
     x_val = scaler.transform(x_val)
@@ -63,7 +63,7 @@ def choose_regression(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     chosen_blend = max(blend_grid, key=lambda w: (by_blend[w][0], -by_blend[w][1], -w))
     return {"c": chosen_c, "blend": chosen_blend, "scaler": scaler, "fit": fits[chosen_c],
             "by_c": {k: v[0][0] for k, v in by_c.items()}, "by_blend": by_blend,
-            "probs": (1 - chosen_blend) * network + chosen_blend * regression, "c_given": c, "blend_given": blend}
+            "probs": (1 - chosen_blend) * network + chosen_blend * regression}
 
 
 def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarray],
@@ -87,14 +87,14 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
     if not train_notes.any():
         raise ValueError("no training window has notes: the summary head has nothing to be fitted on")
     width = head.mean.shape[0]  # the summary's first descriptors the model reads (ModelConfig.summary_width)
+    chosen_on = {"regression": fitted_on, "c": "val" if c is None else "given",
+                 "blend": "val" if blend is None else "given"}
     choice = choose_regression(
         np.asarray(train_table["summary"], dtype=np.float64)[train_notes, :width],
         np.asarray(train_table["quadrant"], dtype=np.int64)[train_notes],
         np.asarray(val_table["summary"], dtype=np.float64)[:, :width], val_notes=val_notes, network=network,
         names=names, labels_by_clip=labels_by_clip, c=c, blend=blend)
     c, blend, scaler, fit, by_c, by_blend = (choice[k] for k in ("c", "blend", "scaler", "fit", "by_c", "by_blend"))
-    chosen_on = {"regression": fitted_on, "c": "val" if choice["c_given"] is None else "given",
-                 "blend": "val" if choice["blend_given"] is None else "given"}
     weight = np.zeros(head.weight.shape)
     bias = np.full(head.bias.shape, -1e4)  # a quadrant absent from training gets no probability
     if len(fit.classes_) == 2:  # scikit-learn's binary form: one logit row for the second class, 0 for the first
@@ -102,8 +102,7 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
     else:
         weight[fit.classes_], bias[fit.classes_] = fit.coef_, fit.intercept_
     head.set(mean=scaler.mean_, scale=scaler.scale_, weight=weight, bias=bias, blend=blend)
-    chosen = choice["probs"]
-    clips, probs = clip_probabilities(np.log(np.clip(chosen, 1e-12, 1.0)), names)
+    clips, probs = clip_probabilities(np.log(np.clip(choice["probs"], 1e-12, 1.0)), names)
     labels = np.array([labels_by_clip[n] for n in clips])
     return {
         "method": "multinomial logistic regression over the window's summary descriptors, blended with the "
