@@ -20,7 +20,8 @@ from mer.features.transpose import (
 )
 
 __all__ = [
-    "MSD_TAGS", "MUSICNN_WEIGHTS", "PITCH_CLASS_NAMES", "RENDERED_KEYS", "SUMMARY_NAMES", "SUMMARY_SIZE", "DecodedAudio", "FeatureCache",
+    "MSD_TAGS", "MUSICNN_WEIGHTS", "PITCH_CLASS_NAMES", "RENDERED_KEYS", "SUMMARY_NAMES", "SUMMARY_SIZE",
+    "DecodedAudio", "FeatureCache",
     "ItemFeatures", "Key", "check_audio", "chromagram", "crop_batch", "decode_audio", "distinct_onsets",
     "estimate_key", "extract_features", "key_correlations", "loaded_soundfont", "mfcc", "midi_like_tokens",
     "notes_from_tokens", "open_audio", "pad_id",

@@ -29,7 +29,8 @@ MSD_TAGS = ("rock", "pop", "alternative", "indie", "electronic", "female vocalis
             "blues", "hard rock", "ambient", "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop",
             "70s", "party", "country", "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal",
             "Progressive rock", "60s", "rnb", "indie pop", "sad", "House", "happy")
-__all__ = ["EMBEDDING_SIZE", "MSD_TAGS", "PATCHES_PER_WINDOW", "SAMPLE_RATE", "WEIGHTS", "log_mel", "patches", "window_patches"]
+__all__ = ["EMBEDDING_SIZE", "MSD_TAGS", "PATCHES_PER_WINDOW", "SAMPLE_RATE", "WEIGHTS", "log_mel", "patches",
+           "window_patches"]
 
 
 def log_mel(audio: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -14,11 +14,11 @@ from mer.train.scores import (METRICS, attention_by_quadrant, clip_quadrants, co
                               split_metrics, summarise)
 from mer.train.steps import (Schedule, batches, emotion_loss, eval_step, length_bucketed_batches, lr_schedule,
                              rank_batches, train_step)
-from mer.train.summary_head import choose_regression, fit_summary_head
+from mer.train.summary_head import blended, choose_regression, fit_summary_head, has_notes
 
 __all__ = [
-    "build_artifact", "calibration_on_val", "choose_regression", "fit_summary_head", "window_log_probs",
-    "with_summary_head",
+    "blended", "build_artifact", "calibration_on_val", "choose_regression", "fit_summary_head", "has_notes",
+    "window_log_probs", "with_summary_head",
     "CHECKPOINT_FILE", "Clip", "ClipFeatures", "Extraction", "METRICS", "MIN_SUBSET_VAL_CLIPS", "SPLITS",
     "Schedule", "TrainResult", "attention_by_quadrant", "batches", "clip_quadrants", "collate", "confusion_matrix",
     "data_fingerprint", "emopia_root", "emotion_loss", "ensure_ray", "eval_step", "evaluate_split", "extract_clips",

@@ -29,7 +29,7 @@ def _clip_scores(window_probs: np.ndarray, names: np.ndarray, labels_by_clip: Ma
     return float(np.mean(probs.argmax(axis=1) == labels)), nll(probs, labels)
 
 
-def _has_notes(table: Mapping[str, np.ndarray]) -> np.ndarray:
+def has_notes(table: Mapping[str, np.ndarray]) -> np.ndarray:
     """(N,) bool: windows whose summary comes from MIDI notes (MIDI present and tokens in the window)."""
     return np.asarray(table["present"])[:, 0].astype(bool) & (np.asarray(table["token_lengths"]) > 0)
 
@@ -66,6 +66,16 @@ def choose_regression(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
             "probs": (1 - chosen_blend) * network + chosen_blend * regression}
 
 
+def blended(choice: Mapping[str, Any], x: np.ndarray, *, notes: np.ndarray, network: np.ndarray) -> np.ndarray:
+    """A chosen regression (:func:`choose_regression`) applied to windows ``x`` (N, d) and blended with the network's
+    window probabilities ``network`` (N, 4) as on val: the regression where ``notes`` (N,), else the network."""
+    fit = choice["fit"]
+    regression = np.zeros((len(x), 4))
+    regression[:, fit.classes_] = fit.predict_proba(choice["scaler"].transform(x))
+    regression = np.where(notes[:, None], regression, network)
+    return (1 - choice["blend"]) * network + choice["blend"] * regression
+
+
 def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarray],
                      val_table: Mapping[str, np.ndarray], *, device: str | torch.device = "cpu",
                      c: float | None = None, blend: float | None = None, fitted_on: str = "train") -> dict[str, Any]:
@@ -83,7 +93,7 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
 
     names = np.asarray(val_table["name"])
     labels_by_clip = dict(zip(names.tolist(), np.asarray(val_table["quadrant"]).tolist()))
-    train_notes, val_notes = _has_notes(train_table), _has_notes(val_table)  # where the head applies
+    train_notes, val_notes = has_notes(train_table), has_notes(val_table)  # where the head applies
     if not train_notes.any():
         raise ValueError("no training window has notes: the summary head has nothing to be fitted on")
     width = head.mean.shape[0]  # the summary's first descriptors the model reads (ModelConfig.summary_width)

@@ -36,8 +36,8 @@ from mer.evaluation.intervals import song_bootstrap
 from mer.evaluation.robustness import SECOND_SOUNDFONT
 from mer.features import FeatureCache, piano_notes, read_midi, render_audio, window_patches, window_starts
 from mer.model import clip_probabilities, load_artifact, window_embeddings
-from mer.train import (choose_regression, emopia_root, ensure_ray, extract_clips, load_split, split_metrics,
-                       song_of, summarise, window_log_probs, window_table)
+from mer.train import (blended, choose_regression, emopia_root, ensure_ray, extract_clips, has_notes, load_split,
+                       song_of, split_metrics, summarise, window_log_probs, window_table)
 from mer.train.summary_head import C_GRID
 from emit import emit
 
@@ -106,10 +106,6 @@ def regression_cv(tables: dict, embeddings: dict, width: int, folds: int = 5) ->
     return {"folds": folds, "clips": int(len(set(names))), "songs": int(len(set(songs))), **out}
 
 
-def has_notes(table: dict) -> np.ndarray:
-    return np.asarray(table["present"])[:, 0].astype(bool) & (np.asarray(table["token_lengths"]) > 0)
-
-
 def score_model(version: str, storage: str, tables: dict, embeddings: dict, timbre: tuple | None = None) -> dict:
     """Both heads on one trained model: what val chose, val and test clip metrics; with ``timbre`` (the test table
     and embeddings of a second SoundFont's rendering), test on that rendering too."""
@@ -130,11 +126,7 @@ def score_model(version: str, storage: str, tables: dict, embeddings: dict, timb
                                    np.asarray(tables["train"]["quadrant"])[notes["train"]], inputs["val"][name],
                                    val_notes=notes["val"], network=network["val"], names=names["val"],
                                    labels_by_clip=labels_by_clip)
-        fit = choice["fit"]
-        regression = np.zeros((len(notes["test"]), 4))
-        regression[:, fit.classes_] = fit.predict_proba(choice["scaler"].transform(inputs["test"][name]))
-        regression = np.where(notes["test"][:, None], regression, network["test"])
-        test = (1 - choice["blend"]) * network["test"] + choice["blend"] * regression
+        test = blended(choice, inputs["test"][name], notes=notes["test"], network=network["test"])
         result["heads"][name] = {
             "c": choice["c"], "blend": choice["blend"],
             "val_4q_regression_alone": round(max(choice["by_c"].values()), 4),
@@ -148,12 +140,8 @@ def score_model(version: str, storage: str, tables: dict, embeddings: dict, timb
                                                               true=np.array([by_clip[c] for c in clips]))
         if timbre is not None:  # the same head, test rendered with another piano
             table, other = timbre
-            other_network = np.exp(window_log_probs(model, table))
-            regression = np.zeros((len(table["name"]), 4))
-            features = head_inputs(table, other, width)[name]
-            regression[:, fit.classes_] = fit.predict_proba(choice["scaler"].transform(features))
-            regression = np.where(has_notes(table)[:, None], regression, other_network)
-            mixture = (1 - choice["blend"]) * other_network + choice["blend"] * regression
+            mixture = blended(choice, head_inputs(table, other, width)[name], notes=has_notes(table),
+                              network=np.exp(window_log_probs(model, table)))
             result["heads"][name]["test_second_soundfont"] = split_metrics(
                 names=np.asarray(table["name"]), quadrant_probs=mixture, quadrants=table["quadrant"])
     return result
@@ -196,10 +184,12 @@ def main() -> None:
     difference = [m["heads"][HEADS[1]]["test"]["4q"] - m["heads"][HEADS[0]]["test"]["4q"] for m in models]
     runs = {name: [m["heads"][name].pop("test_clips") for m in models] for name in HEADS}  # for the songs' interval
     interval = song_bootstrap(runs[HEADS[1]], minus=runs[HEADS[0]])
-    emit({"benchmark": "pretrained_embedding", "embedding": "musicnn MSD_musicnn penultimate layer (200), the mean of up to 4 patches of 3 s per window",
+    emit({"benchmark": "pretrained_embedding",
+          "embedding": "musicnn MSD_musicnn penultimate layer (200), the mean of up to 4 patches of 3 s per window",
           "audio": "rendered from the MIDI with FluidSynth (the model's SoundFont; test_second_soundfont: "
                    f"{args.second_soundfont})", "models": models,
-          "regression_alone_cv_train_val": cv, "pooled": pooled, "test_4q_difference": summarise(difference), "test_4q_difference_song_interval": interval,
+          "regression_alone_cv_train_val": cv, "pooled": pooled, "test_4q_difference": summarise(difference),
+          "test_4q_difference_song_interval": interval,
           "windows": {s: int(len(tables[s]["name"])) for s in SPLITS}},
          Path(args.out) if args.out else None)
 

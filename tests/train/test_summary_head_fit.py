@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from mer.model import MerModel, predict_windows
-from mer.train import choose_regression, fit_summary_head, with_summary_head
+from mer.train import blended, choose_regression, fit_summary_head, with_summary_head
 from mer.train.calibrate import calibration_on_val
 from tiny import random_windows, tiny_config
 
@@ -102,7 +102,10 @@ def test_columns_beside_the_summary_are_used_when_they_carry_the_quadrant(rng):
     labels = dict(zip(names.tolist(), y_val.tolist()))
     network = np.full((len(y_val), 4), 0.25)  # a network that knows nothing
     common = dict(val_notes=np.ones(len(y_val), bool), network=network, names=names, labels_by_clip=labels)
+    x_val = inputs(y_val, True)
     plain = choose_regression(inputs(y_train, False)[:, :2], y_train, inputs(y_val, False)[:, :2], **common)
-    extra = choose_regression(inputs(y_train, True), y_train, inputs(y_val, True), **common)
+    extra = choose_regression(inputs(y_train, True), y_train, x_val, **common)
     assert max(extra["by_c"].values()) > 0.9 > 0.5 > max(plain["by_c"].values())
     assert extra["blend"] > 0 and extra["probs"].shape == (len(y_val), 4)
+    # the chosen head applied again to the val windows gives what val was scored with
+    np.testing.assert_allclose(blended(extra, x_val, notes=common["val_notes"], network=network), extra["probs"])
