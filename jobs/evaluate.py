@@ -9,6 +9,9 @@ The tables (trains what is missing — each variant x seed — and reuses artifa
 Pool the reports of separate --tables runs (e.g. seeds trained on different days; same data and settings):
     python jobs/evaluate.py --merge reports/seed0/report.json reports/seed1/report.json --out ./reports/tables
 
+Song-grouped cross-validation over train + val (5 folds; the rows compared clip by clip; test left alone):
+    python jobs/evaluate.py --crossval 5 --methods default_symbolic default_symbolic_no_transpose --seeds 0
+
 The README's "Where we stand", from the headline report (and the robustness reports in its folder):
     python jobs/evaluate.py --readme tests/benchmarks/results/headline
 
@@ -29,7 +32,7 @@ import ray
 
 from mer.errors import MerError
 from mer.evaluation import (METHODS, TablesReport, evaluate_artifact, merge_reports, read_headline, replace_section,
-                            robustness_report, run_tables, where_we_stand, write_evaluation, write_tables)
+                            robustness_report, run_crossval, run_tables, where_we_stand, write_evaluation, write_tables)
 from mer.features import FeatureCache
 from mer.model import load_artifact
 from mer.train import METRICS, emopia_root, load_split, select_clips
@@ -43,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--robustness", nargs="+", metavar="MODEL", default=None,
                       help="models of one configuration (one per seed): calibration, their seed ensemble and a "
                            "second SoundFont on the test split")
+    what.add_argument("--crossval", type=int, metavar="FOLDS", default=None,
+                      help="cross-validate --methods over EMOPIA train + val in FOLDS song-grouped folds (held-out "
+                           "fold scored, the next one selects), once per seed; test is not touched")
     what.add_argument("--merge", nargs="+", metavar="REPORT_JSON", default=None,
                       help="pool the report.json files of several --tables runs into one report")
     what.add_argument("--readme", metavar="HEADLINE_DIR", default=None,
@@ -60,14 +66,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="feature cache folder (env MER_CACHE_DIR; default <storage>/feature-cache, "
                              "./mer_runs/feature-cache for S3)")
     parser.add_argument("--out", default="./reports", help="report folder")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--tables: training seeds")
-    parser.add_argument("--epochs", type=int, default=None, help="--tables: epochs per model (default: config's)")
-    parser.add_argument("--workers", type=int, default=None, help="--tables: Ray Train workers per model")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--tables, --crossval: training seeds")
+    parser.add_argument("--epochs", type=int, default=None, help="--tables, --crossval: epochs per model (default: config's)")
+    parser.add_argument("--workers", type=int, default=None, help="--tables, --crossval: Ray Train workers per model")
     parser.add_argument("--methods", nargs="+", default=None, choices=[m.key for m in METHODS],
-                        help="--tables: only these rows (default all); --merge: pool only these rows' runs")
+                        help="--tables: only these rows (default all); --crossval: the rows (the first is the baseline "
+                             "of the paired differences); --merge: pool only these rows' runs")
     parser.add_argument("--subset", type=int, default=None,
                         help="--tables: N training clips (proportional val/test clips), quick runs; "
-                             "--model: N test clips (quadrant-balanced)")
+                             "--crossval: N train + val clips; --model: N test clips (quadrant-balanced)")
     parser.add_argument("--device", default=None, help="evaluation device (default: CUDA when present)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                         help="Ray cluster address (env RAY_ADDRESS; default: start a local Ray)")
@@ -113,6 +120,19 @@ def main(argv: list[str] | None = None) -> int:
             report = merge_reports(args.merge, renames, methods=args.methods)
             write_tables(report, args.out)
             print_tables(report)
+        elif args.crossval is not None:
+            if not args.methods:
+                print("error: --crossval needs --methods (the rows to cross-validate)", file=sys.stderr)
+                return 2
+            ray.init(address=args.address or "local")
+            report = run_crossval(emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, out=args.out,
+                                  methods=args.methods, folds=args.crossval, seeds=args.seeds, epochs=args.epochs,
+                                  subset=args.subset, workers=args.workers, device=args.device,
+                                  progress=not args.quiet, endpoint_url=args.endpoint_url)
+            for row in report["methods"]:
+                print(f"{row['key']:<36} " + "  ".join(
+                    f"{m} {row['ours'][m]['mean']:.3f} ± {row['ours'][m]['std']:.3f}" for m in METRICS))
+            print(f"report: {Path(args.out) / 'crossval.md'}  {Path(args.out) / 'crossval.json'}")
         elif args.tables:
             ray.init(address=args.address or "local")
             report = run_tables(emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, out=args.out,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mer.train.calibrate import calibration_on_val, window_log_probs
 from mer.train.dataset import (ClipFeatures, Extraction, collate, data_fingerprint, ensure_ray, extract_clips,
                                labelled_rows, stack_rows, take, window_dataset, window_table)
-from mer.train.emopia import SPLITS, Clip, emopia_root, load_split, song_of
+from mer.train.emopia import SPLITS, Clip, emopia_root, load_split, song_folds, song_of
 from mer.train.loop import (CHECKPOINT_FILE, MIN_SUBSET_VAL_CLIPS, TrainResult, evaluate_split, run_identity,
                             select_clips, subset_count, summary_table, train_loop_per_worker, train_model)
 from mer.train.posthoc import build_artifact, with_summary_head
@@ -24,6 +24,6 @@ __all__ = [
     "data_fingerprint", "emopia_root", "emotion_loss", "ensure_ray", "eval_step", "evaluate_split", "extract_clips",
     "labelled_rows", "length_bucketed_batches", "load_split", "lr_schedule", "progress_bar",
     "progress_line", "quadrant_metrics", "rank_batches",
-    "run_identity", "select_clips", "song_of", "split_metrics", "stack_rows", "subset_count", "summarise",
+    "run_identity", "select_clips", "song_folds", "song_of", "split_metrics", "stack_rows", "subset_count", "summarise",
     "summary_table", "take", "train_loop_per_worker", "train_model", "train_step", "window_dataset", "window_table",
 ]

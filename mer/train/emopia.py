@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mer.config import QUADRANTS
 from mer.errors import DatasetNotFoundError
 from mer.labels import arousal_valence
@@ -83,3 +85,18 @@ def load_split(root: str | os.PathLike, split: str) -> list[Clip]:
                 raise DatasetNotFoundError(f"EMOPIA clip {name} is listed in {csv_path} but {midi_path} is missing")
             clips.append(Clip(name=name, quadrant=QUADRANTS.index(label), midi_path=midi_path))
     return clips
+
+
+def song_folds(clips: list[Clip], folds: int, *, seed: int = 0) -> list[list[Clip]]:
+    """``clips`` cut into ``folds`` parts with every song's clips in one part and the quadrants spread about
+    evenly over the parts (scikit-learn's ``StratifiedGroupKFold``, shuffled by ``seed``); each part in the
+    clips' own order. Cross-validation over EMOPIA's train + val keeps EMOPIA's rule that a song never sits on
+    both sides of a split."""
+    from sklearn.model_selection import StratifiedGroupKFold  # only cross-validation needs scikit-learn's splitters
+
+    songs = [c.song for c in clips]
+    if folds < 2 or folds > len(set(songs)):
+        raise ValueError(f"song_folds needs 2 <= folds <= the number of songs ({len(set(songs))}), got {folds}")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    parts = splitter.split(np.zeros(len(clips)), [c.quadrant for c in clips], songs)
+    return [[clips[i] for i in sorted(held_out)] for _, held_out in parts]

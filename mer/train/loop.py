@@ -365,6 +365,7 @@ def train_model(
     subset: int | None = None,
     progress: bool = True,
     endpoint_url: str | None = None,
+    split: tuple[Sequence[Clip], Sequence[Clip]] | None = None,
 ) -> TrainResult:
     """Train the model on EMOPIA (train split, selected on val; or train + val, ``TrainConfig.fit_on``) and write
     the model artifact.
@@ -381,12 +382,21 @@ def train_model(
             (at least 4) — for tests and timing.
         progress: print extraction and training progress.
         endpoint_url: S3-compatible endpoint for an ``s3://`` storage and feature cache (None: AWS).
+        split: the (train, val) clips to use instead of EMOPIA's official train and val splits (a fold of a
+            cross-validation, :mod:`mer.evaluation.crossval`); no song may be on both sides.
 
     Ray is initialised here if it is not yet (``ray.init()``: the cluster in ``RAY_ADDRESS``, else a local one).
     """
+    if split is not None:  # before Ray starts: a split that leaks songs is refused at once
+        shared = sorted({c.song for c in split[0]} & {c.song for c in split[1]})
+        if shared:
+            raise ValueError(f"songs on both sides of the train/val split: {shared[:5]}")
     ensure_ray()
     root = emopia_root(emopia)
-    train_clips, val_clips = load_split(root, "train"), load_split(root, "val")
+    if split is None:
+        train_clips, val_clips = load_split(root, "train"), load_split(root, "val")
+    else:
+        train_clips, val_clips = list(split[0]), list(split[1])
     if subset is not None:
         val_count = subset_count(subset, val_clips, train_clips, minimum=MIN_SUBSET_VAL_CLIPS)
         train_clips, val_clips = select_clips(train_clips, subset), select_clips(val_clips, val_count)

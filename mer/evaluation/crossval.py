@@ -1,0 +1,220 @@
+"""Song-grouped cross-validation over EMOPIA's train + val: a row's accuracy on 965 clips instead of val's 198.
+
+Val (198 clips) and test (86) each move by a few points when one seed or one song changes, and twice they have
+pointed opposite ways on rows a few points apart. Here EMOPIA's train and val are pooled and cut into ``folds``
+parts by song (:func:`mer.train.song_folds`); for fold ``i`` the model trains on the other parts but one, selects
+on part ``i + 1`` (checkpoint, summary head, temperature: whatever the row chooses on val) and is scored on part
+``i``, which it never saw. Every clip of train + val is scored once per seed, by a model that did not train or
+select on it; rows cross-validated with the same folds are compared clip by clip, songs resampled
+(:func:`mer.evaluation.intervals.song_bootstrap`). Test stays out of it, for the final score.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mer.config import MerConfig
+from mer.evaluation.evaluate import evaluate_features
+from mer.evaluation.intervals import song_bootstrap
+from mer.evaluation.paper import METHODS, method_config
+from mer.evaluation.plots import plot_confusion
+from mer.evaluation.results import EvalResult
+from mer.evaluation.tables import find_artifact
+from mer.features import FeatureCache
+from mer.model import load_artifact
+from mer.train import (METRICS, Clip, ClipFeatures, data_fingerprint, emopia_root, ensure_ray, extract_clips,
+                       load_split, progress_bar, progress_line, run_identity, select_clips, song_folds, summarise,
+                       train_model)
+
+
+def fold_splits(clips: list[Clip], folds: int, *, seed: int = 0) -> list[dict[str, list[Clip]]]:
+    """For each fold ``i`` of :func:`mer.train.song_folds`: ``{"train", "val", "test"}`` = (every part but ``i``
+    and ``i + 1``, part ``i + 1``, part ``i``). Each clip is in one test part; no song is on two sides."""
+    if folds < 3:
+        raise ValueError(f"cross-validation needs at least 3 folds (train, val and test parts), got {folds}")
+    parts = song_folds(clips, folds, seed=seed)
+    return [{"train": [c for j, part in enumerate(parts) if j not in (i, (i + 1) % folds) for c in part],
+             "val": parts[(i + 1) % folds], "test": parts[i]} for i in range(folds)]
+
+
+def pooled(results: Sequence[EvalResult], *, method: str) -> EvalResult:
+    """One seed's folds as one result over all their clips (each fold's test part in turn), the folds listed in
+    ``extra["folds"]`` (model, best epoch, val and held-out 4Q, clips)."""
+    attention = [r.attention for r in results]
+    first = results[0]
+    return EvalResult(
+        method=method, names=[n for r in results for n in r.names], true=np.concatenate([r.true for r in results]),
+        probs=np.concatenate([r.probs for r in results]),
+        attention=None if any(a is None for a in attention) else np.concatenate(attention),
+        branches=first.branches, seed=first.seed, version=None,
+        extra={"val_metrics": {m: float(np.mean([r.extra["val_metrics"][m] for r in results])) for m in METRICS},
+               "folds": [{"fold": i, "model": r.version, "best_epoch": r.extra.get("best_epoch"),
+                          "val_4q": r.extra["val_metrics"]["4q"], "held_out_4q": r.metrics["4q"],
+                          "clips": len(r.names)} for i, r in enumerate(results)],
+               "skipped": [s for r in results for s in r.extra.get("skipped", [])]},
+    )
+
+
+def run_crossval(
+    *,
+    emopia: str | os.PathLike | None,
+    storage: str,
+    cache_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    methods: Sequence[str],
+    folds: int = 5,
+    seeds: Sequence[int] = (0,),
+    split_seed: int = 0,
+    epochs: int | None = None,
+    subset: int | None = None,
+    workers: int | None = None,
+    base_config: MerConfig | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    endpoint_url: str | None = None,
+) -> dict[str, Any]:
+    """Cross-validate the deep rows ``methods`` (keys of :data:`mer.evaluation.paper.METHODS`) over EMOPIA's
+    train + val, ``folds`` song-grouped folds (cut by ``split_seed``), once per training seed, and write
+    ``crossval.json``, ``crossval.md`` and a confusion matrix per row into ``out``.
+
+    A fold's model already in ``storage`` (same configuration, seed, epochs and fold data) is reused, so a re-run
+    trains only what is missing. ``subset``: only this many train + val clips (quadrant-balanced), for tests.
+    Returns the written report: per row, its pooled runs (one per seed, in :class:`EvalResult`'s JSON form), their
+    summary and song-resampled interval; per later row, its paired 4Q difference from the first row.
+    """
+    def log(message: str) -> None:
+        progress_line(f"[crossval] {message}", enabled=progress)
+
+    chosen = [m for key in methods for m in METHODS if m.key == key]
+    if len(chosen) != len(methods) or not chosen:
+        raise ValueError(f"unknown method(s) {sorted(set(methods) - {m.key for m in METHODS})}; "
+                         f"choose from {[m.key for m in METHODS]}")
+    if any(not m.deep for m in chosen):
+        raise ValueError(f"cross-validation trains networks; {[m.key for m in chosen if not m.deep]} are linear "
+                         "baselines")
+    if not seeds:
+        raise ValueError("run_crossval needs at least one seed")
+    base = base_config or MerConfig()
+    base = dataclasses.replace(base, training=dataclasses.replace(
+        base.training, epochs=base.training.epochs if epochs is None else epochs,
+        num_workers=base.training.num_workers if workers is None else workers))
+    started = time.monotonic()
+    ensure_ray()
+    root = emopia_root(emopia)
+    clips = select_clips([*load_split(root, "train"), *load_split(root, "val")], subset)
+    splits = fold_splits(clips, folds, seed=split_seed)
+    log(f"EMOPIA {root}: train + val, {len(clips)} clips of {len({c.song for c in clips})} songs in {folds} "
+        f"song-grouped folds ({', '.join(str(len(s['test'])) for s in splits)} clips); "
+        f"rows {[m.key for m in chosen]}; seeds {list(seeds)}")
+    cache = FeatureCache(os.path.abspath(cache_dir), endpoint_url=endpoint_url)
+    extraction = extract_clips(clips, config=base.features, cache=cache, progress=progress)
+    items = {item.clip.name: item for item in extraction.clips}
+
+    def usable(part: list[Clip]) -> list[ClipFeatures]:
+        return [items[c.name] for c in part if c.name in items]
+
+    results: dict[str, list[EvalResult]] = {}
+    bar = progress_bar(total=len(chosen) * len(seeds) * folds, desc="[crossval] models", unit="model",
+                       enabled=progress)
+    for method in chosen:
+        results[method.key] = []
+        for seed in seeds:
+            config = method_config(base, method, seed=seed)
+            by_fold = []
+            for i, split in enumerate(splits):
+                fingerprint = data_fingerprint({"train": usable(split["train"]), "val": usable(split["val"])})
+                url = find_artifact(storage, config, fingerprint, endpoint_url=endpoint_url)
+                tag = f"{method.key}, seed {seed}, fold {i + 1}/{folds}"
+                if url is None:
+                    log(f"{tag}: training {config.training.epochs} epoch(s)")
+                    url = train_model(config, emopia=root, storage=storage, cache_dir=cache_dir,
+                                      run_name=f"crossval-{method.key}-seed{seed}-fold{i}-"
+                                               f"{run_identity(config, fingerprint)[:8]}",
+                                      progress=progress, endpoint_url=endpoint_url,
+                                      split=(split["train"], split["val"])).artifact
+                else:
+                    log(f"{tag}: reusing trained model {url}")
+                result = evaluate_features(load_artifact(url, device=device, endpoint_url=endpoint_url),
+                                           usable(split["test"]), device=device, method=method.key)
+                log(f"{tag}: held-out 4Q {result.metrics['4q']:.3f} (val 4Q {result.extra['val_metrics']['4q']:.3f})")
+                by_fold.append(result)
+                bar.update()
+            results[method.key].append(pooled(by_fold, method=method.key))
+    bar.close()
+
+    report = crossval_report(results, setup={
+        "protocol": f"song-grouped {folds}-fold cross-validation over EMOPIA train + val (fold i held out, fold "
+                    "i+1 for selection, the rest for training)",
+        "emopia": str(root), "folds": folds, "split_seed": split_seed, "seeds": list(seeds), "subset": subset,
+        "clips": len(extraction.clips), "songs": len({c.song for c in clips}),
+        "skipped": [list(f) for f in extraction.failures],
+        "fold_clips": [len(s["test"]) for s in splits], "seconds": round(time.monotonic() - started, 1)})
+    write_crossval(report, results, out)
+    log(f"report written to {Path(out) / 'crossval.md'} ({report['setup']['seconds']:.0f} s)")
+    return report
+
+
+def crossval_report(results: dict[str, list[EvalResult]], *, setup: dict[str, Any]) -> dict[str, Any]:
+    """The JSON of a cross-validation: per row its runs, mean ± std over seeds, songs-resampled interval; per row
+    after the first, its paired 4Q difference from the first (same clips, same folds)."""
+    first = next(iter(results))
+    rows = []
+    for key, runs in results.items():
+        label = next(m.label for m in METHODS if m.key == key)
+        row = {"key": key, "label": label, "seeds": [r.seed for r in runs],
+               "ours": {m: summarise([r.metrics[m] for r in runs]) for m in METRICS},
+               "val": summarise([r.extra["val_metrics"]["4q"] for r in runs]),
+               "interval_4q": song_bootstrap(runs),
+               "runs": [r.to_dict() for r in runs]}
+        if key != first:
+            row[f"4q_minus_{first}"] = song_bootstrap(runs, minus=results[first])
+        rows.append(row)
+    return {"setup": setup, "methods": rows}
+
+
+def write_crossval(report: dict[str, Any], results: dict[str, list[EvalResult]],
+                   out: str | os.PathLike) -> dict[str, Path]:
+    """``crossval.json``, ``crossval.md`` and ``crossval_confusion_<row>.png`` (summed over seeds) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {f"confusion_{key}": plot_confusion(
+        sum(r.confusion for r in runs), out / f"crossval_confusion_{key}.png",
+        title=f"{key}: held-out folds of train + val, {len(runs)} seed(s) summed") for key, runs in results.items()}
+    paths["json"] = out / "crossval.json"
+    paths["json"].write_text(json.dumps(report, indent=2))
+    setup = report["setup"]
+    first = report["methods"][0]["key"]
+    lines = [f"# Cross-validation over EMOPIA train + val", "",
+             f"{setup['protocol']}: {setup['clips']} clips of {setup['songs']} songs, folds of "
+             f"{setup['fold_clips']} clips (split seed {setup['split_seed']}); training seeds {setup['seeds']}. "
+             "Each clip is scored by a model that neither trained nor selected on it. Audio rendered from the MIDI "
+             "with FluidSynth.", "",
+             "| Row | 4Q | Arousal | Valence | 95% songs interval (4Q) | Val 4Q (selection folds) | "
+             f"4Q minus {first} (95% interval) |", "|---|---|---|---|---|---|---|"]
+    for row in report["methods"]:
+        ours, interval = row["ours"], row["interval_4q"]
+        diff = row.get(f"4q_minus_{first}")
+        lines.append(f"| {row['label']} (`{row['key']}`) | "
+                     + " | ".join(f"{ours[m]['mean']:.3f} ± {ours[m]['std']:.3f}" for m in METRICS)
+                     + f" | {interval['low']:.3f} to {interval['high']:.3f} | {row['val']['mean']:.3f} | "
+                     + ("—" if diff is None else f"{diff['estimate']:+.3f} ({diff['low']:+.3f} to {diff['high']:+.3f})")
+                     + " |")
+    lines += ["", "## Folds", "", "| Row | Seed | Fold | Model | Best epoch | Val 4Q | Held-out 4Q | Clips |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in report["methods"]:
+        for run in row["runs"]:
+            for fold in run["folds"]:
+                lines.append(f"| `{row['key']}` | {run['seed']} | {fold['fold'] + 1} | {fold['model']} | "
+                             f"{fold['best_epoch']} | {fold['val_4q']:.3f} | {fold['held_out_4q']:.3f} | "
+                             f"{fold['clips']} |")
+    lines += ["", "## Pictures", ""] + [f"![{key}]({path.name})" for key, path in paths.items()
+                                        if path.suffix == ".png"]
+    paths["markdown"] = out / "crossval.md"
+    paths["markdown"].write_text("\n".join(lines) + "\n")
+    return paths
