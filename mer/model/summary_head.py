@@ -50,6 +50,11 @@ class SummaryHead(nn.Module):
         self.blend.fill_(blend)
         self._active = blend > 0.0
 
+    def reset(self) -> None:
+        """The head off and empty, as built: the network's own probabilities come through unchanged."""
+        self.set(mean=np.zeros(self.mean.shape), scale=np.ones(self.scale.shape), weight=np.zeros(self.weight.shape),
+                 bias=np.zeros(self.bias.shape), blend=0.0)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001 — torch's hook
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._active = float(self.blend) > 0.0

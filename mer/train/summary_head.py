@@ -87,8 +87,7 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
     head = getattr(model, "summary_head", None)
     if head is None:
         raise ValueError("the model was built without a summary head (ModelConfig.summary_head)")
-    head.set(mean=np.zeros(head.mean.shape), scale=np.ones(head.scale.shape), weight=np.zeros(head.weight.shape),
-             bias=np.zeros(head.bias.shape), blend=0.0)  # the network alone, for its val probabilities
+    head.reset()  # the network alone, for its val probabilities
     network = np.exp(window_log_probs(model, val_table, device=device))  # (N_val, 4)
 
     names = np.asarray(val_table["name"])

@@ -112,8 +112,7 @@ def score_model(version: str, storage: str, tables: dict, embeddings: dict, timb
     artifact = load_artifact(version, storage=storage, device="cpu")
     model = artifact.model
     head = model.summary_head
-    head.set(mean=np.zeros(head.mean.shape), scale=np.ones(head.scale.shape), weight=np.zeros(head.weight.shape),
-             bias=np.zeros(head.bias.shape), blend=0.0)  # the network alone
+    head.reset()  # the network alone, for its val probabilities
     network = {s: np.exp(window_log_probs(model, tables[s])) for s in ("val", "test")}
     width = model.config.model.summary_width
     inputs = {s: head_inputs(tables[s], embeddings, width) for s in SPLITS}

@@ -46,6 +46,20 @@ def test_an_unfitted_head_leaves_every_output_of_the_network_unchanged(rng):
         np.testing.assert_allclose(a[key], b[key], atol=1e-6)
 
 
+def test_a_reset_head_gives_the_network_alone_again(rng):
+    torch.manual_seed(0)
+    plain = MerModel(CONFIG).eval()
+    headed = fitted(MerModel(WITH_HEAD).eval(), rng, 0.7)
+    headed.load_state_dict(plain.state_dict(), strict=False)
+    inputs = batch(rng)
+    assert not np.allclose(predict_windows(headed, inputs, device="cpu")["quadrant_probs"],
+                           predict_windows(plain, inputs, device="cpu")["quadrant_probs"], atol=1e-3)
+    headed.summary_head.reset()
+    assert not headed.summary_head.active
+    np.testing.assert_allclose(predict_windows(headed, inputs, device="cpu")["quadrant_probs"],
+                               predict_windows(plain, inputs, device="cpu")["quadrant_probs"], atol=1e-6)
+
+
 @pytest.mark.parametrize("texture", [False, True])
 @pytest.mark.parametrize("blend", [0.3, 1.0])
 def test_a_fitted_head_gives_the_stated_mixture_and_leaves_arousal_and_valence_alone(rng, blend, texture):
