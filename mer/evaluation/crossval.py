@@ -22,7 +22,7 @@ import numpy as np
 from mer.config import MerConfig
 from mer.evaluation.evaluate import evaluate_features
 from mer.evaluation.intervals import song_bootstrap
-from mer.evaluation.paper import METHODS, method_config
+from mer.evaluation.paper import METHODS, Method, method_config
 from mer.evaluation.plots import plot_confusion
 from mer.evaluation.results import EvalResult
 from mer.evaluation.tables import find_artifact
@@ -84,7 +84,8 @@ def run_crossval(
     ``crossval.json``, ``crossval.md`` and a confusion matrix per row into ``out``.
 
     A fold's model already in ``storage`` (same configuration, seed, epochs and fold data) is reused, so a re-run
-    trains only what is missing. ``subset``: only this many train + val clips (quadrant-balanced), for tests.
+    trains only what is missing. ``epochs``: every row's epochs, its own (a preset row's too) replaced — a cheaper
+    screen, the same for every row compared. ``subset``: only this many train + val clips (quadrant-balanced), for tests.
     Returns the written report: per row, its pooled runs (one per seed, in :class:`EvalResult`'s JSON form), their
     summary and song-resampled interval; per later row, its paired 4Q difference from the first row.
     """
@@ -102,8 +103,13 @@ def run_crossval(
         raise ValueError("run_crossval needs at least one seed")
     base = base_config or MerConfig()
     base = dataclasses.replace(base, training=dataclasses.replace(
-        base.training, epochs=base.training.epochs if epochs is None else epochs,
-        num_workers=base.training.num_workers if workers is None else workers))
+        base.training, num_workers=base.training.num_workers if workers is None else workers))
+
+    def row_config(method: Method, seed: int) -> MerConfig:  # the row's own settings, its epochs overridden if asked
+        config = method_config(base, method, seed=seed)
+        return config if epochs is None else dataclasses.replace(
+            config, training=dataclasses.replace(config.training, epochs=epochs))
+
     started = time.monotonic()
     ensure_ray()
     root = emopia_root(emopia)
@@ -111,7 +117,8 @@ def run_crossval(
     splits = fold_splits(clips, folds, seed=split_seed)
     log(f"EMOPIA {root}: train + val, {len(clips)} clips of {len({c.song for c in clips})} songs in {folds} "
         f"song-grouped folds ({', '.join(str(len(s['test'])) for s in splits)} clips); "
-        f"rows {[m.key for m in chosen]}; seeds {list(seeds)}")
+        f"rows {[m.key for m in chosen]}; seeds {list(seeds)}; epochs "
+        + ", ".join(f"{m.key} {row_config(m, 0).training.epochs}" for m in chosen))
     cache = FeatureCache(os.path.abspath(cache_dir), endpoint_url=endpoint_url)
     extraction = extract_clips(clips, config=base.features, cache=cache, progress=progress)
     items = {item.clip.name: item for item in extraction.clips}
@@ -125,7 +132,7 @@ def run_crossval(
     for method in chosen:
         results[method.key] = []
         for seed in seeds:
-            config = method_config(base, method, seed=seed)
+            config = row_config(method, seed)
             by_fold = []
             for i, split in enumerate(splits):
                 fingerprint = data_fingerprint({"train": usable(split["train"]), "val": usable(split["val"])})
@@ -151,7 +158,8 @@ def run_crossval(
     report = crossval_report(results, setup={
         "protocol": f"song-grouped {folds}-fold cross-validation over EMOPIA train + val (fold i held out, fold "
                     "i+1 for selection, the rest for training)",
-        "emopia": str(root), "folds": folds, "split_seed": split_seed, "seeds": list(seeds), "subset": subset,
+        "emopia": str(root), "folds": folds, "epochs": {m.key: row_config(m, 0).training.epochs for m in chosen},
+        "split_seed": split_seed, "seeds": list(seeds), "subset": subset,
         "clips": len(extraction.clips), "songs": len({c.song for c in clips}),
         "skipped": [list(f) for f in extraction.failures],
         "fold_clips": [len(s["test"]) for s in splits], "seconds": round(time.monotonic() - started, 1)})

@@ -81,10 +81,10 @@ def ray_cluster():
 
 
 def test_crossval_scores_every_clip_with_a_model_that_never_saw_it(ray_cluster, emopia, tmp_path):
-    config = tiny_config(training=dict(epochs=1, batch_size=8, num_workers=1))
+    config = tiny_config(training=dict(epochs=3, batch_size=8, num_workers=1))
     storage, cache, out = str(tmp_path / "runs"), tmp_path / "cache", tmp_path / "report"
     report = run_crossval(emopia=emopia, storage=storage, cache_dir=cache, out=out, methods=["full"], folds=FOLDS,
-                          seeds=[0], subset=SUBSET, base_config=config, progress=False)
+                          seeds=[0], subset=SUBSET, base_config=config, epochs=1, progress=False)
 
     chosen = select_clips([*load_split(emopia, "train"), *load_split(emopia, "val")], SUBSET)
     (row,) = report["methods"]
@@ -96,7 +96,9 @@ def test_crossval_scores_every_clip_with_a_model_that_never_saw_it(ray_cluster, 
     items = {i.clip.name: i for i in extract_clips(chosen, config=config.features,
                                                    cache=FeatureCache(str(cache)), progress=False).clips}
     for fold, split in zip(run["folds"], fold_splits(chosen, FOLDS)):
-        meta = load_artifact(f"{storage}/models/{fold['model']}").meta
+        artifact = load_artifact(f"{storage}/models/{fold['model']}")
+        assert artifact.config.training.epochs == 1  # the epochs asked for, not the row's own
+        meta = artifact.meta
         assert meta["data_fingerprint"] == data_fingerprint(
             {part: [items[c.name] for c in split[part]] for part in ("train", "val")})
         held_out = {c.name for c in split["test"]}
@@ -110,7 +112,7 @@ def test_crossval_scores_every_clip_with_a_model_that_never_saw_it(ray_cluster, 
     # A re-run finds every fold's model and trains nothing: the same models, the same predictions.
     models_before = sorted(open_store(f"{storage}/models").list_folders())
     again = run_crossval(emopia=emopia, storage=storage, cache_dir=cache, out=tmp_path / "again", methods=["full"],
-                         folds=FOLDS, seeds=[0], subset=SUBSET, base_config=config, progress=False)
+                         folds=FOLDS, seeds=[0], subset=SUBSET, base_config=config, epochs=1, progress=False)
     assert sorted(open_store(f"{storage}/models").list_folders()) == models_before
     assert again["methods"][0]["runs"][0]["predictions"] == run["predictions"]
 
