@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="one GPU per worker (default: when the cluster has GPUs)")
     parser.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
     parser.add_argument("--epochs", type=int, default=None, help="default: the preset's")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch (all workers; default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="global batch (all workers; default: the preset's)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (AdamW; default: the preset's)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--branches", default=",".join(BRANCHES),

@@ -140,7 +140,8 @@ class LabelRecord:
             raise ValueError(f"{self.key}: mode must be 'major', 'minor' or None, got {self.mode!r}")
         if self.attention is not None:
             attention = _plain(self.attention)
-            if not all(len(head) == len(BRANCHES) and all(len(row) == len(BRANCHES) for row in head) for head in attention):
+            if not all(len(head) == len(BRANCHES) and all(len(row) == len(BRANCHES) for row in head)
+                       for head in attention):
                 raise ValueError(f"{self.key}: attention must have shape (heads, 3, 3)")
             fix("attention", [[[float(w) for w in row] for row in head] for head in attention])
         fix("timeline", [_timeline_window(self.key, window) for window in _plain(list(self.timeline))])

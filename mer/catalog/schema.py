@@ -139,8 +139,9 @@ labels_table = sa.Table(
     sa.Column("timeline", _JSON, nullable=False, comment="per-window labels"),
     sa.Column("problems", sa.Text(), nullable=True),
     sa.Column("tagged_at", _TIMESTAMP, nullable=False),
-    sa.Column("key", sa.Text(), nullable=True, comment="estimated key's tonic (C, C#, D, Eb, E, F, F#, G, Ab, A, Bb, B); "
-                                                      "Krumhansl-Kessler over the piece's pitch classes"),
+    sa.Column("key", sa.Text(), nullable=True,
+              comment="estimated key's tonic (C, C#, D, Eb, E, F, F#, G, Ab, A, Bb, B); "
+                      "Krumhansl-Kessler over the piece's pitch classes"),
     sa.Column("mode", sa.Text(), nullable=True, comment="'major' or 'minor'"),
     sa.Column("key_confidence", sa.Float(), nullable=True,
               comment="the best key's correlation minus the runner-up's (0: a tie)"),

@@ -271,7 +271,8 @@ class CatalogWriter:
             return
         now = _now()
         with self.engine.begin() as conn:
-            model_version = conn.execute(sa.select(runs_table.c.model_version).where(runs_table.c.id == run_id)).scalar_one_or_none()
+            model_version = conn.execute(sa.select(runs_table.c.model_version)
+                                         .where(runs_table.c.id == run_id)).scalar_one_or_none()
             if model_version is None:
                 raise ValueError(f"no run with id {run_id}")
             labelled = {record.key for record in labels}

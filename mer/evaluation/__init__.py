@@ -18,8 +18,8 @@ from mer.evaluation.tables import find_artifact, run_baseline, run_tables, split
 __all__ = [
     "CAVEAT_AUDIO", "EvalResult", "LinearBaseline", "METHODS", "Method", "PAPER_FULL", "PAPER_ONLY", "RUN_FIELDS",
     "TablesReport", "audio_features", "caveats", "evaluate_artifact", "evaluate_features", "find_artifact",
-    "fit_linear_baseline", "fold_splits", "merge_reports", "method_config", "method_key", "plot_attention", "plot_confusion",
-    "plot_reliability", "read_headline", "replace_section", "robustness_report", "where_we_stand",
-    "render_markdown", "run_baseline", "run_crossval", "run_tables", "split_clips", "symbolic_features", "window_predictions",
-    "write_evaluation", "write_tables",
+    "fit_linear_baseline", "fold_splits", "merge_reports", "method_config", "method_key", "plot_attention",
+    "plot_confusion", "plot_reliability", "read_headline", "render_markdown", "replace_section",
+    "robustness_report", "run_baseline", "run_crossval", "run_tables", "split_clips", "symbolic_features",
+    "where_we_stand", "window_predictions", "write_evaluation", "write_tables",
 ]

@@ -85,7 +85,8 @@ def run_crossval(
 
     A fold's model already in ``storage`` (same configuration, seed, epochs and fold data) is reused, so a re-run
     trains only what is missing. ``epochs``: every row's epochs, its own (a preset row's too) replaced — a cheaper
-    screen, the same for every row compared. ``subset``: only this many train + val clips (quadrant-balanced), for tests.
+    screen, the same for every row compared. ``subset``: only this many train + val clips (quadrant-balanced), for
+    tests.
     Returns the written report: per row, its pooled runs (one per seed, in :class:`EvalResult`'s JSON form), their
     summary and song-resampled interval; per later row, its paired 4Q difference from the first row.
     """

@@ -107,7 +107,8 @@ def render_markdown(report: TablesReport) -> str:
     lines += ["", "Arousal and valence: binary accuracies derived from the predicted quadrant, as in the paper "
               "(Q1/Q2 high arousal, Q1/Q4 positive valence). Per-clip: a clip's probabilities are the mean over its "
               "windows.", "", "## Runs", "",
-              "| Method | Seed | Model | Val 4Q | Test 4Q | Test arousal | Test valence |", "|---|---|---|---|---|---|---|"]
+              "| Method | Seed | Model | Val 4Q | Test 4Q | Test arousal | Test valence |",
+              "|---|---|---|---|---|---|---|"]
     for method in METHODS:
         for r in report.results.get(method.key, []):
             val = (r.extra.get("val_metrics") or {}).get("4q")

@@ -73,7 +73,8 @@ class JobMetrics:
             "mer_stage_seconds", "Seconds spent per timed unit of work, by stage.", ["stage"],
             buckets=STAGE_BUCKETS, registry=r,
         )
-        self.items_per_second = Gauge("mer_items_per_second", "Tagged items per wall-clock second of the run.", registry=r)
+        self.items_per_second = Gauge("mer_items_per_second", "Tagged items per wall-clock second of the run.",
+                                      registry=r)
         self.run_last_finish = Gauge(
             "mer_run_last_finish_timestamp_seconds", "Unix time the last run finished (success or not).", registry=r
         )

@@ -88,8 +88,8 @@ class WindowPredictor:
                  device: str | None = None, num_threads: int | None = None, batch_size: int = 16,
                  bucket: bool = True, int8: bool = False) -> None:
         """``model``: artifact path/URL or version id (with ``storage``; ``endpoint_url`` for an S3-compatible
-        server other than AWS, passed explicitly: an actor sees nothing of the driver's flags). ``num_threads``: torch intra-op threads
-        (None: leave torch's default; an actor gets as many as the CPUs it reserves). ``batch_size``: windows per
+        server other than AWS, passed explicitly: an actor sees nothing of the driver's flags). ``num_threads``:
+        torch intra-op threads (None: leave torch's default; an actor gets as many as the CPUs it reserves). ``batch_size``: windows per
         model call. ``int8``: int8 weights for the Bi-GRU and linear layers on a CPU (:mod:`mer.model.quantization`;
         GPUs run float32)."""
         import torch

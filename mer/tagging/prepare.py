@@ -329,7 +329,8 @@ def _prepare(
                 prepared.failure = ("read", "; ".join(problems))
             else:
                 needs = " or ".join(
-                    (["MIDI (symbolic branch)"] if wants_midi else []) + (["audio (harmony/tone)"] if wants_audio else [])
+                    (["MIDI (symbolic branch)"] if wants_midi else [])
+                    + (["audio (harmony/tone)"] if wants_audio else [])
                 )
                 prepared.failure = ("features", f"the model ({','.join(built)}) needs {needs}; "
                                                 f"the item has only {prepared.modalities or 'nothing'}")

@@ -180,7 +180,8 @@ class Schedule:
                 position = min(self.cosine.last_epoch, stretched_t_max)
                 eta_min = self.cosine.eta_min
                 for group, base in zip(self.cosine.optimizer.param_groups, self.cosine.base_lrs):
-                    group["lr"] = eta_min + (base - eta_min) * 0.5 * (1 + math.cos(math.pi * position / stretched_t_max))
+                    group["lr"] = eta_min + (base - eta_min) * 0.5 * (
+                        1 + math.cos(math.pi * position / stretched_t_max))
 
 
     def advance(self, steps: int) -> None:
