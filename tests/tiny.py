@@ -8,6 +8,10 @@ import torch
 from torch import nn
 
 from mer.config import BRANCHES, SUMMARY_SIZE, MerConfig
+from mer.model import MerModel, save_artifact
+from mer.train.dataset import take
+from mer.train.loop import evaluate_split
+from mer.train.steps import train_step
 
 TINY_MODEL = dict(token_embedding=8, gru_hidden=8, gru_layers=1, harmony_channels=4, harmony_time_kernel=5,
                   resnet_channels=4, resnet_blocks=3, fusion_dim=8, attention_heads=2, fc_hidden=8)
@@ -51,3 +55,19 @@ def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
             module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
             module.bias.data.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
     return model.eval()
+
+
+def train_in_process(config: MerConfig, train_table, val_table, *, fingerprint: str, storage: str) -> str:
+    """A real artifact without Ray Train: the model of ``config`` after a few AdamW steps on the training windows
+    (seeded like train_model), val metrics on the val windows, saved with the data fingerprint."""
+    torch.manual_seed(config.training.seed)
+    model = MerModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.training.learning_rate)
+    order = np.random.default_rng(config.training.seed).permutation(len(train_table["quadrant"]))
+    for start in range(0, 32, 8):
+        train_step(model, optimizer, take(train_table, order[start:start + 8]), device=torch.device("cpu"),
+                   va_loss_weight=config.training.va_loss_weight)
+    val = evaluate_split(model, val_table, batch_size=16, device=torch.device("cpu"))
+    return save_artifact(model.state_dict(), config=config, storage=storage, meta={
+        "data_fingerprint": fingerprint, "val_metrics": val, "seed": config.training.seed, "best_epoch": 1,
+        "epochs": config.training.epochs})

@@ -2,6 +2,7 @@
 subset: every clip is scored once by a model that never trained or selected on it, and a re-run trains nothing."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,16 +10,19 @@ import pytest
 import ray
 
 from mer.evaluation.crossval import crossval_report, fold_splits, run_crossval
+from mer.evaluation.evaluate import evaluate_features
+from mer.evaluation.paper import METHODS, method_config
 from mer.evaluation.results import EvalResult
 from mer.model.artifact import load_artifact
 from mer.storage import open_store
-from mer.train.dataset import data_fingerprint, extract_clips
 from mer.features.cache import FeatureCache
+from mer.train.dataset import data_fingerprint, extract_clips, window_table
 from mer.train.emopia import load_split
 from mer.train.loop import select_clips, train_model
-from tiny import tiny_config
+from tiny import tiny_config, train_in_process
 
 SUBSET, FOLDS = 30, 3
+FULL = next(m for m in METHODS if m.key == "full")
 
 
 @pytest.fixture(scope="module")
@@ -81,28 +85,40 @@ def ray_cluster():
 
 
 def test_crossval_scores_every_clip_with_a_model_that_never_saw_it(ray_cluster, emopia, tmp_path):
-    config = tiny_config(training=dict(epochs=3, batch_size=8, num_workers=1))
+    base = tiny_config(training=dict(epochs=3, batch_size=8, num_workers=1))
+    as_built = method_config(base, FULL, seed=0)  # the row as run_crossval builds it, for 1 epoch
+    config = dataclasses.replace(as_built, training=dataclasses.replace(as_built.training, epochs=1))
     storage, cache, out = str(tmp_path / "runs"), tmp_path / "cache", tmp_path / "report"
-    report = run_crossval(emopia=emopia, storage=storage, cache_dir=cache, out=out, methods=["full"], folds=FOLDS,
-                          seeds=[0], subset=SUBSET, base_config=config, epochs=1, progress=False)
-
     chosen = select_clips([*load_split(emopia, "train"), *load_split(emopia, "val")], SUBSET)
-    (row,) = report["methods"]
-    (run,) = row["runs"]
-    assert sorted(p["name"] for p in run["predictions"]) == sorted(c.name for c in chosen)
-    assert len(run["folds"]) == FOLDS
-
-    # Each fold's model was trained and selected on exactly the other folds: its data fingerprint says so.
     items = {i.clip.name: i for i in extract_clips(chosen, config=config.features,
                                                    cache=FeatureCache(str(cache)), progress=False).clips}
-    for fold, split in zip(run["folds"], fold_splits(chosen, FOLDS)):
-        artifact = load_artifact(f"{storage}/models/{fold['model']}")
-        assert artifact.config.training.epochs == 1  # the epochs asked for, not the row's own
-        meta = artifact.meta
-        assert meta["data_fingerprint"] == data_fingerprint(
-            {part: [items[c.name] for c in split[part]] for part in ("train", "val")})
-        held_out = {c.name for c in split["test"]}
-        assert fold["clips"] == len(held_out)
+    splits = fold_splits(chosen, FOLDS)
+    fingerprints = [data_fingerprint({part: [items[c.name] for c in split[part]] for part in ("train", "val")})
+                    for split in splits]
+    # Ray Train starts its workers in ~30 s a run: folds 2 and 3 are trained here, in-process, on their own
+    # train/val parts, and must be found and reused; fold 1 run_crossval trains itself, on Ray Train.
+    made = {i: train_in_process(config, window_table([items[c.name] for c in splits[i]["train"]]),
+                                window_table([items[c.name] for c in splits[i]["val"]]),
+                                fingerprint=fingerprints[i], storage=storage).rstrip("/").rsplit("/", 1)[-1]
+            for i in (1, 2)}
+
+    report = run_crossval(emopia=emopia, storage=storage, cache_dir=cache, out=out, methods=["full"], folds=FOLDS,
+                          seeds=[0], subset=SUBSET, base_config=base, epochs=1, progress=False)
+    (row,) = report["methods"]
+    (run,) = row["runs"]
+    assert sorted(p["name"] for p in run["predictions"]) == sorted(c.name for c in chosen)  # each clip once
+    assert [fold["model"] for fold in run["folds"]][1:] == [made[1], made[2]]
+    assert run["folds"][0]["model"] not in made.values()
+    # The model it trained was trained and selected on exactly fold 1's train and val parts, for the epochs asked.
+    trained = load_artifact(f"{storage}/models/{run['folds'][0]['model']}")
+    assert trained.meta["data_fingerprint"] == fingerprints[0]
+    assert trained.config.training.epochs == 1
+    for fold, split in zip(run["folds"], splits):
+        assert fold["clips"] == len(split["test"])
+    held_out = {p["name"]: p["probs"] for p in run["predictions"]}
+    again = evaluate_features(trained, [items[c.name] for c in splits[0]["test"]])
+    for name, probs in zip(again.names, again.probs):
+        np.testing.assert_allclose(held_out[name], probs, atol=1e-5)  # fold 1's clips scored by fold 1's model
 
     written = json.loads((out / "crossval.json").read_text())
     assert written["methods"][0]["runs"][0]["predictions"] == run["predictions"]
@@ -112,7 +128,7 @@ def test_crossval_scores_every_clip_with_a_model_that_never_saw_it(ray_cluster, 
     # A re-run finds every fold's model and trains nothing: the same models, the same predictions.
     models_before = sorted(open_store(f"{storage}/models").list_folders())
     again = run_crossval(emopia=emopia, storage=storage, cache_dir=cache, out=tmp_path / "again", methods=["full"],
-                         folds=FOLDS, seeds=[0], subset=SUBSET, base_config=config, epochs=1, progress=False)
+                         folds=FOLDS, seeds=[0], subset=SUBSET, base_config=base, epochs=1, progress=False)
     assert sorted(open_store(f"{storage}/models").list_folders()) == models_before
     assert again["methods"][0]["runs"][0]["predictions"] == run["predictions"]
 

@@ -17,7 +17,6 @@ import matplotlib.image
 import numpy as np
 import pytest
 import ray
-import torch
 
 from mer.config import QUADRANTS, MerConfig
 from mer.errors import ConfigError
@@ -33,12 +32,12 @@ from mer.features.cache import FeatureCache
 from mer.model import MerModel
 from mer.model.artifact import load_artifact, save_artifact
 from mer.storage import open_store
-from mer.train.dataset import data_fingerprint, extract_clips, take, window_table
+from mer.train.dataset import data_fingerprint, extract_clips, window_table
 from mer.train.emopia import emopia_root, load_split
-from mer.train.loop import evaluate_split, select_clips
+from mer.train.loop import select_clips
 from mer.train.scores import quadrant_metrics
-from mer.train.steps import train_step
 from tiny import tiny_config as tiny
+from tiny import train_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBSET = 16  # train clips; val 4, test 8 (split_clips)
@@ -63,22 +62,6 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("evaluation")
-
-
-def train_in_process(config: MerConfig, train_table, val_table, *, fingerprint: str, storage: str) -> str:
-    """A real artifact without Ray Train: the model of ``config`` after a few AdamW steps on the training windows
-    (seeded like train_model), val metrics on the val windows, saved with the data fingerprint."""
-    torch.manual_seed(config.training.seed)
-    model = MerModel(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.training.learning_rate)
-    order = np.random.default_rng(config.training.seed).permutation(len(train_table["quadrant"]))
-    for start in range(0, 32, 8):
-        train_step(model, optimizer, take(train_table, order[start:start + 8]), device=torch.device("cpu"),
-                   va_loss_weight=config.training.va_loss_weight)
-    val = evaluate_split(model, val_table, batch_size=16, device=torch.device("cpu"))
-    return save_artifact(model.state_dict(), config=config, storage=storage, meta={
-        "data_fingerprint": fingerprint, "val_metrics": val, "seed": config.training.seed, "best_epoch": 1,
-        "epochs": config.training.epochs})
 
 
 @pytest.fixture(scope="module")
