@@ -83,7 +83,8 @@ def run_crossval(
     train + val, ``folds`` song-grouped folds (cut by ``split_seed``), once per training seed, and write
     ``crossval.json``, ``crossval.md`` and a confusion matrix per row into ``out``.
 
-    A fold's model already in ``storage`` (same configuration, seed, epochs and fold data) is reused, so a re-run
+    A fold's model is saved in ``storage`` without moving its ``LATEST`` (it is not a model to serve); one
+    already there (same configuration, seed, epochs and fold data) is reused, so a re-run
     trains only what is missing. ``epochs``: every row's epochs, its own (a preset row's too) replaced — a cheaper
     screen, the same for every row compared. ``subset``: only this many train + val clips (quadrant-balanced), for
     tests.
@@ -145,7 +146,7 @@ def run_crossval(
                                       run_name=f"crossval-{method.key}-seed{seed}-fold{i}-"
                                                f"{run_identity(config, fingerprint)[:8]}",
                                       progress=progress, endpoint_url=endpoint_url,
-                                      split=(split["train"], split["val"])).artifact
+                                      split=(split["train"], split["val"]), set_latest=False).artifact
                 else:
                     log(f"{tag}: reusing trained model {url}")
                 result = evaluate_features(load_artifact(url, device=device, endpoint_url=endpoint_url),

@@ -366,6 +366,7 @@ def train_model(
     progress: bool = True,
     endpoint_url: str | None = None,
     split: tuple[Sequence[Clip], Sequence[Clip]] | None = None,
+    set_latest: bool = True,
 ) -> TrainResult:
     """Train the model on EMOPIA (train split, selected on val; or train + val, ``TrainConfig.fit_on``) and write
     the model artifact.
@@ -384,6 +385,8 @@ def train_model(
         endpoint_url: S3-compatible endpoint for an ``s3://`` storage and feature cache (None: AWS).
         split: the (train, val) clips to use instead of EMOPIA's official train and val splits (a fold of a
             cross-validation, :mod:`mer.evaluation.crossval`); no song may be on both sides.
+        set_latest: point ``<storage>/models/LATEST`` (what tagging and evaluation load by default) at the new
+            artifact; False for a model that must not be served, such as a cross-validation fold's.
 
     Ray is initialised here if it is not yet (``ray.init()``: the cluster in ``RAY_ADDRESS``, else a local one).
     """
@@ -505,6 +508,7 @@ def train_model(
         config=config,
         storage=storage,
         endpoint_url=endpoint_url,
+        set_latest=set_latest,
         meta={
             "data_fingerprint": fingerprint,
             "val_metrics": val_metrics,

@@ -102,8 +102,10 @@ def test_crossval_scores_every_clip_with_a_model_that_never_saw_it(ray_cluster, 
                                 fingerprint=fingerprints[i], storage=storage).rstrip("/").rsplit("/", 1)[-1]
             for i in (1, 2)}
 
+    served = load_artifact(None, storage=storage).version  # LATEST, what the tagger loads by default
     report = run_crossval(emopia=emopia, storage=storage, cache_dir=cache, out=out, methods=["full"], folds=FOLDS,
                           seeds=[0], subset=SUBSET, base_config=base, epochs=1, progress=False)
+    assert load_artifact(None, storage=storage).version == served  # a fold's model is never served
     (row,) = report["methods"]
     (run,) = row["runs"]
     assert sorted(p["name"] for p in run["predictions"]) == sorted(c.name for c in chosen)  # each clip once
