@@ -205,13 +205,14 @@ def write_crossval(report: dict[str, Any], results: dict[str, list[EvalResult]],
              f"{setup['fold_clips']} clips (split seed {setup['split_seed']}); training seeds {setup['seeds']}. "
              "Each clip is scored by a model that neither trained nor selected on it. Audio rendered from the MIDI "
              "with FluidSynth.", "",
-             "| Row | 4Q | Arousal | Valence | 95% songs interval (4Q) | Val 4Q (selection folds) | "
+             "| Row | 4Q (± over seeds) | Arousal | Valence | 95% songs interval (4Q) | Val 4Q (selection folds) | "
              f"4Q minus {first} (95% interval) |", "|---|---|---|---|---|---|---|"]
     for row in report["methods"]:
         ours, interval = row["ours"], row["interval_4q"]
         diff = row.get(f"4q_minus_{first}")
         lines.append(f"| {row['label']} (`{row['key']}`) | "
-                     + " | ".join(f"{ours[m]['mean']:.3f} ± {ours[m]['std']:.3f}" for m in METRICS)
+                     + " | ".join(f"{ours[m]['mean']:.3f}"
+                                  + (f" ± {ours[m]['std']:.3f}" if len(row["seeds"]) > 1 else "") for m in METRICS)
                      + f" | {interval['low']:.3f} to {interval['high']:.3f} | {row['val']['mean']:.3f} | "
                      + ("—" if diff is None else f"{diff['estimate']:+.3f} ({diff['low']:+.3f} to {diff['high']:+.3f})")
                      + " |")
