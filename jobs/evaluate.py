@@ -131,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                                   subset=args.subset, workers=args.workers, device=args.device,
                                   progress=not args.quiet, endpoint_url=args.endpoint_url)
             for row in report["methods"]:
+                spread = len(row["seeds"]) > 1
                 print(f"{row['key']:<36} " + "  ".join(
-                    f"{m} {row['ours'][m]['mean']:.3f} ± {row['ours'][m]['std']:.3f}" for m in METRICS))
+                    f"{m} {row['ours'][m]['mean']:.3f}" + (f" ± {row['ours'][m]['std']:.3f}" if spread else "")
+                    for m in METRICS))
             print(f"report: {Path(args.out) / 'crossval.md'}  {Path(args.out) / 'crossval.json'}")
         elif args.tables:
             ray.init(address=args.address or "local")
