@@ -22,7 +22,7 @@ import numpy as np
 from mer.config import MerConfig
 from mer.evaluation.evaluate import evaluate_features
 from mer.evaluation.intervals import song_bootstrap
-from mer.evaluation.paper import METHODS, Method, method_config
+from mer.evaluation.paper import Method, method_config, methods_named
 from mer.evaluation.plots import plot_confusion
 from mer.evaluation.results import EvalResult
 from mer.evaluation.tables import find_artifact
@@ -94,10 +94,9 @@ def run_crossval(
     def log(message: str) -> None:
         progress_line(f"[crossval] {message}", enabled=progress)
 
-    chosen = [m for key in methods for m in METHODS if m.key == key]
-    if len(chosen) != len(methods) or not chosen:
-        raise ValueError(f"unknown method(s) {sorted(set(methods) - {m.key for m in METHODS})}; "
-                         f"choose from {[m.key for m in METHODS]}")
+    chosen = methods_named(methods)
+    if not chosen:
+        raise ValueError("run_crossval needs at least one row")
     if any(not m.deep for m in chosen):
         raise ValueError(f"cross-validation trains networks; {[m.key for m in chosen if not m.deep]} are linear "
                          "baselines")
@@ -176,8 +175,8 @@ def crossval_report(results: dict[str, list[EvalResult]], *, setup: dict[str, An
     first = next(iter(results))
     rows = []
     for key, runs in results.items():
-        label = next(m.label for m in METHODS if m.key == key)
-        row = {"key": key, "label": label, "seeds": [r.seed for r in runs],
+        (method,) = methods_named([key])
+        row = {"key": key, "label": method.label, "seeds": [r.seed for r in runs],
                "ours": {m: summarise([r.metrics[m] for r in runs]) for m in METRICS},
                "val": summarise([r.extra["val_metrics"]["4q"] for r in runs]),
                "interval_4q": song_bootstrap(runs),

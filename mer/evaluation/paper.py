@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from mer.config import BRANCHES, MerConfig, ModelConfig, TrainConfig, preset
 
@@ -203,6 +203,16 @@ CAVEAT_AUDIO = (
     "pitch, poorer in timbre and performance acoustics — so their numbers are not directly comparable to the "
     "paper's."
 )
+
+
+def methods_named(keys: Sequence[str]) -> list[Method]:
+    """The rows of :data:`METHODS` with these keys, in the keys' order; an unknown key is a ValueError that lists
+    the keys there are."""
+    by_key = {m.key: m for m in METHODS}
+    unknown = sorted(set(keys) - set(by_key))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {[m.key for m in METHODS]}")
+    return [by_key[key] for key in keys]
 
 
 def method_key(config: MerConfig) -> str:

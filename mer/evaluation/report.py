@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mer.evaluation.paper import CAVEAT_AUDIO, METHODS, METRIC_LABELS, PAPER_FULL, PAPER_ONLY, caveats
+from mer.evaluation.paper import (CAVEAT_AUDIO, METHODS, METRIC_LABELS, PAPER_FULL, PAPER_ONLY, caveats,
+                                  methods_named)
 from mer.evaluation.plots import plot_attention, plot_confusion
 from mer.evaluation.results import EvalResult, TablesReport
 from mer.train import METRICS
@@ -57,7 +58,8 @@ def write_tables(report: TablesReport, out: str | os.PathLike) -> dict[str, Path
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for key, runs in report.results.items():
-        label = next(m.label for m in METHODS if m.key == key)
+        (method,) = methods_named([key])
+        label = method.label
         total = sum(r.confusion for r in runs)
         paths[f"confusion_{key}"] = plot_confusion(
             total, out / f"confusion_{key}.png", title=f"{label}, test split, {len(runs)} seed(s) summed")

@@ -20,7 +20,7 @@ from mer.config import MerConfig
 from mer.errors import BadInputError
 from mer.evaluation.baselines import audio_features, fit_linear_baseline, symbolic_features
 from mer.evaluation.evaluate import evaluate_features
-from mer.evaluation.paper import METHODS, Method, method_config
+from mer.evaluation.paper import METHODS, Method, method_config, methods_named
 from mer.evaluation.report import write_tables
 from mer.evaluation.results import EvalResult, TablesReport
 from mer.features import FeatureCache, piano_notes, read_midi
@@ -122,10 +122,8 @@ def run_tables(
         num_workers=base.training.num_workers if workers is None else workers,
     ))
     # Without a choice, the paper's rows (Tables I and III); a preset's row (the default configuration) on request.
-    chosen = [m for m in METHODS if (m.key in methods if methods is not None else m.preset is None)]
-    if methods is not None and len(chosen) != len(set(methods)):
-        raise ValueError(f"unknown method(s) {sorted(set(methods) - {m.key for m in METHODS})}; "
-                         f"choose from {[m.key for m in METHODS]}")
+    named = methods_named(methods) if methods is not None else None
+    chosen = [m for m in METHODS if (m in named if named is not None else m.preset is None)]
     if not seeds:
         raise ValueError("run_tables needs at least one seed")
     started = time.monotonic()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
 
 from mer.config import QUADRANTS
 from mer.errors import DatasetNotFoundError
@@ -92,8 +93,6 @@ def song_folds(clips: list[Clip], folds: int, *, seed: int = 0) -> list[list[Cli
     evenly over the parts (scikit-learn's ``StratifiedGroupKFold``, shuffled by ``seed``); each part in the
     clips' own order. Cross-validation over EMOPIA's train + val keeps EMOPIA's rule that a song never sits on
     both sides of a split."""
-    from sklearn.model_selection import StratifiedGroupKFold  # only cross-validation needs scikit-learn's splitters
-
     songs = [c.song for c in clips]
     if folds < 2 or folds > len(set(songs)):
         raise ValueError(f"song_folds needs 2 <= folds <= the number of songs ({len(set(songs))}), got {folds}")
