@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="./reports", help="report folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--tables, --crossval: training seeds")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="--tables: epochs per model (default: config's); --crossval: every row's epochs")
+                        help="--tables, --crossval: every deep row's epochs, a preset row's too (default: the row's own)")
     parser.add_argument("--workers", type=int, default=None, help="--tables, --crossval: Ray Train workers per model")
     parser.add_argument("--methods", nargs="+", default=None, choices=[m.key for m in METHODS],
                         help="--tables: only these rows (default all); --crossval: the rows (the first is the baseline "

@@ -106,10 +106,8 @@ def run_crossval(
     base = dataclasses.replace(base, training=dataclasses.replace(
         base.training, num_workers=base.training.num_workers if workers is None else workers))
 
-    def row_config(method: Method, seed: int) -> MerConfig:  # the row's own settings, its epochs overridden if asked
-        config = method_config(base, method, seed=seed)
-        return config if epochs is None else dataclasses.replace(
-            config, training=dataclasses.replace(config.training, epochs=epochs))
+    def row_config(method: Method, seed: int) -> MerConfig:
+        return method_config(base, method, seed=seed, epochs=epochs)
 
     started = time.monotonic()
     ensure_ray()

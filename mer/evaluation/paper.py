@@ -246,18 +246,22 @@ def _settings(training: TrainConfig) -> TrainConfig:
     return dataclasses.replace(training, seed=0, num_workers=1, use_gpu=None)
 
 
-def method_config(base: MerConfig, method: Method, *, seed: int) -> MerConfig:
+def method_config(base: MerConfig, method: Method, *, seed: int, epochs: int | None = None) -> MerConfig:
     """``base`` with the method's branches / attention and the seed; for a preset's row, the preset's model and
-    training settings on ``base``'s features and workers."""
+    training settings on ``base``'s features and workers. ``epochs``: this many, whatever the row or its preset says
+    (a budget asked for explicitly reaches every row)."""
     if method.preset is not None:
-        return dataclasses.replace(base, model=preset_model(method), training=dataclasses.replace(
+        config = dataclasses.replace(base, model=preset_model(method), training=dataclasses.replace(
             preset_training(method), seed=seed, num_workers=base.training.num_workers,
             use_gpu=base.training.use_gpu))
-    return dataclasses.replace(
-        base,
-        model=dataclasses.replace(base.model, branches=method.branches, use_attention=method.use_attention),
-        training=dataclasses.replace(base.training, seed=seed),
-    )
+    else:
+        config = dataclasses.replace(
+            base,
+            model=dataclasses.replace(base.model, branches=method.branches, use_attention=method.use_attention),
+            training=dataclasses.replace(base.training, seed=seed),
+        )
+    return config if epochs is None else dataclasses.replace(
+        config, training=dataclasses.replace(config.training, epochs=epochs))
 
 
 def caveats(setup: dict[str, Any]) -> list[str]:

@@ -101,7 +101,9 @@ def run_tables(
         out: the report folder: ``report.md``, ``report.json``, ``confusion_<method>.png`` (summed over
             seeds), ``attention_full.png``.
         seeds: training seeds (>= 3 for the paper's protocol).
-        epochs / workers: override ``base_config.training.epochs`` / ``num_workers``.
+        epochs: every deep row's epochs (a preset row's too: :func:`mer.evaluation.paper.method_config`);
+            None: ``base_config``'s for the paper's rows, the preset's for the ``default...`` rows.
+        workers: overrides ``base_config.training.num_workers``.
         subset: train on this many train clips (and proportional val/test clips): quick runs and tests.
         base_config: the full model's configuration (default :class:`MerConfig`).
         methods: keys of :data:`METHODS` to run (default: every row of the paper's tables, not ``default``).
@@ -133,7 +135,7 @@ def run_tables(
     splits = split_clips(root, subset=subset)
     log(f"EMOPIA {root}: " + ", ".join(f"{s} {len(c)} clips" for s, c in splits.items())
         + f"; methods {[m.key for m in chosen]}; seeds {list(seeds)}; epochs "
-        + ", ".join(f"{m.key} {method_config(base, m, seed=0).training.epochs}" for m in chosen if m.deep))
+        + ", ".join(f"{m.key} {method_config(base, m, seed=0, epochs=epochs).training.epochs}" for m in chosen if m.deep))
 
     # Features of every split once (the model variants share the feature config); the test split's are the
     # ones every model is scored on.
@@ -151,7 +153,7 @@ def run_tables(
         results[method.key] = []
         for seed in seeds:
             done += 1
-            config = method_config(base, method, seed=seed)
+            config = method_config(base, method, seed=seed, epochs=epochs)
             tag = f"({done}/{total}) {method.label}, seed {seed}"
             found = find_artifact(storage, config, fingerprint, endpoint_url=endpoint_url)
             headless = None

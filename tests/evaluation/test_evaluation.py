@@ -404,6 +404,18 @@ def test_every_deep_row_is_recognised_from_the_configuration_it_trains() -> None
                           ) == "custom"
 
 
+def test_an_explicit_epoch_budget_reaches_every_deep_row_and_nothing_else() -> None:
+    # `--tables/--crossval --epochs N` trains every row N epochs, the default's preset rows too; without it each row
+    # keeps its own (the paper's rows the base config's, the default's rows their preset's).
+    base = MerConfig()
+    for method in (m for m in METHODS if m.deep):
+        own = method_config(base, method, seed=0)
+        budgeted = method_config(base, method, seed=0, epochs=own.training.epochs + 3)
+        assert budgeted.training.epochs == own.training.epochs + 3, method.key
+        assert dataclasses.replace(budgeted, training=dataclasses.replace(
+            budgeted.training, epochs=own.training.epochs)) == own, method.key
+
+
 def small_emopia(root: Path, counts: dict[str, int]) -> Path:
     """EMOPIA's layout with the first ``counts[split]`` clips of each split (quadrant-balanced), symlinked."""
     (root / "midis").mkdir(parents=True)
