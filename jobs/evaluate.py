@@ -12,6 +12,9 @@ Pool the reports of separate --tables runs (e.g. seeds trained on different days
 Song-grouped cross-validation over train + val (5 folds; the rows compared clip by clip; test left alone):
     python jobs/evaluate.py --crossval 5 --methods default_symbolic default_symbolic_no_transpose --seeds 0
 
+Pool cross-validations run separately (same folds; rows compared clip by clip, the first row the reference):
+    python jobs/evaluate.py --merge-crossval cv-a/crossval.json cv-b/crossval.json --out ./reports/crossval
+
 The README's "Where we stand", from the headline report (and the robustness reports in its folder):
     python jobs/evaluate.py --readme tests/benchmarks/results/headline
 
@@ -32,7 +35,7 @@ import ray
 
 from mer.errors import MerError
 from mer.evaluation import (METHODS, TablesReport, evaluate_artifact, merge_reports, read_headline, replace_section,
-                            robustness_report, run_crossval, run_tables, where_we_stand, write_evaluation, write_tables)
+                            merge_crossval, robustness_report, run_crossval, run_tables, where_we_stand, write_evaluation, write_tables)
 from mer.features import FeatureCache
 from mer.model import load_artifact
 from mer.train import METRICS, emopia_root, load_split, select_clips
@@ -51,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "fold scored, the next one selects), once per seed; test is not touched")
     what.add_argument("--merge", nargs="+", metavar="REPORT_JSON", default=None,
                       help="pool the report.json files of several --tables runs into one report")
+    what.add_argument("--merge-crossval", nargs="+", metavar="CROSSVAL_JSON", default=None,
+                      help="pool the crossval.json files of several --crossval runs over the same folds into one "
+                           "report (rows in --methods order if given; the first is the reference)")
     what.add_argument("--readme", metavar="HEADLINE_DIR", default=None,
                       help="rewrite README.md's 'Where we stand' from HEADLINE_DIR's report.json and "
                            "robustness*/robustness.json")
@@ -121,15 +127,18 @@ def main(argv: list[str] | None = None) -> int:
             report = merge_reports(args.merge, renames, methods=args.methods)
             write_tables(report, args.out)
             print_tables(report)
-        elif args.crossval is not None:
-            if not args.methods:
+        elif args.crossval is not None or args.merge_crossval:
+            if args.merge_crossval:
+                report = merge_crossval(args.merge_crossval, args.out, methods=args.methods)
+            elif not args.methods:
                 print("error: --crossval needs --methods (the rows to cross-validate)", file=sys.stderr)
                 return 2
-            ray.init(address=args.address or "local")
-            report = run_crossval(emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, out=args.out,
-                                  methods=args.methods, folds=args.crossval, seeds=args.seeds, epochs=args.epochs,
-                                  subset=args.subset, workers=args.workers, device=args.device,
-                                  progress=not args.quiet, endpoint_url=args.endpoint_url)
+            else:
+                ray.init(address=args.address or "local")
+                report = run_crossval(emopia=args.emopia, storage=args.storage, cache_dir=cache_dir, out=args.out,
+                                      methods=args.methods, folds=args.crossval, seeds=args.seeds,
+                                      epochs=args.epochs, subset=args.subset, workers=args.workers,
+                                      device=args.device, progress=not args.quiet, endpoint_url=args.endpoint_url)
             for row in report["methods"]:
                 spread = len(row["seeds"]) > 1
                 print(f"{row['key']:<36} " + "  ".join(

@@ -3,7 +3,7 @@ and III reproduced in one Markdown + JSON report with pictures; imports train, m
 from __future__ import annotations
 
 from mer.evaluation.baselines import LinearBaseline, audio_features, fit_linear_baseline, symbolic_features
-from mer.evaluation.crossval import fold_splits, run_crossval
+from mer.evaluation.crossval import fold_splits, merge_crossval, run_crossval
 from mer.evaluation.evaluate import evaluate_artifact, evaluate_features, window_predictions
 from mer.evaluation.merge import merge_reports
 from mer.evaluation.paper import (CAVEAT_AUDIO, METHODS, PAPER_FULL, PAPER_ONLY, Method, caveats, method_config,
@@ -18,8 +18,8 @@ from mer.evaluation.tables import find_artifact, run_baseline, run_tables, split
 __all__ = [
     "CAVEAT_AUDIO", "EvalResult", "LinearBaseline", "METHODS", "Method", "PAPER_FULL", "PAPER_ONLY", "RUN_FIELDS",
     "TablesReport", "audio_features", "caveats", "evaluate_artifact", "evaluate_features", "find_artifact",
-    "fit_linear_baseline", "fold_splits", "merge_reports", "method_config", "method_key", "plot_attention",
-    "plot_confusion", "plot_reliability", "read_headline", "render_markdown", "replace_section",
-    "robustness_report", "run_baseline", "run_crossval", "run_tables", "split_clips", "symbolic_features",
-    "where_we_stand", "window_predictions", "write_evaluation", "write_tables",
+    "fit_linear_baseline", "fold_splits", "merge_crossval", "merge_reports", "method_config",
+    "method_key", "plot_attention", "plot_confusion", "plot_reliability", "read_headline", "render_markdown",
+    "replace_section", "robustness_report", "run_baseline", "run_crossval", "run_tables", "split_clips",
+    "symbolic_features", "where_we_stand", "window_predictions", "write_evaluation", "write_tables",
 ]

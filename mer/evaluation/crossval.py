@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mer.config import MerConfig
+from mer.errors import ConfigError
 from mer.evaluation.evaluate import evaluate_features
 from mer.evaluation.intervals import song_bootstrap
 from mer.evaluation.paper import Method, method_config, methods_named
@@ -226,3 +227,74 @@ def write_crossval(report: dict[str, Any], results: dict[str, list[EvalResult]],
     paths["markdown"] = out / "crossval.md"
     paths["markdown"].write_text("\n".join(lines) + "\n")
     return paths
+
+
+SAME_FOLDS: tuple[str, ...] = ("folds", "split_seed", "subset", "clips", "songs", "skipped", "fold_clips")
+"""Setup fields two cross-validations must share to be compared clip by clip (the same folds of the same clips)."""
+
+
+def _fold_members(run: EvalResult) -> list[frozenset[str]]:
+    """A pooled run's clips, fold by fold (its names are its folds' held-out clips in fold order)."""
+    ends = np.cumsum([fold["clips"] for fold in run.extra["folds"]])
+    return [frozenset(run.names[start:end]) for start, end in zip([0, *ends[:-1]], ends)]
+
+
+def merge_crossval(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                   methods: Sequence[str] | None = None) -> dict[str, Any]:
+    """Pool the rows (and seeds) of cross-validations written by separate runs into one report in ``out``, the
+    paired differences recomputed: a row cross-validated today is compared clip by clip with one from last week,
+    without retraining it. Refused unless every report cut the same clips into the same folds, clip for clip; a
+    (row, seed) found twice is refused too. ``methods``: these rows, in this order (the first is the one the others
+    are compared with); default: every row, in the order the reports give them."""
+    reports = []
+    for path in map(Path, paths):
+        try:
+            report = json.loads(path.read_text())
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read the report ({error.strerror or error})") from None
+        except ValueError as error:
+            raise ConfigError(f"{path}: not a JSON report ({error})") from None
+        if not is_crossval_report(report):
+            raise ConfigError(f"{path}: not a cross-validation report; use the crossval.json of "
+                              "`jobs/evaluate.py --crossval`")
+        reports.append((path, report))
+    if not reports:
+        raise ValueError("merge_crossval needs at least one report")
+    (first_path, first), folds = reports[0], None
+    results: dict[str, list[EvalResult]] = {}
+    for path, report in reports:
+        for field in SAME_FOLDS:
+            if report["setup"].get(field) != first["setup"].get(field):
+                raise ConfigError(f"{path}: {field} {report['setup'].get(field)!r} differs from {first_path}'s "
+                                  f"{first['setup'].get(field)!r}; only the same folds can be compared")
+        for row in report["methods"]:
+            for run in map(EvalResult.from_dict, row["runs"]):
+                members = _fold_members(run)
+                if folds is None:
+                    folds = members
+                elif members != folds:
+                    raise ConfigError(f"{path}: row {row['key']} seed {run.seed} held out other clips in its folds "
+                                      f"than {first_path}'s; only the same folds can be compared")
+                if run.seed in [r.seed for r in results.get(row["key"], [])]:
+                    raise ConfigError(f"{path}: row {row['key']} seed {run.seed} is in more than one report")
+                results.setdefault(row["key"], []).append(run)
+    chosen = [m.key for m in methods_named(methods)] if methods is not None else list(results)
+    missing = [key for key in chosen if key not in results]
+    if missing:
+        raise ConfigError(f"rows {missing} are in none of the reports (they hold {list(results)})")
+    results = {key: sorted(results[key], key=lambda r: r.seed) for key in chosen}
+    setups = [report["setup"] for _, report in reports]
+    setup = {**{field: first["setup"].get(field) for field in ("protocol", "emopia", *SAME_FOLDS)},
+             "epochs": {key: epochs for s in setups for key, epochs in s["epochs"].items() if key in results},
+             "seeds": sorted({r.seed for runs in results.values() for r in runs}),
+             "seconds": round(sum(s.get("seconds", 0.0) for s in setups), 1),
+             "merged_from": [str(path) for path, _ in reports]}
+    report = crossval_report(results, setup=setup)
+    write_crossval(report, results, out)
+    return report
+
+
+def is_crossval_report(report: Any) -> bool:
+    """Whether a parsed JSON report is a :func:`run_crossval` report (not a Table I + III one)."""
+    return isinstance(report, dict) and isinstance(report.get("setup"), dict) and "folds" in report["setup"] \
+        and isinstance(report.get("methods"), list)

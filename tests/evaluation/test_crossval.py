@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import ray
 
-from mer.evaluation.crossval import crossval_report, fold_splits, run_crossval
+from mer.errors import ConfigError
+from mer.evaluation.crossval import (crossval_report, fold_splits, merge_crossval, pooled, run_crossval,
+                                    write_crossval)
 from mer.evaluation.evaluate import evaluate_features
 from mer.evaluation.paper import METHODS, method_config
 from mer.evaluation.results import EvalResult
@@ -74,6 +76,64 @@ def test_the_paired_difference_reads_clip_by_clip(clips):
     assert better["estimate"] == pytest.approx(1 - right.mean())
     assert 0 < better["low"] <= better["estimate"] <= better["high"]
     assert "4q_minus_full" not in rows["full"]
+
+
+def crossval_run(splits, method: str, seed: int) -> EvalResult:
+    """A seed of a row as run_crossval pools it: each fold's held-out clips, about 60% of them right."""
+    rng = np.random.default_rng([seed, *method.encode()])
+    return pooled([result(method, names, rng.random(len(names)) < 0.6, seed=seed)
+                   for names in ([c.name for c in split["test"]] for split in splits)], method=method)
+
+
+def written(results: dict[str, list[EvalResult]], splits, out) -> str:
+    """A cross-validation report of ``results`` written as run_crossval writes it; its JSON's path."""
+    setup = {"protocol": "test", "emopia": "emopia", "folds": len(splits), "epochs": {key: 6 for key in results},
+             "split_seed": 0, "seeds": sorted({r.seed for runs in results.values() for r in runs}), "subset": None,
+             "clips": sum(len(s["test"]) for s in splits), "songs": 0, "skipped": [],
+             "fold_clips": [len(s["test"]) for s in splits], "seconds": 1.0}
+    write_crossval(crossval_report(results, setup=setup), results, out)
+    return str(out / "crossval.json")
+
+
+def test_crossvals_run_apart_merge_into_the_report_one_run_would_give(clips, tmp_path):
+    splits = fold_splits(clips, 5)
+    runs = {(key, seed): crossval_run(splits, key, seed) for key, seed in
+            (("full", 0), ("symbolic", 0), ("symbolic", 1), ("harmony", 0))}
+    paths = [written({"full": [runs["full", 0]], "symbolic": [runs["symbolic", 0]]}, splits, tmp_path / "a"),
+             written({"symbolic": [runs["symbolic", 1]]}, splits, tmp_path / "b"),
+             written({"harmony": [runs["harmony", 0]]}, splits, tmp_path / "c")]
+    merged = merge_crossval(paths, tmp_path / "merged", methods=["harmony", "full", "symbolic"])
+    at_once = crossval_report({"harmony": [runs["harmony", 0]], "full": [runs["full", 0]],
+                               "symbolic": [runs["symbolic", 0], runs["symbolic", 1]]}, setup={})
+    assert [row["key"] for row in merged["methods"]] == ["harmony", "full", "symbolic"]
+    for row, expected in zip(merged["methods"], at_once["methods"]):
+        assert row["seeds"] == expected["seeds"]
+        for field in ("ours", "interval_4q", "4q_minus_harmony"):
+            assert row.get(field) == expected.get(field), (row["key"], field)
+    assert json.loads((tmp_path / "merged" / "crossval.json").read_text())["setup"]["seeds"] == [0, 1]
+    assert "4Q minus harmony" in (tmp_path / "merged" / "crossval.md").read_text()
+
+
+def test_crossvals_of_other_folds_or_the_same_seed_twice_are_not_merged(clips, tmp_path):
+    splits = fold_splits(clips, 5)
+    ours = written({"full": [crossval_run(splits, "full", 0)]}, splits, tmp_path / "ours")
+    # Another cut of the same clips into folds of the same sizes: one clip of fold 1 swapped with one of fold 2.
+    moved = [dict(split) for split in splits]
+    moved[0]["test"], moved[1]["test"] = ([moved[1]["test"][0], *splits[0]["test"][1:]],
+                                          [splits[0]["test"][0], *splits[1]["test"][1:]])
+    theirs = written({"symbolic": [crossval_run(moved, "symbolic", 0)]}, moved, tmp_path / "theirs")
+    with pytest.raises(ConfigError, match="other clips in its folds"):
+        merge_crossval([ours, theirs], tmp_path / "merged")
+    again = written({"full": [crossval_run(splits, "full", 0)]}, splits, tmp_path / "again")
+    with pytest.raises(ConfigError, match="seed 0 is in more than one report"):
+        merge_crossval([ours, again], tmp_path / "merged")
+    fewer = written({"full": [crossval_run(splits[:3], "full", 1)]}, splits[:3], tmp_path / "fewer")
+    with pytest.raises(ConfigError, match="folds"):
+        merge_crossval([ours, fewer], tmp_path / "merged")
+    (tmp_path / "tables.json").write_text(json.dumps({"setup": {"training": {}}, "methods": []}))
+    with pytest.raises(ConfigError, match="not a cross-validation report"):
+        merge_crossval([ours, tmp_path / "tables.json"], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
 
 
 @pytest.fixture(scope="module")
