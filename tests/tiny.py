@@ -57,6 +57,21 @@ def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def assert_untouched(model: nn.Module, before: tuple[list[type], dict[str, torch.Tensor]]) -> None:
+    """``model`` has the module types and every parameter and buffer of ``before`` (:func:`state_of`): a copy was
+    made of it, it was not converted in place (cheaper than predicting again with it)."""
+    assert [type(m) for m in model.modules()] == before[0], "a module was swapped"
+    _, state = state_of(model)
+    assert state.keys() == before[1].keys()
+    for key, value in state.items():
+        torch.testing.assert_close(value, before[1][key], rtol=0, atol=0, msg=key)
+
+
+def state_of(model: nn.Module) -> tuple[list[type], dict[str, torch.Tensor]]:
+    """The module types and a copy of the state of ``model``, for :func:`assert_untouched`."""
+    return [type(m) for m in model.modules()], {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def train_in_process(config: MerConfig, train_table, val_table, *, fingerprint: str, storage: str) -> str:
     """A real artifact without Ray Train: the model of ``config`` after a few AdamW steps on the training windows
     (seeded like train_model), val metrics on the val windows, saved with the data fingerprint."""
