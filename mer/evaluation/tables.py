@@ -92,7 +92,7 @@ def run_tables(
     Each deep model is trained with :func:`mer.train.loop.train_model` (best checkpoint by val 4Q accuracy) —
     unless ``storage`` already holds an artifact of the same configuration, seed, epochs and data
     (:func:`find_artifact`), which is reused, so a re-run does not retrain — and evaluated on the test split
-    once. The linear baselines choose C on val and are evaluated on test once per seed.
+    once. A model trained here does not become the storage's ``LATEST`` (what the tagger serves). The linear baselines choose C on val and are evaluated on test once per seed.
 
     Args:
         emopia: the EMOPIA folder (None: ``$MER_EMOPIA`` or ``../shared/emopia``).
@@ -172,7 +172,8 @@ def run_tables(
                 log(f"{tag}: training {config.training.epochs} epoch(s) on {config.training.num_workers} worker(s)")
                 trained = train_model(config, emopia=root, storage=storage, cache_dir=cache_dir,
                                 run_name=f"tables-{method.key}-seed{seed}-{run_identity(config, fingerprint)[:8]}",
-                                subset=subset, progress=progress, endpoint_url=endpoint_url)
+                                subset=subset, progress=progress, endpoint_url=endpoint_url,
+                                set_latest=False)  # an ablation is not a model to serve
                 url = trained.artifact
             artifact = load_artifact(url, device=device, endpoint_url=endpoint_url)
             result = evaluate_features(artifact, test_items, device=device, method=method.key,

@@ -30,7 +30,7 @@ from mer.evaluation.tables import find_artifact, run_tables, split_clips
 from mer.features import soundfont_path
 from mer.features.cache import FeatureCache
 from mer.model import MerModel
-from mer.model.artifact import load_artifact, save_artifact
+from mer.model.artifact import latest_version, load_artifact, save_artifact
 from mer.storage import open_store
 from mer.train.dataset import data_fingerprint, extract_clips, window_table
 from mer.train.emopia import emopia_root, load_split
@@ -128,6 +128,8 @@ def test_tables_reuse_stored_models_and_train_only_the_missing_one(tables, workd
         assert versions[key] == url.rsplit("/", 1)[-1]
     trained = load_artifact(versions[TRAINED_BY_TABLES], storage=str(workdir / "storage"))
     assert trained.url not in prepared.values()
+    # The tables never move what the tagger serves: LATEST is still the last model saved before they ran.
+    assert latest_version(str(workdir / "storage")) == list(prepared.values())[-1].rsplit("/", 1)[-1]
     assert "run" in trained.meta  # written by train_model (Ray Train), not by the in-process helper
     assert trained.meta["data_fingerprint"] == fingerprint
     # Another epoch budget is another model: nothing to reuse.
