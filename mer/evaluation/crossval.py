@@ -25,7 +25,7 @@ from mer.evaluation.evaluate import evaluate_features
 from mer.evaluation.intervals import song_bootstrap
 from mer.evaluation.paper import Method, method_config, methods_named
 from mer.evaluation.plots import plot_confusion
-from mer.evaluation.results import EvalResult
+from mer.evaluation.results import EvalResult, read_report
 from mer.evaluation.tables import find_artifact
 from mer.features import FeatureCache
 from mer.model import load_artifact
@@ -248,12 +248,7 @@ def merge_crossval(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *
     are compared with); default: every row, in the order the reports give them."""
     reports = []
     for path in map(Path, paths):
-        try:
-            report = json.loads(path.read_text())
-        except OSError as error:
-            raise ConfigError(f"{path}: cannot read the report ({error.strerror or error})") from None
-        except ValueError as error:
-            raise ConfigError(f"{path}: not a JSON report ({error})") from None
+        report = read_report(path)
         if not is_crossval_report(report):
             raise ConfigError(f"{path}: not a cross-validation report; use the crossval.json of "
                               "`jobs/evaluate.py --crossval`")

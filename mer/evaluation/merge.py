@@ -9,7 +9,6 @@ pooled mean ± std means what it says.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
@@ -17,7 +16,7 @@ from typing import Any, Collection, Mapping, Sequence
 from mer.config import FeatureConfig, ModelConfig, TrainConfig
 from mer.errors import ConfigError
 from mer.evaluation.paper import METHODS
-from mer.evaluation.results import EvalResult, TablesReport
+from mer.evaluation.results import EvalResult, TablesReport, read_report
 from mer.train import METRICS
 
 SAME_SETUP: tuple[str, ...] = ("data_fingerprint", "clips", "skipped", "subset", "training", "features", "model")
@@ -37,12 +36,7 @@ def _normalised(key: str, value: Any) -> Any:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        report = json.loads(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the report ({error.strerror or error})") from None
-    except ValueError as error:
-        raise ConfigError(f"{path}: not a JSON report ({error})") from None
+    report = read_report(path)
     if not isinstance(report, dict) or "methods" not in report or "setup" not in report:
         raise ConfigError(f"{path}: not a Table I + III report (no 'methods' / 'setup'); "
                           "use the report.json of `jobs/evaluate.py --tables`")

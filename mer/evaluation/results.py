@@ -6,6 +6,7 @@ The scores are :mod:`mer.train.scores`' (per clip; arousal and valence derived f
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mer.config import BRANCHES, QUADRANTS
+from mer.errors import ConfigError
 from mer.evaluation.paper import METHODS, PAPER_ONLY, caveats
 from mer.train import METRICS, attention_by_quadrant, confusion_matrix, quadrant_metrics, summarise
 
@@ -149,3 +151,13 @@ class TablesReport:
             "caveats": caveats(self.setup),
             "files": {k: str(v) for k, v in self.paths.items()},
         }
+
+
+def read_report(path: Path) -> Any:
+    """A written report's parsed JSON; ConfigError naming the file when it cannot be read or is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the report ({error.strerror or error})") from None
+    except ValueError as error:
+        raise ConfigError(f"{path}: not a JSON report ({error})") from None
