@@ -34,8 +34,9 @@ from pathlib import Path
 import ray
 
 from mer.errors import MerError
-from mer.evaluation import (METHODS, TablesReport, evaluate_artifact, merge_reports, read_headline, replace_section,
-                            merge_crossval, robustness_report, run_crossval, run_tables, where_we_stand, write_evaluation, write_tables)
+from mer.evaluation import (METHODS, TablesReport, evaluate_artifact, merge_crossval, merge_reports, read_headline,
+                            replace_section, robustness_report, run_crossval, run_tables, where_we_stand,
+                            write_evaluation, write_tables)
 from mer.features import FeatureCache
 from mer.model import load_artifact
 from mer.train import METRICS, emopia_root, load_split, select_clips
@@ -74,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="./reports", help="report folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--tables, --crossval: training seeds")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="--tables, --crossval: every deep row's epochs, a preset row's too (default: the row's own)")
+                        help="--tables, --crossval: every deep row's epochs, a preset row's too "
+                             "(default: the row's own)")
     parser.add_argument("--workers", type=int, default=None, help="--tables, --crossval: Ray Train workers per model")
     parser.add_argument("--methods", nargs="+", default=None, choices=[m.key for m in METHODS],
                         help="--tables: only these rows (default all); --crossval: the rows (the first is the baseline "

@@ -92,7 +92,8 @@ def run_tables(
     Each deep model is trained with :func:`mer.train.loop.train_model` (best checkpoint by val 4Q accuracy) —
     unless ``storage`` already holds an artifact of the same configuration, seed, epochs and data
     (:func:`find_artifact`), which is reused, so a re-run does not retrain — and evaluated on the test split
-    once. A model trained here does not become the storage's ``LATEST`` (what the tagger serves). The linear baselines choose C on val and are evaluated on test once per seed.
+    once. A model trained here does not become the storage's ``LATEST`` (what the tagger serves). The linear
+    baselines choose C on val and are evaluated on test once per seed.
 
     Args:
         emopia: the EMOPIA folder (None: ``$MER_EMOPIA`` or ``../shared/emopia``).
@@ -135,7 +136,8 @@ def run_tables(
     splits = split_clips(root, subset=subset)
     log(f"EMOPIA {root}: " + ", ".join(f"{s} {len(c)} clips" for s, c in splits.items())
         + f"; methods {[m.key for m in chosen]}; seeds {list(seeds)}; epochs "
-        + ", ".join(f"{m.key} {method_config(base, m, seed=0, epochs=epochs).training.epochs}" for m in chosen if m.deep))
+        + ", ".join(f"{m.key} {method_config(base, m, seed=0, epochs=epochs).training.epochs}"
+                    for m in chosen if m.deep))
 
     # Features of every split once (the model variants share the feature config); the test split's are the
     # ones every model is scored on.
