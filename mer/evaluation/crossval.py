@@ -257,7 +257,12 @@ def merge_crossval(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *
         raise ValueError("merge_crossval needs at least one report")
     (first_path, first), folds = reports[0], None
     results: dict[str, list[EvalResult]] = {}
+    epochs: dict[str, int] = {}
     for path, report in reports:
+        for key, budget in report["setup"]["epochs"].items():
+            if epochs.setdefault(key, budget) != budget:
+                raise ConfigError(f"{path}: row {key} trained {budget} epoch(s) a fold, {epochs[key]} in an earlier "
+                                  "report; seeds of one row must share their budget")
         for field in SAME_FOLDS:
             if report["setup"].get(field) != first["setup"].get(field):
                 raise ConfigError(f"{path}: {field} {report['setup'].get(field)!r} differs from {first_path}'s "
@@ -280,7 +285,7 @@ def merge_crossval(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *
     results = {key: sorted(results[key], key=lambda r: r.seed) for key in chosen}
     setups = [report["setup"] for _, report in reports]
     setup = {**{field: first["setup"].get(field) for field in ("protocol", "emopia", *SAME_FOLDS)},
-             "epochs": {key: epochs for s in setups for key, epochs in s["epochs"].items() if key in results},
+             "epochs": {key: epochs[key] for key in results},
              "seeds": sorted({r.seed for runs in results.values() for r in runs}),
              "seconds": round(sum(s.get("seconds", 0.0) for s in setups), 1),
              "merged_from": [str(path) for path, _ in reports]}

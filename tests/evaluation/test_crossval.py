@@ -85,9 +85,9 @@ def crossval_run(splits, method: str, seed: int) -> EvalResult:
                    for names in ([c.name for c in split["test"]] for split in splits)], method=method)
 
 
-def written(results: dict[str, list[EvalResult]], splits, out) -> str:
+def written(results: dict[str, list[EvalResult]], splits, out, *, epochs: int = 6) -> str:
     """A cross-validation report of ``results`` written as run_crossval writes it; its JSON's path."""
-    setup = {"protocol": "test", "emopia": "emopia", "folds": len(splits), "epochs": {key: 6 for key in results},
+    setup = {"protocol": "test", "emopia": "emopia", "folds": len(splits), "epochs": {key: epochs for key in results},
              "split_seed": 0, "seeds": sorted({r.seed for runs in results.values() for r in runs}), "subset": None,
              "clips": sum(len(s["test"]) for s in splits), "songs": 0, "skipped": [],
              "fold_clips": [len(s["test"]) for s in splits], "seconds": 1.0}
@@ -127,6 +127,9 @@ def test_crossvals_of_other_folds_or_the_same_seed_twice_are_not_merged(clips, t
     again = written({"full": [crossval_run(splits, "full", 0)]}, splits, tmp_path / "again")
     with pytest.raises(ConfigError, match="seed 0 is in more than one report"):
         merge_crossval([ours, again], tmp_path / "merged")
+    longer = written({"full": [crossval_run(splits, "full", 1)]}, splits, tmp_path / "longer", epochs=12)
+    with pytest.raises(ConfigError, match="row full trained 12 epoch"):
+        merge_crossval([ours, longer], tmp_path / "merged")
     fewer = written({"full": [crossval_run(splits[:3], "full", 1)]}, splits[:3], tmp_path / "fewer")
     with pytest.raises(ConfigError, match="folds"):
         merge_crossval([ours, fewer], tmp_path / "merged")
