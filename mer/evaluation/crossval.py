@@ -288,7 +288,8 @@ def merge_crossval(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *
              "epochs": {key: epochs[key] for key in results},
              "seeds": sorted({r.seed for runs in results.values() for r in runs}),
              "seconds": round(sum(s.get("seconds", 0.0) for s in setups), 1),
-             "merged_from": [str(path) for path, _ in reports]}
+             "merged_from": [{"report": str(path), "seconds": report["setup"].get("seconds")}
+                             for path, report in reports]}
     report = crossval_report(results, setup=setup)
     write_crossval(report, results, out)
     return report

@@ -110,7 +110,9 @@ def test_crossvals_run_apart_merge_into_the_report_one_run_would_give(clips, tmp
         assert row["seeds"] == expected["seeds"]
         for field in ("ours", "interval_4q", "4q_minus_harmony"):
             assert row.get(field) == expected.get(field), (row["key"], field)
-    assert json.loads((tmp_path / "merged" / "crossval.json").read_text())["setup"]["seeds"] == [0, 1]
+    setup = json.loads((tmp_path / "merged" / "crossval.json").read_text())["setup"]
+    assert setup["seeds"] == [0, 1]
+    assert setup["merged_from"] == [{"report": path, "seconds": 1.0} for path in paths]  # each run's own time kept
     assert "4Q minus harmony" in (tmp_path / "merged" / "crossval.md").read_text()
 
 
