@@ -120,6 +120,9 @@ class ModelConfig:
     # A logistic regression over the summary descriptors, fitted after training and blended with the network's
     # quadrant probabilities (mer.model.summary_head; the blend weight is chosen on val).
     summary_head: bool = False
+    # > 0: the summary head's regression is over RBF kernel features of the descriptors at up to this many training
+    # windows (Nystroem) instead of over the descriptors themselves: it can fit interactions (minor *and* slow).
+    summary_kernel_centres: int = 0
     # Both also read the summary's texture descriptors (mer.features.texture: intervals sounding together,
     # register, the top line, the mode segment by segment, rhythm), not only its first SUMMARY_KEY_SIZE.
     summary_texture: bool = False
@@ -141,6 +144,11 @@ class ModelConfig:
             raise ValueError(f"symbolic_input must be 'tokens' or 'notes', got {self.symbolic_input!r}")
         if self.note_intervals and self.symbolic_input != "notes":
             raise ValueError("note_intervals needs symbolic_input='notes'")
+        if self.summary_kernel_centres < 0:
+            raise ValueError(f"summary_kernel_centres must be >= 0 (0: a linear head), "
+                             f"got {self.summary_kernel_centres!r}")
+        if self.summary_kernel_centres and not self.summary_head:
+            raise ValueError("summary_kernel_centres shapes the summary head: it needs summary_head=True")
         if self.symbolic_pooling not in ("mean", "attention"):
             raise ValueError(f"symbolic_pooling must be 'mean' or 'attention', got {self.symbolic_pooling!r}")
         # Keep the canonical order so attention token i always means the same branch.

@@ -5,7 +5,7 @@ import pytest
 
 import dataclasses
 
-from mer.config import PRESETS, MerConfig, TrainConfig, preset
+from mer.config import PRESETS, MerConfig, ModelConfig, TrainConfig, preset
 
 
 def test_the_paper_preset_builds_exactly_the_papers_sizes():
@@ -42,6 +42,15 @@ def test_an_unknown_preset_is_refused_by_name():
 def test_a_refit_that_would_choose_anything_on_val_is_refused(changes, reason):
     with pytest.raises(ValueError, match=reason):
         TrainConfig(**changes)
+
+
+@pytest.mark.parametrize("changes, reason", [
+    (dict(summary_kernel_centres=-1), "summary_kernel_centres must be >= 0"),
+    (dict(summary_kernel_centres=100), "it needs summary_head=True"),
+])
+def test_a_kernel_head_without_a_head_or_with_negative_centres_is_refused(changes, reason):
+    with pytest.raises(ValueError, match=reason):
+        ModelConfig(**changes)
 
 
 def test_a_refit_configuration_survives_its_saved_json():

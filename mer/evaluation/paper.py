@@ -53,6 +53,10 @@ then names it (their runs were trained with it)."""
 NOTE_STEPS = (("symbolic_input", "notes"), ("symbolic_max_tokens", 0))
 """One Bi-GRU step per note, over every note of the window (EMOPIA's windows: median 134 notes, at most 319)."""
 
+KERNEL_HEAD = (("summary_texture", True), ("summary_kernel_centres", 1000))
+"""The summary head over RBF kernel features of all 51 descriptors (texture too) at up to 1,000 training windows:
+cross-validated alone over the descriptors it scored 0.707 against the linear head's 0.677
+(tests/benchmarks/bench_summary_learners.py, 2026-12-07)."""
 LAST6 = (("epochs", 6), ("checkpoint", "last"))
 """A 6-epoch cosine schedule whose last epoch is the model (the default's best val epochs over 12: 3 to 10,
 median 6): a training that needs no val, so it can be refitted on train + val."""
@@ -149,6 +153,12 @@ METHODS: tuple[Method, ...] = (
     Method("default_symbolic_texture", "MIDI-only default with texture descriptors in FiLM and the summary head", "-",
            _paper(0.690, 0.833, 0.744), preset="default",
            preset_changes=(("branches", ("symbolic",)), ("summary_texture", True))),
+    # The summary head over kernel features of the descriptors (texture too), 2026-12-07: fused and MIDI only.
+    Method("default_kernel_head", "Default with the summary head over RBF kernel features of the descriptors "
+           "(texture too) instead of the descriptors", "-", PAPER_FULL, preset="default", preset_changes=KERNEL_HEAD),
+    Method("default_symbolic_kernel_head", "MIDI-only default with the summary head over RBF kernel features of "
+           "the descriptors (texture too)", "-", _paper(0.690, 0.833, 0.744), preset="default",
+           preset_changes=(("branches", ("symbolic",)), *KERNEL_HEAD)),
     # The Bi-GRU over a window's notes instead of its tokens (mer.model.notes), reading the whole window, 2026-12-07.
     Method("default_notes", "Default with the Bi-GRU over the window's notes (pitch, velocity, onset gap, duration) "
            "instead of its first 512 tokens", "-", PAPER_FULL, preset="default", preset_changes=NOTE_STEPS),

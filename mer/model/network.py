@@ -423,7 +423,8 @@ class MerModel(nn.Module):
         self.encoders = nn.ModuleDict({name: ENCODERS[name](config) for name in self.branches})
         self.fusion = AttentionFusion([self.encoders[b].out_features for b in self.branches], config.model)
         # Fitted after training (mer.train.summary_head); until then it passes the network's logits through.
-        self.summary_head = SummaryHead(config.model.summary_width) if config.model.summary_head else None
+        self.summary_head = SummaryHead(config.model.summary_width, config.model.summary_kernel_centres) \
+            if config.model.summary_head else None
 
     def forward(
         self,

@@ -1,10 +1,15 @@
-"""A linear head over a window's summary descriptors, blended with the network's quadrant probabilities.
+"""A regression over a window's summary descriptors, blended with the network's quadrant probabilities.
 
 Not in the paper. A logistic regression over the key/mode/note descriptors alone (mer.features.key) scores close
 to the whole network on EMOPIA, and its errors differ from the network's; the network sees the same descriptors
 (FiLM) but fits its training set far more tightly. So the model's quadrant probabilities are a mixture::
 
-    p = (1 - w) * softmax(network logits) + w * softmax(W ((summary - mean) / scale) + b)
+    p = (1 - w) * softmax(network logits) + w * softmax(W phi((summary - mean) / scale) + b)
+
+``phi`` is the identity (a linear head), or with ``centres`` RBF kernel features: ``phi(z)_j = exp(-|z - c_j|^2 /
+width)`` at up to ``centres`` standardised training windows ``c_j`` (a Nystroem approximation of a kernel logistic
+regression, ``ModelConfig.summary_kernel_centres``): a regression that can say "minor *and* slow", which a linear
+one cannot.
 
 The head is fitted, not trained: after the network's best checkpoint is chosen, a multinomial logistic
 regression is fitted on the training windows' descriptors and ``w`` is chosen on val (:mod:`mer.train.summary_head`).
@@ -24,24 +29,32 @@ PROBABILITY_FLOOR = 1e-7  # keeps the log of a mixture probability finite
 
 
 class SummaryHead(nn.Module):
-    """Standardiser + linear map (width -> 4) and the blend weight ``w`` (0: the head is off). ``width``: how many
-    of the summary's first descriptors it reads (``ModelConfig.summary_width``)."""
+    """Standardiser + (kernel features +) linear map to 4 logits, and the blend weight ``w`` (0: the head is off).
+    ``width``: how many of the summary's first descriptors it reads (``ModelConfig.summary_width``); ``centres``:
+    0 for a linear head, else how many RBF centres it holds (a fit with fewer leaves the rest at zero weight)."""
 
-    def __init__(self, width: int = SUMMARY_KEY_SIZE) -> None:
+    def __init__(self, width: int = SUMMARY_KEY_SIZE, centres: int = 0) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("scale", torch.ones(width))
-        self.register_buffer("weight", torch.zeros(N_QUADRANTS, width))
+        self.kernel = centres > 0
+        if self.kernel:
+            self.register_buffer("centres", torch.zeros(centres, width))  # standardised training windows
+        self.register_buffer("weight", torch.zeros(N_QUADRANTS, centres if self.kernel else width))
         self.register_buffer("bias", torch.zeros(N_QUADRANTS))
         self.register_buffer("blend", torch.zeros(()))
         self._active = False  # float(blend) > 0, kept on the host: reading the buffer each forward syncs a GPU
 
-    def set(self, *, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray, blend: float) -> None:
-        """Install a fitted regression: mean, scale (width,), weight (4, width), bias (4,), and the
-        blend weight in [0, 1]."""
+    def set(self, *, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray, blend: float,
+            centres: np.ndarray | None = None) -> None:
+        """Install a fitted regression: mean, scale (width,), weight (4, width) — or for a kernel head the centres
+        (centres, width) and weight (4, centres) — bias (4,), and the blend weight in [0, 1]."""
         if not 0.0 <= blend <= 1.0:
             raise ValueError(f"blend must be within [0, 1], got {blend}")
-        for name, value in (("mean", mean), ("scale", scale), ("weight", weight), ("bias", bias)):
+        if (centres is not None) != self.kernel:
+            raise ValueError("a kernel head needs its centres" if self.kernel else "a linear head has no centres")
+        values = [("mean", mean), ("scale", scale), ("weight", weight), ("bias", bias)]
+        for name, value in values + ([("centres", centres)] if self.kernel else []):
             buffer = getattr(self, name)
             value = torch.as_tensor(np.asarray(value), dtype=buffer.dtype)
             if value.shape != buffer.shape:
@@ -53,7 +66,8 @@ class SummaryHead(nn.Module):
     def reset(self) -> None:
         """The head off and empty, as built: the network's own probabilities come through unchanged."""
         self.set(mean=np.zeros(self.mean.shape), scale=np.ones(self.scale.shape), weight=np.zeros(self.weight.shape),
-                 bias=np.zeros(self.bias.shape), blend=0.0)
+                 bias=np.zeros(self.bias.shape), blend=0.0,
+                 centres=np.zeros(self.centres.shape) if self.kernel else None)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001 — torch's hook
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -65,7 +79,10 @@ class SummaryHead(nn.Module):
 
     def logits(self, summary: torch.Tensor) -> torch.Tensor:
         """summary (B, width) -> the regression's quadrant logits (B, 4)."""
-        return ((summary.float() - self.mean) / self.scale) @ self.weight.T + self.bias
+        z = (summary.float() - self.mean) / self.scale  # (B, width)
+        if self.kernel:  # RBF features at the centres, gamma 1 / width (scikit-learn's default for the RBF kernel)
+            z = torch.exp(-torch.cdist(z, self.centres).square() / z.shape[1])  # (B, centres)
+        return z @ self.weight.T + self.bias
 
     def forward(self, quadrant_logits: torch.Tensor, summary: torch.Tensor | None, has_notes: torch.Tensor
                 ) -> torch.Tensor:

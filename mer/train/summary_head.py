@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -36,23 +37,30 @@ def has_notes(table: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def choose_regression(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, *, val_notes: np.ndarray,
                       network: np.ndarray, names: np.ndarray, labels_by_clip: Mapping[str, int],
-                      c: float | None = None, blend: float | None = None) -> dict[str, Any]:
+                      c: float | None = None, blend: float | None = None, centres: int = 0) -> dict[str, Any]:
     """The regression and its blend with the network, chosen on val: a standardiser and a multinomial logistic
     regression fitted on ``x_train`` (N, d) / ``y_train`` (N,) for each C of :data:`C_GRID` (or the given ``c``),
+    with ``centres`` > 0 over RBF kernel features (gamma 1 / d) at up to that many standardised training windows,
     the C whose regression alone scores best on val, then the blend weight whose mixture with the network's val
     window probabilities ``network`` (N_val, 4) scores best (or the given ``blend``). ``x_val`` (N_val, d) every
     val window; ``val_notes`` (N_val,) the windows the regression applies to (the others keep the network).
 
-    Returns ``{"c", "blend", "scaler", "fit", "by_c" (val 4Q of each C's regression), "by_blend" ((val 4Q, NLL)
-    of each blend), "probs" (the chosen mixture's val window probabilities)}``.
+    Returns ``{"c", "blend", "scaler", "kernel" (the fitted Nystroem map, or None), "fit", "by_c" (val 4Q of each
+    C's regression), "by_blend" ((val 4Q, NLL) of each blend), "probs" (the chosen mixture's val window
+    probabilities)}``.
     """
     scaler = StandardScaler().fit(x_train)
-    x_val = scaler.transform(x_val)
+    kernel = None
+    if centres > 0:
+        kernel = Nystroem(kernel="rbf", gamma=1.0 / x_train.shape[1], n_components=min(centres, len(x_train)),
+                          random_state=0).fit(scaler.transform(x_train))
+    inputs = (lambda x: x) if kernel is None else kernel.transform
+    x_train, x_val = inputs(scaler.transform(x_train)), inputs(scaler.transform(x_val))
     c_grid = C_GRID if c is None else (c,)
     blend_grid = BLEND_GRID if blend is None else (blend,)
     fits, by_c = {}, {}
     for candidate in c_grid:
-        fits[candidate] = LogisticRegression(C=candidate, max_iter=5000).fit(scaler.transform(x_train), y_train)
+        fits[candidate] = LogisticRegression(C=candidate, max_iter=5000).fit(x_train, y_train)
         probs = np.zeros((len(x_val), 4))
         probs[:, fits[candidate].classes_] = fits[candidate].predict_proba(x_val)
         probs[~val_notes] = 0.25  # windows without notes do not vote for the regression's C
@@ -61,7 +69,7 @@ def choose_regression(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     regression = np.where(val_notes[:, None], by_c[chosen_c][1], network)  # windows without notes: the network
     by_blend = {w: _clip_scores((1 - w) * network + w * regression, names, labels_by_clip) for w in blend_grid}
     chosen_blend = max(blend_grid, key=lambda w: (by_blend[w][0], -by_blend[w][1], -w))
-    return {"c": chosen_c, "blend": chosen_blend, "scaler": scaler, "fit": fits[chosen_c],
+    return {"c": chosen_c, "blend": chosen_blend, "scaler": scaler, "kernel": kernel, "fit": fits[chosen_c],
             "by_c": {k: v[0][0] for k, v in by_c.items()}, "by_blend": by_blend,
             "probs": (1 - chosen_blend) * network + chosen_blend * regression}
 
@@ -69,9 +77,11 @@ def choose_regression(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
 def blended(choice: Mapping[str, Any], x: np.ndarray, *, notes: np.ndarray, network: np.ndarray) -> np.ndarray:
     """A chosen regression (:func:`choose_regression`) applied to windows ``x`` (N, d) and blended with the network's
     window probabilities ``network`` (N, 4) as on val: the regression where ``notes`` (N,), else the network."""
-    fit = choice["fit"]
+    fit, x = choice["fit"], choice["scaler"].transform(x)
+    if choice.get("kernel") is not None:
+        x = choice["kernel"].transform(x)
     regression = np.zeros((len(x), 4))
-    regression[:, fit.classes_] = fit.predict_proba(choice["scaler"].transform(x))
+    regression[:, fit.classes_] = fit.predict_proba(x)
     regression = np.where(notes[:, None], regression, network)
     return (1 - choice["blend"]) * network + choice["blend"] * regression
 
@@ -102,20 +112,28 @@ def fit_summary_head(model: torch.nn.Module, train_table: Mapping[str, np.ndarra
         np.asarray(train_table["summary"], dtype=np.float64)[train_notes, :width],
         np.asarray(train_table["quadrant"], dtype=np.int64)[train_notes],
         np.asarray(val_table["summary"], dtype=np.float64)[:, :width], val_notes=val_notes, network=network,
-        names=names, labels_by_clip=labels_by_clip, c=c, blend=blend)
-    c, blend, scaler, fit, by_c, by_blend = (choice[k] for k in ("c", "blend", "scaler", "fit", "by_c", "by_blend"))
-    weight = np.zeros(head.weight.shape)
+        names=names, labels_by_clip=labels_by_clip, c=c, blend=blend,
+        centres=head.centres.shape[0] if head.kernel else 0)
+    c, blend, scaler, kernel, fit, by_c, by_blend = (
+        choice[k] for k in ("c", "blend", "scaler", "kernel", "fit", "by_c", "by_blend"))
+    coef = fit.coef_ if kernel is None else fit.coef_ @ kernel.normalization_  # over the kernel values themselves
+    weight = np.zeros(head.weight.shape)  # a kernel head's unused centres keep weight 0
     bias = np.full(head.bias.shape, -1e4)  # a quadrant absent from training gets no probability
     if len(fit.classes_) == 2:  # scikit-learn's binary form: one logit row for the second class, 0 for the first
-        weight[fit.classes_[1]], bias[fit.classes_] = fit.coef_[0], [0.0, fit.intercept_[0]]
+        weight[fit.classes_[1], :coef.shape[1]], bias[fit.classes_] = coef[0], [0.0, fit.intercept_[0]]
     else:
-        weight[fit.classes_], bias[fit.classes_] = fit.coef_, fit.intercept_
-    head.set(mean=scaler.mean_, scale=scaler.scale_, weight=weight, bias=bias, blend=blend)
+        weight[fit.classes_, :coef.shape[1]], bias[fit.classes_] = coef, fit.intercept_
+    centres = None
+    if kernel is not None:
+        centres = np.zeros(head.centres.shape)
+        centres[:len(kernel.components_)] = kernel.components_
+    head.set(mean=scaler.mean_, scale=scaler.scale_, weight=weight, bias=bias, blend=blend, centres=centres)
     clips, probs = clip_probabilities(np.log(np.clip(choice["probs"], 1e-12, 1.0)), names)
     labels = np.array([labels_by_clip[n] for n in clips])
     return {
-        "method": "multinomial logistic regression over the window's summary descriptors, blended with the "
-                  "network's quadrant probabilities",
+        "method": "multinomial logistic regression over the window's summary descriptors"
+                  + ("" if kernel is None else f" (RBF kernel features at {len(kernel.components_)} training windows)")
+                  + ", blended with the network's quadrant probabilities",
         "c": c,
         "blend": blend,
         "fitted_on": chosen_on,

@@ -17,6 +17,8 @@ WITH_HEAD = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, 
 WITH_TEXTURE = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, summary_texture=True))
 WITH_HEAD_AND_TEXTURE = dataclasses.replace(WITH_HEAD, model=dataclasses.replace(WITH_HEAD.model,
                                                                                    summary_texture=True))
+WITH_KERNEL_HEAD = dataclasses.replace(WITH_HEAD, model=dataclasses.replace(WITH_HEAD.model, summary_texture=True,
+                                                                             summary_kernel_centres=8))
 
 
 def batch(rng, n=6):
@@ -24,9 +26,11 @@ def batch(rng, n=6):
 
 
 def fitted(model, rng, blend):
-    width = model.config.model.summary_width
+    width, head = model.config.model.summary_width, model.summary_head
+    centres = rng.standard_normal(head.centres.shape) if head.kernel else None
     model.summary_head.set(mean=rng.standard_normal(width), scale=rng.random(width) + 0.5,
-                           weight=rng.standard_normal((4, width)), bias=rng.standard_normal(4), blend=blend)
+                           weight=rng.standard_normal(head.weight.shape), bias=rng.standard_normal(4), blend=blend,
+                           centres=centres)
     return model
 
 
@@ -35,10 +39,12 @@ def softmax(x):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def test_an_unfitted_head_leaves_every_output_of_the_network_unchanged(rng):
+@pytest.mark.parametrize("config", [WITH_HEAD, WITH_KERNEL_HEAD], ids=["linear", "kernel"])
+def test_an_unfitted_head_leaves_every_output_of_the_network_unchanged(rng, config):
     torch.manual_seed(0)
-    plain = MerModel(CONFIG).eval()
-    headed = MerModel(WITH_HEAD).eval()
+    plain = MerModel(dataclasses.replace(config, model=dataclasses.replace(
+        config.model, summary_head=False, summary_kernel_centres=0))).eval()
+    headed = MerModel(config).eval()
     headed.load_state_dict(plain.state_dict(), strict=False)
     inputs = batch(rng)
     a, b = predict_windows(plain, inputs, device="cpu"), predict_windows(headed, inputs, device="cpu")
@@ -92,10 +98,21 @@ def test_blend_weights_outside_zero_to_one_are_refused(rng):
         fitted(MerModel(WITH_HEAD), rng, 1.5)
 
 
-def test_the_head_travels_in_the_artifact_and_in_every_member_of_an_ensemble(tmp_path, rng):
-    models = [fitted(MerModel(WITH_HEAD).eval(), rng, 0.4) for _ in range(2)]
+def test_a_kernel_head_without_centres_and_a_linear_head_with_them_are_refused(rng):
+    kernel, linear = MerModel(WITH_KERNEL_HEAD).summary_head, MerModel(WITH_HEAD).summary_head
+    with pytest.raises(ValueError, match="needs its centres"):
+        kernel.set(mean=kernel.mean.numpy(), scale=kernel.scale.numpy(), weight=kernel.weight.numpy(),
+                   bias=kernel.bias.numpy(), blend=0.5)
+    with pytest.raises(ValueError, match="has no centres"):
+        linear.set(mean=linear.mean.numpy(), scale=linear.scale.numpy(), weight=linear.weight.numpy(),
+                   bias=linear.bias.numpy(), blend=0.5, centres=np.zeros((8, SUMMARY_KEY_SIZE)))
+
+
+@pytest.mark.parametrize("config", [WITH_HEAD, WITH_KERNEL_HEAD], ids=["linear", "kernel"])
+def test_the_head_travels_in_the_artifact_and_in_every_member_of_an_ensemble(tmp_path, rng, config):
+    models = [fitted(MerModel(config).eval(), rng, 0.4) for _ in range(2)]
     inputs = batch(rng)
-    url = save_artifact(models[0].state_dict(), config=WITH_HEAD, storage=str(tmp_path), meta={})
+    url = save_artifact(models[0].state_dict(), config=config, storage=str(tmp_path), meta={})
     loaded = load_artifact(url, device="cpu")
     np.testing.assert_allclose(predict_windows(loaded.model, inputs, device="cpu")["quadrant_probs"],
                                predict_windows(models[0], inputs, device="cpu")["quadrant_probs"], atol=1e-6)

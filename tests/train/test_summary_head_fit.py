@@ -109,3 +109,37 @@ def test_columns_beside_the_summary_are_used_when_they_carry_the_quadrant(rng):
     assert extra["blend"] > 0 and extra["probs"].shape == (len(y_val), 4)
     # the chosen head applied again to the val windows gives what val was scored with
     np.testing.assert_allclose(blended(extra, x_val, notes=common["val_notes"], network=network), extra["probs"])
+
+
+KERNEL_CONFIG = tiny_config(summary_film=True, summary_head=True, summary_kernel_centres=400)
+
+
+def interaction_table(rng, clips):
+    """Window rows whose quadrant is an interaction of two descriptors (which side of zero both are: an XOR of
+    their signs, and a third descriptor's sign), which no linear function of the descriptors can tell."""
+    rows = random_windows(KERNEL_CONFIG, rng, 2 * clips)
+    x = rng.normal(size=(clips, 3))
+    quadrant = 2 * ((x[:, 0] > 0) ^ (x[:, 1] > 0)) + (x[:, 2] > 0)
+    rows["summary"][:] = 0.0  # the other descriptors say nothing
+    rows["summary"][:, :3] = np.repeat(x, 2, axis=0) + rng.normal(scale=0.05, size=(2 * clips, 3))
+    return {"name": np.repeat(np.array([f"clip{i}" for i in range(clips)]), 2), "quadrant": np.repeat(quadrant, 2),
+            **rows}
+
+
+def test_a_kernel_head_fits_an_interaction_a_linear_head_cannot_and_reports_what_it_installed(rng):
+    train, val = interaction_table(rng, 150), interaction_table(rng, 150)  # 300 windows: fewer than 400 centres
+    torch.manual_seed(6)
+    linear = MerModel(CONFIG).eval()
+    kernel = MerModel(KERNEL_CONFIG).eval()
+    kernel.load_state_dict({k: v for k, v in linear.state_dict().items() if not k.startswith("summary_head.")},
+                           strict=False)  # the same network: only the heads differ
+    by_head = {name: fit_summary_head(model, train, val, blend=1.0)
+               for name, model in (("linear", linear), ("kernel", kernel))}
+    # the linear head can only learn the third descriptor's sign (half the quadrant): about 0.5
+    assert clip_accuracy(kernel, val) > clip_accuracy(linear, val) + 0.15
+    assert "RBF kernel features at 300 training windows" in by_head["kernel"]["method"]
+    for name, model in (("linear", linear), ("kernel", kernel)):  # the report says what the installed head does
+        assert abs(by_head[name]["val_metrics"]["4q"] - clip_accuracy(model, val)) < 1e-9
+        probs = predict_windows(model, val, device="cpu")["quadrant_probs"].reshape(-1, 2, 4).mean(axis=1)
+        loss = -np.mean(np.log(probs[np.arange(len(probs)), val["quadrant"][::2]]))
+        assert abs(by_head[name]["val_metrics"]["loss"] - loss) < 1e-4
