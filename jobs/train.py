@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="FiLM and the summary head read the texture descriptors too (intervals sounding "
                              "together, register, the top line, the mode segment by segment, rhythm; default: "
                              "the preset's)")
+    parser.add_argument("--summary-kernel-centres", type=int, default=None, metavar="N",
+                        help="the summary head's regression over RBF kernel features of the descriptors at up to N "
+                             "training windows (0: over the descriptors, a linear head; default: the preset's)")
     parser.add_argument("--symbolic-input", choices=("tokens", "notes"), default=None,
                         help="the Bi-GRU steps over MIDI-like tokens or over the window's notes (pitch, velocity, "
                              "onset gap, duration; default: the preset's, tokens in both)")
@@ -124,6 +127,7 @@ def build_config(args: argparse.Namespace) -> MerConfig:
         if not os.path.isfile(soundfont):
             raise ValueError(f"--extra-soundfont {soundfont}: no such file")
     model_given = {"mfcc_mean_norm": args.mfcc_mean_norm, "summary_texture": args.summary_texture,
+                   "summary_kernel_centres": args.summary_kernel_centres,
                    "symbolic_input": args.symbolic_input, "symbolic_max_tokens": args.symbolic_max_tokens}
     return dataclasses.replace(
         config,

@@ -43,6 +43,16 @@ def test_the_texture_flag_turns_the_wider_summary_on_and_off_and_only_that() -> 
         assert config.training == plain.training and config.features == plain.features
 
 
+def test_the_kernel_head_flag_reaches_the_model_and_only_it_and_needs_a_head() -> None:
+    job = train_job()
+    plain = job.build_config(job.parse_args([]))  # the default preset has a summary head
+    config = job.build_config(job.parse_args(["--summary-kernel-centres", "1000"]))
+    assert config.model == dataclasses.replace(plain.model, summary_kernel_centres=1000)
+    assert config.training == plain.training and config.features == plain.features
+    with pytest.raises(ValueError, match="needs summary_head=True"):  # the paper's model has no head
+        job.build_config(job.parse_args(["--preset", "paper", "--summary-kernel-centres", "1000"]))
+
+
 def test_the_symbolic_input_flags_reach_the_model_and_only_it() -> None:
     job = train_job()
     plain = job.build_config(job.parse_args([]))
