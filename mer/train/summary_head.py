@@ -35,6 +35,12 @@ def has_notes(table: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.asarray(table["present"])[:, 0].astype(bool) & (np.asarray(table["token_lengths"]) > 0)
 
 
+def _regression_inputs(scaler: StandardScaler, kernel: Nystroem | None, x: np.ndarray) -> np.ndarray:
+    """What the regression reads of descriptors ``x`` (N, d): standardised, then kernel features when it has them."""
+    x = scaler.transform(x)
+    return x if kernel is None else kernel.transform(x)
+
+
 def choose_regression(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, *, val_notes: np.ndarray,
                       network: np.ndarray, names: np.ndarray, labels_by_clip: Mapping[str, int],
                       c: float | None = None, blend: float | None = None, centres: int = 0) -> dict[str, Any]:
@@ -54,8 +60,7 @@ def choose_regression(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     if centres > 0:
         kernel = Nystroem(kernel="rbf", gamma=1.0 / x_train.shape[1], n_components=min(centres, len(x_train)),
                           random_state=0).fit(scaler.transform(x_train))
-    inputs = (lambda x: x) if kernel is None else kernel.transform
-    x_train, x_val = inputs(scaler.transform(x_train)), inputs(scaler.transform(x_val))
+    x_train, x_val = _regression_inputs(scaler, kernel, x_train), _regression_inputs(scaler, kernel, x_val)
     c_grid = C_GRID if c is None else (c,)
     blend_grid = BLEND_GRID if blend is None else (blend,)
     fits, by_c = {}, {}
@@ -77,9 +82,7 @@ def choose_regression(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
 def blended(choice: Mapping[str, Any], x: np.ndarray, *, notes: np.ndarray, network: np.ndarray) -> np.ndarray:
     """A chosen regression (:func:`choose_regression`) applied to windows ``x`` (N, d) and blended with the network's
     window probabilities ``network`` (N, 4) as on val: the regression where ``notes`` (N,), else the network."""
-    fit, x = choice["fit"], choice["scaler"].transform(x)
-    if choice.get("kernel") is not None:
-        x = choice["kernel"].transform(x)
+    fit, x = choice["fit"], _regression_inputs(choice["scaler"], choice.get("kernel"), x)
     regression = np.zeros((len(x), 4))
     regression[:, fit.classes_] = fit.predict_proba(x)
     regression = np.where(notes[:, None], regression, network)

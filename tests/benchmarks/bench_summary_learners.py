@@ -36,10 +36,11 @@ from mer.config import SUMMARY_KEY_SIZE, SUMMARY_SIZE, FeatureConfig
 from mer.evaluation.crossval import fold_splits
 from mer.evaluation.intervals import song_bootstrap
 from mer.evaluation.results import EvalResult, read_report
-from mer.features import extract_features, read_midi
 from mer.train import emopia_root, load_split
 from mer.train.summary_head import C_GRID
+from bench_crossval_blend import blend
 from emit import emit
+from emopia_windows import clip_summaries
 
 # Each learner: its hyper-parameter grid (chosen on the selection part) and how to build it from one value.
 LEARNERS: dict[str, tuple[tuple, Callable]] = {
@@ -57,16 +58,6 @@ LEARNERS: dict[str, tuple[tuple, Callable]] = {
     "gradient_boosting": ((50, 100, 200), lambda iters: HistGradientBoostingClassifier(
         max_iter=iters, learning_rate=0.05, max_depth=3, l2_regularization=1.0, random_state=0)),
 }
-
-
-def clip_windows(clips: list, config: FeatureConfig) -> dict[str, np.ndarray]:
-    """Each clip's window summaries with notes (W, SUMMARY_SIZE), MIDI only."""
-    out = {}
-    for clip in clips:
-        features = extract_features(name=clip.name, midi=read_midi(clip.midi_path.read_bytes(), name=clip.name),
-                                    audio=None, config=config)
-        out[clip.name] = features.summary[features.token_lengths > 0].astype(np.float64)
-    return out
 
 
 def stacked(part: list, windows: dict[str, np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,11 +96,6 @@ def cross_validate(name: str, splits: list, windows: dict[str, np.ndarray], widt
                       extra={"chosen": chosen})
 
 
-def aligned(run: EvalResult, to: EvalResult) -> np.ndarray:
-    order = {n: i for i, n in enumerate(run.names)}
-    return run.probs[[order[n] for n in to.names]]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--emopia", default=None)
@@ -125,7 +111,7 @@ def main() -> None:
     root, config = emopia_root(args.emopia), FeatureConfig()
     clips = [*load_split(root, "train"), *load_split(root, "val")]
     splits = fold_splits(clips, args.folds)
-    windows = clip_windows(clips, config)
+    windows = {clip.name: clip_summaries(clip, config).astype(np.float64) for clip in clips}
 
     def rounded(values: dict) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in values.items()}
@@ -149,8 +135,7 @@ def main() -> None:
     for key, seeds in runs.items():
         for learner, run in held_out.items():
             for weight in args.weight:
-                blends = [EvalResult(method=f"{key}+{learner}", names=s.names, true=s.true, seed=s.seed, extra={},
-                                     probs=(1 - weight) * s.probs + weight * aligned(run, s)) for s in seeds]
+                blends = [blend([s, run], [1 - weight, weight]) for s in seeds]
                 result["blends"][f"{key}+{learner}@{weight}"] = {
                     "seeds": [s.seed for s in seeds],
                     key: rounded({m: float(np.mean([s.metrics[m] for s in seeds])) for m in ("4q", "arousal", "valence")}),

@@ -3,6 +3,7 @@ model gains one without retraining."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mer.model import MerModel, predict_windows
@@ -88,7 +89,8 @@ def test_a_given_temperature_is_kept_and_says_so(rng):
     assert given["val_nll_after"] >= fitted["val_nll_after"] - 1e-9  # the fitted one minimises val NLL
 
 
-def test_columns_beside_the_summary_are_used_when_they_carry_the_quadrant(rng):
+@pytest.mark.parametrize("centres", [0, 100], ids=["linear", "kernel"])
+def test_columns_beside_the_summary_are_used_when_they_carry_the_quadrant(rng, centres):
     """choose_regression over any inputs (the summary and an embedding, in the benchmark): extra columns that give
     the quadrant away lift the chosen regression above the summary's alone, on val."""
     def inputs(quadrant, informative):
@@ -101,7 +103,8 @@ def test_columns_beside_the_summary_are_used_when_they_carry_the_quadrant(rng):
     names = np.repeat(np.array([f"clip{i}" for i in range(40)]), 2)
     labels = dict(zip(names.tolist(), y_val.tolist()))
     network = np.full((len(y_val), 4), 0.25)  # a network that knows nothing
-    common = dict(val_notes=np.ones(len(y_val), bool), network=network, names=names, labels_by_clip=labels)
+    common = dict(val_notes=np.ones(len(y_val), bool), network=network, names=names, labels_by_clip=labels,
+                  centres=centres)
     x_val = inputs(y_val, True)
     plain = choose_regression(inputs(y_train, False)[:, :2], y_train, inputs(y_val, False)[:, :2], **common)
     extra = choose_regression(inputs(y_train, True), y_train, x_val, **common)
