@@ -32,13 +32,14 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from mer.errors import BadInputError, ObjectChangedError
+from mer.readahead import read_ahead
 
 SPOOL_BYTES = 64 * 1024**2
 """An S3 object opened as a file (:meth:`S3Store.open`) is held in memory up to this size, beyond on local disk."""
@@ -49,6 +50,10 @@ DELETE_BATCH = 1000
 FIRST_LEVEL_PAGE = 1000
 """An S3 listing walks the prefix folder by folder when its first level (folders and keys) fits in one page of
 this many entries (S3's largest), else it lists the prefix flat (:meth:`S3Store._listing`)."""
+
+LIST_FOLDERS_AHEAD = 8
+"""Folders an S3 walk pages at once (:func:`mer.readahead.read_ahead`): a listing waits on round trips, and the
+next folders' pages are fetched while one is consumed. Keys still come in S3's order; 1 lists them one by one."""
 
 # LocalStore.write's temporary files; listing skips them so a half-written object is never seen.
 _TEMP_MARKER = ".mer-tmp-"
@@ -497,7 +502,7 @@ class S3Store(ObjectStore):
         at most one request more than a flat listing per folder, and a folder's page costs a server that filters by
         prefix before it sorts (moto) a sort of that folder instead of the whole bucket's. Otherwise (many small
         folders, where the walk would multiply the requests) the prefix is listed flat. Either way the keys come in
-        S3's order, page by page, never held whole.
+        S3's order, page by page, never held whole. The walk pages up to :data:`LIST_FOLDERS_AHEAD` folders at once.
         """
         paginator = self.client.get_paginator(operation)
         top = getattr(self.client, operation)(Bucket=self.bucket, Prefix=prefix, Delimiter="/",
@@ -509,12 +514,15 @@ class S3Store(ObjectStore):
         # A folder's keys all sort between it and the next name of the first level: merging keeps S3's order.
         first_level = [(entry["Key"], entry) for entry in top.get(entries, [])]
         first_level += [(folder["Prefix"], None) for folder in top.get("CommonPrefixes", [])]
-        for name, entry in sorted(first_level, key=lambda pair: pair[0]):  # stable: a key's versions keep order
+        first_level.sort(key=lambda pair: pair[0])  # stable: a key's versions keep their order
+
+        def pages(name: str, entry: dict[str, Any] | None) -> Callable[[], Iterator[list[dict[str, Any]]]]:
             if entry is not None:
-                yield entry
-                continue
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=name):
-                yield from page.get(entries, [])
+                return lambda: iter([[entry]])
+            return lambda: (page.get(entries, []) for page in paginator.paginate(Bucket=self.bucket, Prefix=name))
+
+        for page in read_ahead((pages(name, entry) for name, entry in first_level), workers=LIST_FOLDERS_AHEAD):
+            yield from page
 
     def read(self, key: str, *, version: str | None = None, version_id: str = "") -> bytes:
         _check_key(key)

@@ -79,11 +79,13 @@ def test_list_folders_gives_the_common_prefixes_one_level_down(store: ObjectStor
     assert list(store.list_folders("run/")) == []  # a folder is there while an object is
 
 
-@pytest.mark.parametrize("first_level_page", [1000, 3])
+@pytest.mark.parametrize(("first_level_page", "folders_ahead"), [(1000, 1), (1000, 8), (3, 8)])
 def test_an_s3_listing_is_the_whole_prefix_in_s3s_key_order_folder_by_folder_or_flat(
-        monkeypatch, s3_endpoint: str, s3_bucket: str, first_level_page: int) -> None:
-    # 1000: the first level fits one page, so each folder is listed on its own; 3: it does not, so flat.
+        monkeypatch, s3_endpoint: str, s3_bucket: str, first_level_page: int, folders_ahead: int) -> None:
+    # 1000: the first level fits one page, so each folder is listed on its own (one at a time, or several at
+    # once); 3: it does not, so flat.
     monkeypatch.setattr(mer.storage, "FIRST_LEVEL_PAGE", first_level_page)
+    monkeypatch.setattr(mer.storage, "LIST_FOLDERS_AHEAD", folders_ahead)
     store = open_store(f"s3://{s3_bucket}/root", endpoint_url=s3_endpoint)
     # Keys beside folders of nearly the same name ('.' and '-' sort before '/', '0' after), nested folders, a key
     # right under the root, and a folder marker object as consoles make them.
@@ -100,6 +102,27 @@ def test_an_s3_listing_is_the_whole_prefix_in_s3s_key_order_folder_by_folder_or_
     assert keys(store, "run") == [key for key in flat if key.startswith("run")]  # a string prefix, as in S3
     assert keys(store, "run/sub/") == ["run/sub/y.bin", "run/sub/z/w.bin"]
     assert keys(store, "nothing/") == []
+
+
+def test_a_folder_the_s3_walk_cannot_list_fails_the_listing_after_the_keys_before_it(
+        s3_endpoint: str, s3_bucket: str) -> None:
+    from botocore.exceptions import ClientError
+
+    store = open_store(f"s3://{s3_bucket}/root", endpoint_url=s3_endpoint)
+    names = [f"{folder}/{index}.bin" for folder in "abcdefghij" for index in range(3)]
+    for key in names:
+        store.write(key, b"x")
+
+    def deny_folder_e(params: dict, **_: object) -> None:
+        if params.get("Prefix") == "root/e/":
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no listing of e/"}}, "ListObjectsV2")
+
+    store.client.meta.events.register("provide-client-params.s3.ListObjectsV2", deny_folder_e)
+    listed = []
+    with pytest.raises(ClientError, match="AccessDenied"):
+        for obj in store.list():
+            listed.append(obj.key)
+    assert listed == [key for key in names if key < "e/"]  # the folders after e/, paged already, are not given
 
 
 def test_a_folder_with_no_objects_is_no_folder(tmp_path: Path) -> None:

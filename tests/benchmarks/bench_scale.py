@@ -1,7 +1,7 @@
 """Benchmark: a nightly run over a store of many keys — the listing, the catalog comparison, the driver's memory.
 
     .venv/bin/python tests/benchmarks/bench_scale.py [--keys 100000] [--backends local s3 s3rver]
-        [--baseline ../wt-base] [--out tests/benchmarks/results/scale.json]
+        [--baseline ../wt-base] [--round-trip-ms 50] [--out tests/benchmarks/results/scale.json]
 
 A synthetic store of ``--keys`` tiny objects (``shard-NNN/piece-NNNNNNN.mid``, 1,000 to a folder, a few bytes
 each: the listing and the catalog, not the features, are measured), and a SQLite catalog. Backends:
@@ -28,6 +28,13 @@ For each backend, each in a fresh process (its peak RSS is the driver's):
   avoids. Moto sorts every key that matches a page's prefix for every page, so a folder's page costs it a sort of
   the folder instead of the bucket; S3 pages from an index either way.
 
+- S3 servers only, ``listing_seconds``: :meth:`mer.storage.S3Store.list` of the whole store, one folder at a time
+  (``LIST_FOLDERS_AHEAD = 1``, the walk before read-ahead) and with the default read-ahead, same process kind.
+
+``--round-trip-ms`` puts the S3 server behind a proxy on 127.0.0.1 that holds every request that long before passing
+it on: the round trip between a tagger and a remote store, which a server on the same machine lacks (0: none).
+The store is built and the catalog filled without it.
+
 ``store_build_seconds``: the local folder and the s3rver store are kept under ``--cache-dir`` and reused by later
 runs (then about 0); moto's is put straight into its in-process backend each run; s3rver's is PUT over HTTP
 (about 3 minutes for 100,000 keys on 2 busy cores; three files a key on disk, 1.2 GB).
@@ -47,11 +54,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from emit import emit
 from memory import peak_rss_mib
@@ -112,6 +121,41 @@ def build_s3rver(endpoint: str, directory: Path, bucket: str, keys: int) -> None
     with ThreadPoolExecutor(PUT_THREADS) as pool:
         list(pool.map(put, [range(first, keys, PUT_THREADS) for first in range(PUT_THREADS)]))
     marker.write_text(str(keys))
+
+
+@contextmanager
+def delayed(endpoint: str, round_trip_ms: float) -> Iterator[str]:
+    """``endpoint`` behind a TCP proxy on 127.0.0.1 that holds every chunk a client sends (a request, here)
+    ``round_trip_ms`` before passing it on; replies pass at once. Connections are delayed independently, as a
+    network delays concurrent requests."""
+    import asyncio
+
+    target = urlsplit(endpoint)
+    delay = round_trip_ms / 1000
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: float) -> None:
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(hold)
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def connect(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(target.hostname, target.port)
+        await asyncio.gather(pipe(client_reader, server_writer, delay), pipe(server_reader, client_writer, 0),
+                             return_exceptions=True)
+
+    loop = asyncio.new_event_loop()
+    proxy = loop.run_until_complete(asyncio.start_server(connect, "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, name="bench-delay-proxy", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
 
 
 @contextmanager
@@ -207,7 +251,16 @@ def measure(args: argparse.Namespace) -> dict:
     from mer.tagging import tag_store
 
     imported = time.perf_counter()
-    if args.measure == "unchanged_night":
+    if args.measure == "listing":
+        import mer.storage
+        from mer.storage import open_store
+
+        mer.storage.LIST_FOLDERS_AHEAD = args.folders_ahead
+        start = time.perf_counter()
+        listed = sum(1 for _ in open_store(args.store, endpoint_url=args.endpoint_url).list())
+        seconds = time.perf_counter() - start
+        counts = {"listed": listed, "folders_ahead": args.folders_ahead}
+    elif args.measure == "unchanged_night":
         start = time.perf_counter()
         summary = tag_store(args.store, catalog=args.catalog, model=args.model, endpoint_url=args.endpoint_url,
                             metrics_port=None, progress=False)
@@ -233,9 +286,11 @@ def measure(args: argparse.Namespace) -> dict:
             "driver_peak_rss_mib": peak_rss_mib()}
 
 
-def run_measure(tree: Path, what: str, *, store: str, catalog: str, model: str, endpoint_url: str | None) -> dict:
+def run_measure(tree: Path, what: str, *, store: str, catalog: str, model: str, endpoint_url: str | None,
+                folders_ahead: int = 0) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    command = [sys.executable, str(HERE), "--measure", what, "--store", store, "--catalog", catalog, "--model", model]
+    command = [sys.executable, str(HERE), "--measure", what, "--store", store, "--catalog", catalog, "--model", model,
+               "--folders-ahead", str(folders_ahead)]
     if endpoint_url:
         command += ["--endpoint-url", endpoint_url]
     start = time.perf_counter()
@@ -251,7 +306,8 @@ def run_measure(tree: Path, what: str, *, store: str, catalog: str, model: str, 
 
 def measure_backend(backend: str, args: argparse.Namespace, *, cache: Path, scratch: Path, model: str,
                     endpoint_url: str | None) -> dict:
-    """One backend's store built (or reused), its catalogs filled, and its nights measured."""
+    """One backend's store built (or reused), its catalogs filled, and its nights measured (through the delaying
+    proxy with ``--round-trip-ms``)."""
     start = time.perf_counter()
     store = build(backend, endpoint_url, cache, args.keys)
     built = time.perf_counter() - start
@@ -259,7 +315,25 @@ def measure_backend(backend: str, args: argparse.Namespace, *, cache: Path, scra
     empty = f"sqlite:///{scratch / f'{backend}-empty.db'}"
     full = f"sqlite:///{scratch / f'{backend}-full.db'}"
     fill_catalog(full, store, endpoint_url)
+    if endpoint_url and args.round_trip_ms:
+        with delayed(endpoint_url, args.round_trip_ms) as proxied:
+            return {"round_trip_ms": args.round_trip_ms,
+                    **measure_nights(args, store=store, empty=empty, full=full, model=model, endpoint_url=proxied,
+                                     built=built)}
+    return measure_nights(args, store=store, empty=empty, full=full, model=model, endpoint_url=endpoint_url,
+                          built=built)
+
+
+def measure_nights(args: argparse.Namespace, *, store: str, empty: str, full: str, model: str,
+                   endpoint_url: str | None, built: float) -> dict:
+    from mer.storage import LIST_FOLDERS_AHEAD
+
     out = {"store_build_seconds": round(built, 1), "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    if endpoint_url:  # our listing alone, one folder at a time and with read-ahead
+        out["listing_seconds"] = {
+            f"folders_ahead_{ahead}": run_measure(NEW, "listing", store=store, catalog=empty, model=model,
+                                                  endpoint_url=endpoint_url, folders_ahead=ahead)["seconds"]
+            for ahead in (1, LIST_FOLDERS_AHEAD)}
     out["first_night"] = run_measure(NEW, "first_night", store=store, catalog=empty, model=model,
                                      endpoint_url=endpoint_url)
     out["unchanged_night"] = run_measure(NEW, "unchanged_night", store=store, catalog=full, model=model,
@@ -289,7 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, help="checkout to run the unchanged night with as well")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "mer-bench-scale"))
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--measure", choices=("first_night", "unchanged_night"), help=argparse.SUPPRESS)
+    parser.add_argument("--round-trip-ms", type=float, default=0.0,
+                        help="hold every S3 request this long (a proxy on 127.0.0.1): a remote store's round trip")
+    parser.add_argument("--measure", choices=("first_night", "unchanged_night", "listing"), help=argparse.SUPPRESS)
+    parser.add_argument("--folders-ahead", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--catalog", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -308,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     model = build_model(Path(tempfile.mkdtemp(dir=cache)))
     result: dict = {"keys": args.keys, "cpus": os.cpu_count(), "per_folder": PER_FOLDER, "catalog": "sqlite",
+                    "round_trip_ms": args.round_trip_ms,
                     "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     with fake_aws_env(), tempfile.TemporaryDirectory(dir=cache) as scratch:
         for backend in args.backends:
