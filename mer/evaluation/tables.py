@@ -70,6 +70,15 @@ def find_artifact(storage: str, config: MerConfig, fingerprint: str, *,
     return None
 
 
+
+def headless_config(config: MerConfig) -> MerConfig | None:
+    """The configuration of ``config``'s network trained without its summary head, when a stored model of it can
+    be given the head after training (:func:`mer.train.build_artifact` fits a linear head); None for a config with
+    no head, or a kernel head (trained with its model only)."""
+    if not config.model.summary_head or config.model.summary_kernel_centres:
+        return None
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, summary_head=False))
+
 def run_tables(
     *,
     emopia: str | os.PathLike | None,
@@ -159,9 +168,9 @@ def run_tables(
             tag = f"({done}/{total}) {method.label}, seed {seed}"
             found = find_artifact(storage, config, fingerprint, endpoint_url=endpoint_url)
             headless = None
-            if found is None and config.model.summary_head:  # the same network trained without the head?
-                headless = find_artifact(storage, dataclasses.replace(config, model=dataclasses.replace(
-                    config.model, summary_head=False)), fingerprint, endpoint_url=endpoint_url)
+            network_alone = headless_config(config)
+            if found is None and network_alone is not None:  # the same network trained without the head?
+                headless = find_artifact(storage, network_alone, fingerprint, endpoint_url=endpoint_url)
             if found is not None:
                 log(f"{tag}: reusing trained model {found}")
                 url = found

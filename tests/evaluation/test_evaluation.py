@@ -26,7 +26,7 @@ from mer.evaluation.paper import METHODS, method_config, method_key
 from mer.evaluation.report import write_evaluation, write_tables
 from mer.evaluation.results import RUN_FIELDS, EvalResult, TablesReport
 from mer.evaluation.robustness import SECOND_SOUNDFONT, robustness_report
-from mer.evaluation.tables import find_artifact, run_tables, split_clips
+from mer.evaluation.tables import find_artifact, headless_config, run_tables, split_clips
 from mer.features import soundfont_path
 from mer.features.cache import FeatureCache
 from mer.model import MerModel
@@ -404,6 +404,20 @@ def test_every_deep_row_is_recognised_from_the_configuration_it_trains() -> None
     for training in ({"epochs": 20}, {"extra_soundfonts": ("/elsewhere/piano.sf2",)}):
         assert method_key(dataclasses.replace(default, training=dataclasses.replace(default.training, **training))
                           ) == "custom"
+
+
+def test_a_row_with_a_linear_summary_head_may_reuse_its_network_trained_alone_and_a_kernel_head_row_may_not() -> None:
+    # --tables fits a linear head to a stored network trained without one (no retraining); a kernel head's row
+    # (its centres fitted with its model) trains its own, and asking must not fail on its configuration.
+    for method in (m for m in METHODS if m.deep):
+        config = method_config(MerConfig(), method, seed=0)
+        alone = headless_config(config)
+        if not config.model.summary_head or config.model.summary_kernel_centres:
+            assert alone is None, method.key
+        else:
+            assert not alone.model.summary_head, method.key
+            assert dataclasses.replace(alone, model=dataclasses.replace(alone.model, summary_head=True)) == config
+    assert any(m.deep and method_config(MerConfig(), m, seed=0).model.summary_kernel_centres for m in METHODS)
 
 
 def test_an_explicit_epoch_budget_reaches_every_deep_row_and_nothing_else() -> None:
