@@ -12,7 +12,6 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -54,15 +53,18 @@ def read_ahead(sources: Iterable[Callable[[], Iterable[T]]], *, workers: int, bu
         put(out, (_END, None))
 
     remaining = iter(sources)
-    # One thread per source in flight: a source never waits for a thread while the consumer waits for it.
+    # One thread per source in flight (at most ``workers``): a source never waits for a thread while the consumer
+    # waits for it. Daemon threads: an iterator dropped without being closed cannot hold the interpreter at exit.
     pending: deque[queue.Queue] = deque()
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mer-read-ahead")
+    readers: list[threading.Thread] = []
 
     def start_next() -> None:
         source = next(remaining, None)
         if source is not None:
             out: queue.Queue = queue.Queue(maxsize=buffered)
-            executor.submit(read, source, out)
+            reader = threading.Thread(target=read, args=(source, out), daemon=True, name="mer-read-ahead")
+            reader.start()
+            readers[:] = [*(r for r in readers if r.is_alive()), reader]
             pending.append(out)
 
     try:
@@ -79,4 +81,5 @@ def read_ahead(sources: Iterable[Callable[[], Iterable[T]]], *, workers: int, bu
                 start_next()
     finally:
         stop.set()
-        executor.shutdown(wait=True, cancel_futures=True)
+        for reader in readers:
+            reader.join()

@@ -3,9 +3,13 @@ errors where they happened, nothing left running once the consumer is done."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +76,20 @@ def test_closing_early_stops_the_readers_and_a_reader_runs_at_most_its_buffer_ah
     assert produced["long"] <= 3 + 1
     listing.close()
     assert reader_threads() == []
+
+
+def test_an_iterator_dropped_unclosed_does_not_keep_the_process_from_exiting() -> None:
+    # A caller that keeps the iterator (here in a global) and exits: readers blocked on a full buffer must not
+    # hold the interpreter open.
+    program = textwrap.dedent("""
+        import itertools, sys
+        from mer.readahead import read_ahead
+        endless = lambda: itertools.count()
+        listing = read_ahead([endless, endless, endless], workers=3, buffered=1)
+        print(next(listing))
+        sys.modules["__main__"].kept = listing
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
