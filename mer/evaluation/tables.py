@@ -70,7 +70,6 @@ def find_artifact(storage: str, config: MerConfig, fingerprint: str, *,
     return None
 
 
-
 def headless_config(config: MerConfig) -> MerConfig | None:
     """The configuration of ``config``'s network trained without its summary head, when a stored model of it can
     be given the head after training (:func:`mer.train.build_artifact` fits a linear head); None for a config with
@@ -78,6 +77,7 @@ def headless_config(config: MerConfig) -> MerConfig | None:
     if not config.model.summary_head or config.model.summary_kernel_centres:
         return None
     return dataclasses.replace(config, model=dataclasses.replace(config.model, summary_head=False))
+
 
 def run_tables(
     *,
