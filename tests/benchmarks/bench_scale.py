@@ -58,7 +58,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -315,13 +315,11 @@ def measure_backend(backend: str, args: argparse.Namespace, *, cache: Path, scra
     empty = f"sqlite:///{scratch / f'{backend}-empty.db'}"
     full = f"sqlite:///{scratch / f'{backend}-full.db'}"
     fill_catalog(full, store, endpoint_url)
-    if endpoint_url and args.round_trip_ms:
-        with delayed(endpoint_url, args.round_trip_ms) as proxied:
-            return {"round_trip_ms": args.round_trip_ms,
-                    **measure_nights(args, store=store, empty=empty, full=full, model=model, endpoint_url=proxied,
-                                     built=built)}
-    return measure_nights(args, store=store, empty=empty, full=full, model=model, endpoint_url=endpoint_url,
-                          built=built)
+    delay = args.round_trip_ms if endpoint_url else 0.0  # a local folder has no round trip to simulate
+    with delayed(endpoint_url, delay) if delay else nullcontext(endpoint_url) as measured_endpoint:
+        out = measure_nights(args, store=store, empty=empty, full=full, model=model, endpoint_url=measured_endpoint,
+                             built=built)
+    return {"round_trip_ms": delay, **out} if delay else out
 
 
 def measure_nights(args: argparse.Namespace, *, store: str, empty: str, full: str, model: str,
